@@ -1,0 +1,336 @@
+use std::fs::File;
+use std::io::BufReader;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use snodo_core::component::{Source, SourceContext};
+use snodo_core::error::{Error, Result};
+use snodo_core::mask;
+use snodo_core::record::{Batch, Checkpoint, Record, Reject, Schema, SourcePosition};
+use snodo_core::value::{self, DecimalStyle, Value};
+use tokio::sync::mpsc;
+
+use super::config::{ColumnType, CsvSourceConfig, single_byte};
+
+use crate::file::file_fingerprint;
+
+/// Streams a CSV file in batches. Parsing runs on a blocking thread; memory holds one
+/// batch at a time plus what the bounded channel holds.
+pub struct CsvSource {
+    cfg: CsvSourceConfig,
+    path: PathBuf,
+}
+
+impl CsvSource {
+    /// Builds the source (the file is opened when the run starts).
+    pub fn new(cfg: CsvSourceConfig) -> Self {
+        CsvSource {
+            path: PathBuf::from(&cfg.path),
+            cfg,
+        }
+    }
+}
+
+struct Column {
+    ty: ColumnType,
+}
+
+struct Reader {
+    cfg: CsvSourceConfig,
+    schema: Arc<Schema>,
+    columns: Vec<Column>,
+    style: DecimalStyle,
+    personal: Arc<Vec<String>>,
+    header_lines: u64,
+}
+
+impl Reader {
+    /// Converts one raw row into a record or a reject.
+    fn convert(&self, raw: &csv::ByteRecord, pos: SourcePosition) -> std::result::Result<Record, Reject> {
+        let n = self.schema.len();
+        let reject = |code: &str, reason: String, values: Vec<Value>| {
+            let rec = Record {
+                schema: if values.len() == n {
+                    self.schema.clone()
+                } else {
+                    Schema::new((0..values.len()).map(|i| format!("field_{}", i + 1)).collect())
+                },
+                values,
+                position: pos.clone(),
+            };
+            Reject {
+                step: "source".into(),
+                code: code.into(),
+                reason: mask::redact_text(&reason),
+                position: pos.clone(),
+                payload: mask::masked_payload(&rec, &self.personal),
+            }
+        };
+        let lossy = |raw: &csv::ByteRecord| -> Vec<Value> {
+            raw.iter()
+                .map(|f| Value::Str(self.cfg.encoding.decode(f).unwrap_or_else(|_| String::from_utf8_lossy(f).into_owned())))
+                .collect()
+        };
+        if raw.len() != n {
+            return Err(reject(
+                "malformed_row",
+                format!(
+                    "the row has {} fields but the header has {n}; check for a missing or extra `{}` or an unclosed quote",
+                    raw.len(),
+                    self.cfg.delimiter
+                ),
+                lossy(raw),
+            ));
+        }
+        let mut values = Vec::with_capacity(n);
+        for (i, field) in raw.iter().enumerate() {
+            let name = &self.schema.names()[i];
+            if field.len() > self.cfg.max_field_length {
+                let mut vals = lossy(raw);
+                vals[i] = Value::Str(format!("<{} bytes>", field.len()));
+                return Err(reject(
+                    "oversized_field",
+                    format!(
+                        "field `{name}` is {} bytes long, more than max_field_length {}",
+                        field.len(),
+                        self.cfg.max_field_length
+                    ),
+                    vals,
+                ));
+            }
+            let text = match self.cfg.encoding.decode(field) {
+                Ok(t) => t,
+                Err(at) => {
+                    return Err(reject(
+                        "encoding",
+                        format!(
+                            "field `{name}` is not valid UTF-8 (byte {} of the field); if the file comes from a Windows system set `encoding: windows-1252`",
+                            at + 1
+                        ),
+                        lossy(raw),
+                    ));
+                }
+            };
+            let text = if self.cfg.trim { text.trim().to_string() } else { text };
+            if text.is_empty() {
+                values.push(Value::Null);
+                continue;
+            }
+            let converted = match self.columns[i].ty {
+                ColumnType::String => Ok(Value::Str(text)),
+                ColumnType::Int => value::parse_int(&text).map(Value::Int),
+                ColumnType::Decimal => value::parse_decimal(&text, self.style).map(Value::Decimal),
+                ColumnType::Date => value::parse_date(&text, &self.cfg.date_format).map(Value::Date),
+                ColumnType::Datetime => {
+                    value::parse_datetime(&text, &self.cfg.datetime_format).map(Value::DateTime)
+                }
+                ColumnType::Bool => value::parse_bool(&text).map(Value::Bool),
+            };
+            match converted {
+                Ok(v) => values.push(v),
+                Err(e) => {
+                    let kind = match self.columns[i].ty {
+                        ColumnType::Int => "invalid_int",
+                        ColumnType::Decimal => "invalid_decimal",
+                        ColumnType::Date => "invalid_date",
+                        ColumnType::Datetime => "invalid_datetime",
+                        ColumnType::Bool => "invalid_bool",
+                        ColumnType::String => "invalid",
+                    };
+                    return Err(reject(kind, format!("field `{name}`: {e}"), lossy(raw)));
+                }
+            }
+        }
+        Ok(Record {
+            schema: self.schema.clone(),
+            values,
+            position: pos,
+        })
+    }
+}
+
+fn checkpoint_of(p: &csv::Position) -> Checkpoint {
+    serde_json::json!({ "byte": p.byte(), "line": p.line(), "record": p.record() })
+}
+
+fn position_from(c: &Checkpoint) -> Option<csv::Position> {
+    let mut p = csv::Position::new();
+    p.set_byte(c.get("byte")?.as_u64()?)
+        .set_line(c.get("line")?.as_u64()?)
+        .set_record(c.get("record")?.as_u64()?);
+    Some(p)
+}
+
+impl CsvSource {
+    fn read_all(self, from: Option<Checkpoint>, ctx: SourceContext, tx: mpsc::Sender<Batch>) -> Result<()> {
+        let cfg = self.cfg;
+        let path = self.path;
+        let open = || File::open(&path).map_err(|e| Error::io("opening", &path, e));
+        let delimiter = single_byte(&cfg.delimiter).unwrap_or(b',');
+        let quote = single_byte(&cfg.quote).unwrap_or(b'"');
+        let builder = || {
+            let mut b = csv::ReaderBuilder::new();
+            b.delimiter(delimiter).quote(quote).has_headers(false).flexible(true);
+            b
+        };
+        let mut rdr = builder().from_reader(BufReader::with_capacity(1 << 16, open()?));
+        let read_err = |e: csv::Error| Error::Input(format!("reading `{}`: {e}", path.display()));
+
+        // The header is always read from the top, also when resuming mid-file.
+        let mut names: Vec<String> = Vec::new();
+        let mut header_lines = 0;
+        if cfg.header {
+            let mut head = csv::ByteRecord::new();
+            if !rdr.read_byte_record(&mut head).map_err(read_err)? {
+                return Ok(()); // empty file: nothing to do
+            }
+            header_lines = 1;
+            for (i, f) in head.iter().enumerate() {
+                let f = if i == 0 { f.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(f) } else { f };
+                let name = cfg.encoding.decode(f).map_err(|_| {
+                    Error::Input(format!(
+                        "the header of `{}` is not valid UTF-8; set `encoding: windows-1252` if it comes from Windows",
+                        path.display()
+                    ))
+                })?;
+                names.push(name.trim().to_string());
+            }
+        }
+        if let Some(cols) = &cfg.columns {
+            if cfg.header && cols.len() != names.len() {
+                return Err(Error::Input(format!(
+                    "`columns` lists {} names but the header of `{}` has {}",
+                    cols.len(),
+                    path.display(),
+                    names.len()
+                )));
+            }
+            names = cols.clone();
+        }
+        for t in cfg.types.keys() {
+            if !names.contains(t) {
+                return Err(Error::Input(format!(
+                    "`types` names the column `{t}` but `{}` has no such column (columns: {})",
+                    path.display(),
+                    names.join(", ")
+                )));
+            }
+        }
+        let columns = names
+            .iter()
+            .map(|n| Column {
+                ty: cfg.types.get(n).copied().unwrap_or(ColumnType::String),
+            })
+            .collect();
+        let reader = Reader {
+            style: cfg.decimal_style(),
+            schema: Schema::new(names),
+            columns,
+            personal: ctx.personal.clone(),
+            header_lines,
+            cfg: cfg.clone(),
+        };
+
+        match from.as_ref().and_then(position_from) {
+            Some(pos) => {
+                let mut r = builder().from_reader(BufReader::with_capacity(1 << 16, open()?));
+                r.seek(pos).map_err(read_err)?;
+                rdr = r;
+            }
+            None if !cfg.header => {
+                // No header: the first record is data; skip a BOM by re-reading from the top.
+                let mut r = builder().from_reader(BufReader::with_capacity(1 << 16, open()?));
+                let mut p = csv::Position::new();
+                p.set_line(1);
+                let mut probe = [0u8; 3];
+                let bom = std::io::Read::read(&mut File::open(&path).map_err(|e| Error::io("opening", &path, e))?, &mut probe)
+                    .map(|n| n == 3 && probe == [0xEF, 0xBB, 0xBF])
+                    .unwrap_or(false);
+                if bom {
+                    p.set_byte(3);
+                    r.seek(p).map_err(read_err)?;
+                }
+                rdr = r;
+            }
+            None => {}
+        }
+
+        let mut seq = 0u64;
+        let mut total = 0u64;
+        let mut raw = csv::ByteRecord::new();
+        loop {
+            seq += 1;
+            let mut batch = Batch {
+                seq,
+                ..Default::default()
+            };
+            let mut done = false;
+            while batch.read < ctx.batch_size as u64 {
+                if ctx.limit.is_some_and(|l| total >= l) {
+                    done = true;
+                    break;
+                }
+                if !rdr.read_byte_record(&mut raw).map_err(read_err)? {
+                    done = true;
+                    break;
+                }
+                let p = raw.position().cloned().unwrap_or_else(csv::Position::new);
+                // Skip blank lines as every spreadsheet tool does.
+                if raw.len() == 1 && raw.get(0).is_some_and(|f| f.is_empty()) {
+                    continue;
+                }
+                let pos = SourcePosition {
+                    record: p.record() + 1 - reader.header_lines,
+                    line: Some(p.line()),
+                    byte: Some(p.byte()),
+                    key: None,
+                };
+                batch.read += 1;
+                total += 1;
+                match reader.convert(&raw, pos) {
+                    Ok(r) => batch.records.push(r),
+                    Err(rej) => batch.rejects.push(rej),
+                }
+            }
+            let pos = rdr.position().clone();
+            batch.checkpoint = checkpoint_of(&pos);
+            batch.bytes_read = pos.byte();
+            if batch.read > 0 && tx.blocking_send(batch).is_err() {
+                return Ok(()); // the run stopped; nothing more to read
+            }
+            if done {
+                return Ok(());
+            }
+        }
+    }
+}
+
+impl Source for CsvSource {
+    fn fingerprint(&self) -> String {
+        file_fingerprint(&self.path)
+    }
+
+    fn size_hint(&self) -> Option<u64> {
+        std::fs::metadata(&self.path).ok().map(|m| m.len())
+    }
+
+    fn describe(&self) -> String {
+        format!("csv {}", self.path.display())
+    }
+
+    fn run(
+        self: Box<Self>,
+        from: Option<Checkpoint>,
+        ctx: SourceContext,
+        tx: mpsc::Sender<Batch>,
+    ) -> BoxFuture<'static, Result<()>> {
+        let me = *self;
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || me.read_all(from, ctx, tx))
+                .await
+                .map_err(|e| Error::Other(format!("the CSV reader stopped unexpectedly: {e}")))?
+        })
+    }
+}
+

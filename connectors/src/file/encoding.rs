@@ -1,0 +1,92 @@
+//! Text encodings of legacy files.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// The character encoding of a text file.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+pub enum Encoding {
+    /// UTF-8, with or without a byte-order mark.
+    #[default]
+    #[serde(rename = "utf-8", alias = "utf8", alias = "UTF-8")]
+    Utf8,
+    /// Windows-1252 (what SQL Server tools and Excel on Windows write in Italy): like
+    /// ISO-8859-1 plus `€`, `’`, `“`, `”` and a few more in 0x80–0x9F.
+    #[serde(rename = "windows-1252", alias = "cp1252", alias = "WINDOWS-1252")]
+    Windows1252,
+    /// ISO-8859-1 (Latin-1): every byte is the Unicode code point of the same value.
+    #[serde(rename = "iso-8859-1", alias = "latin1", alias = "ISO-8859-1")]
+    Iso88591,
+}
+
+impl Encoding {
+    /// Decodes one field. Only UTF-8 can fail: every byte means something in the other two.
+    pub fn decode(&self, bytes: &[u8]) -> Result<String, usize> {
+        match self {
+            Encoding::Utf8 => std::str::from_utf8(bytes)
+                .map(str::to_string)
+                .map_err(|e| e.valid_up_to()),
+            Encoding::Windows1252 => Ok(encoding_rs::WINDOWS_1252
+                .decode_without_bom_handling(bytes)
+                .0
+                .into_owned()),
+            // encoding_rs maps the label ISO-8859-1 to windows-1252, as browsers do; files
+            // that really are Latin-1 need the plain byte → code point mapping.
+            Encoding::Iso88591 => Ok(bytes.iter().map(|&b| b as char).collect()),
+        }
+    }
+
+    /// Encodes text; `Err(char)` names the first character the encoding cannot represent.
+    pub fn encode(&self, text: &str, out: &mut Vec<u8>) -> Result<(), char> {
+        match self {
+            Encoding::Utf8 => {
+                out.extend_from_slice(text.as_bytes());
+                Ok(())
+            }
+            Encoding::Windows1252 => {
+                if text.is_ascii() {
+                    out.extend_from_slice(text.as_bytes());
+                    return Ok(());
+                }
+                for c in text.chars() {
+                    let mut buf = [0u8; 4];
+                    let s = c.encode_utf8(&mut buf);
+                    let (bytes, _, unmappable) = encoding_rs::WINDOWS_1252.encode(s);
+                    if unmappable {
+                        return Err(c);
+                    }
+                    out.extend_from_slice(&bytes);
+                }
+                Ok(())
+            }
+            Encoding::Iso88591 => {
+                for c in text.chars() {
+                    let cp = c as u32;
+                    if cp > 0xFF {
+                        return Err(c);
+                    }
+                    out.push(cp as u8);
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_1252_specials_round_trip() {
+        let bytes = [0x80u8, b' ', 0x92, b' ', 0xE0, 0xE8];
+        let s = Encoding::Windows1252.decode(&bytes).unwrap();
+        assert_eq!(s, "€ ’ àè");
+        let mut out = Vec::new();
+        Encoding::Windows1252.encode(&s, &mut out).unwrap();
+        assert_eq!(out, bytes);
+        assert_eq!(Encoding::Iso88591.decode(&[0xE0]).unwrap(), "à");
+        assert_eq!(Encoding::Iso88591.encode("€", &mut Vec::new()), Err('€'));
+        assert_eq!(Encoding::Utf8.decode(&[b'a', 0xE0, b'b']), Err(1));
+    }
+}

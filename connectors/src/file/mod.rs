@@ -1,0 +1,30 @@
+//! File connectors: CSV and JSON lines, read and written as streams.
+//!
+//! Sinks write to `PATH.partial` and keep a checkpoint file `PATH.checkpoint.json` that is
+//! replaced atomically (write, fsync, rename) after every batch; the finished file is
+//! renamed into place at the end. A killed run leaves a partial file that the next run
+//! truncates to the last checkpoint and continues.
+
+pub mod csv;
+pub mod encoding;
+pub mod jsonl;
+pub mod output;
+
+use std::path::Path;
+
+/// `path|size|mtime`: the same file unchanged gives the same fingerprint, so a checkpoint
+/// is never applied to a different file that happens to have the same name.
+pub fn file_fingerprint(path: &Path) -> String {
+    match std::fs::metadata(path) {
+        Ok(m) => {
+            let mtime = m
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map(|d| d.as_nanos())
+                .unwrap_or(0);
+            format!("{}|{}|{}", path.display(), m.len(), mtime)
+        }
+        Err(_) => format!("{}|missing", path.display()),
+    }
+}

@@ -1,0 +1,203 @@
+//! Crash-safe output files shared by the file sinks.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use snodo_core::component::{Artifact, SavedCheckpoint};
+use snodo_core::error::{Error, Result};
+
+/// What the checkpoint file holds: the pipeline checkpoint plus the output length that
+/// goes with it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct FileCheckpoint {
+    pipeline: String,
+    saved: SavedCheckpoint,
+    bytes: u64,
+    rows: u64,
+}
+
+/// An output file written through `PATH.partial` with an atomically replaced checkpoint.
+pub struct OutputFile {
+    path: PathBuf,
+    partial: PathBuf,
+    checkpoint: PathBuf,
+    pipeline: String,
+    file: Option<File>,
+    bytes: u64,
+    rows: u64,
+    destination: String,
+}
+
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+fn sync_dir(path: &Path) {
+    // Makes the rename itself durable; failure only weakens durability, so it is ignored.
+    if let Some(dir) = path.parent() {
+        let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+        if let Ok(d) = File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+}
+
+impl OutputFile {
+    /// Prepares the paths; nothing is written yet.
+    pub fn new(path: impl Into<PathBuf>, destination: &str) -> Self {
+        let path = path.into();
+        OutputFile {
+            partial: with_suffix(&path, ".partial"),
+            checkpoint: with_suffix(&path, ".checkpoint.json"),
+            path,
+            pipeline: String::new(),
+            file: None,
+            bytes: 0,
+            rows: 0,
+            destination: destination.to_string(),
+        }
+    }
+
+    /// The final path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Rows written so far (for the lineage key of the next row).
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    /// True when nothing has been written yet (the header is still to come).
+    pub fn is_empty(&self) -> bool {
+        self.bytes == 0
+    }
+
+    /// Reads the checkpoint left by a previous run of `pipeline`.
+    pub fn open(&mut self, pipeline: &str) -> Result<Option<SavedCheckpoint>> {
+        self.pipeline = pipeline.to_string();
+        if let Some(dir) = self.path.parent()
+            && !dir.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io("creating directory", dir, e))?;
+        }
+        match std::fs::read(&self.checkpoint) {
+            Ok(bytes) => {
+                let cp: FileCheckpoint = serde_json::from_slice(&bytes).map_err(|e| {
+                    Error::Other(format!(
+                        "checkpoint file `{}` is unreadable ({e}); delete it to start the output from scratch",
+                        self.checkpoint.display()
+                    ))
+                })?;
+                if cp.pipeline != pipeline {
+                    return Err(Error::Other(format!(
+                        "`{}` belongs to pipeline `{}`, not `{pipeline}`: two pipelines write the same file",
+                        self.path.display(),
+                        cp.pipeline
+                    )));
+                }
+                Ok(Some(cp.saved))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io("reading", &self.checkpoint, e)),
+        }
+    }
+
+    /// Starts writing: continues the partial file at the checkpoint, or starts it anew.
+    pub fn begin(&mut self, resume: Option<&SavedCheckpoint>) -> Result<()> {
+        let mut file = OpenOptions::new()
+            .create(true)
+            .read(true)
+            .write(true)
+            .truncate(false)
+            .open(&self.partial)
+            .map_err(|e| Error::io("creating", &self.partial, e))?;
+        let (bytes, rows) = match resume {
+            Some(_) => {
+                let raw = std::fs::read(&self.checkpoint).map_err(|e| Error::io("reading", &self.checkpoint, e))?;
+                let cp: FileCheckpoint = serde_json::from_slice(&raw)
+                    .map_err(|e| Error::Other(format!("checkpoint `{}`: {e}", self.checkpoint.display())))?;
+                (cp.bytes, cp.rows)
+            }
+            None => (0, 0),
+        };
+        // Whatever was appended after the last checkpoint belongs to a batch that will be
+        // written again: cut it off.
+        file.set_len(bytes).map_err(|e| Error::io("truncating", &self.partial, e))?;
+        file.seek(SeekFrom::Start(bytes)).map_err(|e| Error::io("seeking", &self.partial, e))?;
+        self.file = Some(file);
+        self.bytes = bytes;
+        self.rows = rows;
+        Ok(())
+    }
+
+    /// Appends `data` holding `rows` rows, makes it durable, then records the checkpoint.
+    pub fn append(&mut self, data: &[u8], rows: u64, saved: &SavedCheckpoint) -> Result<()> {
+        let file = self
+            .file
+            .as_mut()
+            .ok_or_else(|| Error::Other("output file written before begin()".into()))?;
+        file.write_all(data).map_err(|e| Error::io("writing", &self.partial, e))?;
+        file.sync_data().map_err(|e| Error::io("syncing", &self.partial, e))?;
+        self.bytes += data.len() as u64;
+        self.rows += rows;
+        self.save_checkpoint(saved)
+    }
+
+    fn save_checkpoint(&self, saved: &SavedCheckpoint) -> Result<()> {
+        let cp = FileCheckpoint {
+            pipeline: self.pipeline.clone(),
+            saved: saved.clone(),
+            bytes: self.bytes,
+            rows: self.rows,
+        };
+        let tmp = with_suffix(&self.checkpoint, ".tmp");
+        let body = serde_json::to_vec_pretty(&cp).map_err(|e| Error::Other(e.to_string()))?;
+        let mut f = File::create(&tmp).map_err(|e| Error::io("creating", &tmp, e))?;
+        f.write_all(&body).map_err(|e| Error::io("writing", &tmp, e))?;
+        f.sync_all().map_err(|e| Error::io("syncing", &tmp, e))?;
+        std::fs::rename(&tmp, &self.checkpoint).map_err(|e| Error::io("renaming", &tmp, e))?;
+        sync_dir(&self.checkpoint);
+        Ok(())
+    }
+
+    /// Publishes the file: renames it into place and records the checkpoint as done.
+    pub fn finish(&mut self, saved: &SavedCheckpoint) -> Result<Artifact> {
+        if let Some(f) = self.file.take() {
+            f.sync_all().map_err(|e| Error::io("syncing", &self.partial, e))?;
+        }
+        std::fs::rename(&self.partial, &self.path).map_err(|e| Error::io("renaming", &self.partial, e))?;
+        sync_dir(&self.path);
+        self.save_checkpoint(saved)?;
+        let (size, sha256) = hash_file(&self.path)?;
+        Ok(Artifact {
+            path: self.path.display().to_string(),
+            size,
+            sha256,
+            rows: self.rows,
+            destination: self.destination.clone(),
+        })
+    }
+}
+
+/// Size and SHA-256 of a file, streamed.
+pub fn hash_file(path: &Path) -> Result<(u64, String)> {
+    let mut f = File::open(path).map_err(|e| Error::io("reading", path, e))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut size = 0u64;
+    loop {
+        let n = f.read(&mut buf).map_err(|e| Error::io("reading", path, e))?;
+        if n == 0 {
+            break;
+        }
+        size += n as u64;
+        h.update(&buf[..n]);
+    }
+    Ok((size, hex::encode(h.finalize())))
+}

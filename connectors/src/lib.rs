@@ -1,0 +1,196 @@
+//! Snodo's connectors, one folder per family: [`file`] (CSV, JSON lines) and [`sql`]
+//! (SQLite, PostgreSQL). Each connector's config struct is the single source of its YAML
+//! schema, its documentation and its validation.
+
+pub mod file;
+pub mod sql;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use snodo_core::component::{DryRunSink, Sink, Source};
+use snodo_core::config::yaml::{Node, Problem};
+use snodo_core::config::{Check, ConnectionsFile, PipelineFile, deepest, problem};
+use snodo_core::db::Db;
+use snodo_core::error::{Error, Result};
+use snodo_core::expr::ExprEngine;
+use snodo_core::runtime::Plan;
+use snodo_core::steps::{self, StepContext};
+
+use file::csv::{CsvSink, CsvSinkConfig, CsvSource, CsvSourceConfig};
+use file::jsonl::{JsonlSink, JsonlSinkConfig, JsonlSource, JsonlSourceConfig};
+use sql::{SqlSink, SqlSinkConfig, SqlSource, SqlSourceConfig};
+
+/// The source of a pipeline: exactly one of these keys.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceConfig {
+    /// A delimited text file.
+    Csv(CsvSourceConfig),
+    /// A JSON-lines file.
+    Jsonl(JsonlSourceConfig),
+    /// A SQL query on SQLite or PostgreSQL.
+    Sql(SqlSourceConfig),
+}
+
+/// The sink of a pipeline: exactly one of these keys.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SinkConfig {
+    /// A delimited text file.
+    Csv(CsvSinkConfig),
+    /// A JSON-lines file.
+    Jsonl(JsonlSinkConfig),
+    /// A table on SQLite or PostgreSQL (upsert on the natural key).
+    Sql(SqlSinkConfig),
+}
+
+/// A pipeline file with snodo's connectors.
+pub type Pipeline = PipelineFile<SourceConfig, SinkConfig>;
+
+impl Check for SourceConfig {
+    fn check(&self, node: &Node, path: &str, out: &mut Vec<Problem>) {
+        match self {
+            SourceConfig::Csv(c) => c.check(node, path, out),
+            SourceConfig::Jsonl(c) => c.check(node, path, out),
+            SourceConfig::Sql(c) => c.check(node, path, out),
+        }
+    }
+}
+
+impl Check for SinkConfig {
+    fn check(&self, node: &Node, path: &str, out: &mut Vec<Problem>) {
+        match self {
+            SinkConfig::Csv(c) => c.check(node, path, out),
+            SinkConfig::Jsonl(c) => c.check(node, path, out),
+            SinkConfig::Sql(c) => c.check(node, path, out),
+        }
+    }
+}
+
+impl SourceConfig {
+    fn connection(&self) -> Option<&str> {
+        match self {
+            SourceConfig::Sql(c) => Some(&c.connection),
+            _ => None,
+        }
+    }
+}
+
+impl SinkConfig {
+    fn connection(&self) -> Option<&str> {
+        match self {
+            SinkConfig::Sql(c) => Some(&c.connection),
+            _ => None,
+        }
+    }
+}
+
+/// Loads a pipeline file and checks it against the connections file: every problem of both
+/// is reported with file, line and column.
+pub fn load(path: &Path, connections: &ConnectionsFile) -> Result<(Pipeline, Node)> {
+    let (p, root) = snodo_core::config::load_pipeline::<SourceConfig, SinkConfig>(path)?;
+    let mut problems = Vec::new();
+    let mut check_conn = |section: &str, kind: &str, name: Option<&str>| {
+        if let Some(name) = name
+            && let Err(e) = connections.get(name)
+        {
+            let n = deepest(&root, &[section, kind, "connection"]);
+            problems.push(problem(n, &format!("{section}.{kind}.connection"), e));
+        }
+    };
+    check_conn("source", "sql", p.source.connection());
+    check_conn("sink", "sql", p.sink.connection());
+    if problems.is_empty() {
+        Ok((p, root))
+    } else {
+        Err(Error::Config {
+            file: path.to_path_buf(),
+            problems,
+        })
+    }
+}
+
+/// Checks a pipeline file without running it (`snodo lint`).
+pub fn lint(path: &Path, connections: &ConnectionsFile) -> Vec<Problem> {
+    match load(path, connections) {
+        Ok(_) => Vec::new(),
+        Err(Error::Config { problems, .. }) => problems,
+        Err(other) => vec![Problem {
+            location: Default::default(),
+            path: String::new(),
+            message: other.to_string(),
+        }],
+    }
+}
+
+/// Turns a loaded pipeline into a runnable plan: connections opened, steps compiled, code
+/// tables loaded.
+pub async fn plan(path: &Path, pipeline: &Pipeline, connections: &ConnectionsFile, dry_run: bool) -> Result<Plan> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io("reading", path, e))?;
+    let file_sha256 = hex::encode(Sha256::digest(&bytes));
+    let open = |name: &str| -> Result<snodo_core::config::ConnectionConfig> {
+        connections.get(name).cloned().map_err(Error::Other)
+    };
+    let source: Box<dyn Source> = match &pipeline.source {
+        SourceConfig::Csv(c) => Box::new(CsvSource::new(c.clone())),
+        SourceConfig::Jsonl(c) => Box::new(JsonlSource::new(c.clone())),
+        SourceConfig::Sql(c) => {
+            let db = Db::connect(&open(&c.connection)?, 2).await?;
+            let query = match (&c.query, &c.query_file) {
+                (Some(q), _) => q.clone(),
+                (None, Some(f)) => std::fs::read_to_string(f).map_err(|e| Error::io("reading", f, e))?,
+                (None, None) => return Err(Error::Other("source.sql needs `query` or `query_file`".into())),
+            };
+            Box::new(SqlSource::new(c, db, query, &c.connection))
+        }
+    };
+    let real_sink: Box<dyn Sink> = match &pipeline.sink {
+        SinkConfig::Csv(c) => Box::new(CsvSink::new(c.clone())),
+        SinkConfig::Jsonl(c) => Box::new(JsonlSink::new(c.clone())),
+        SinkConfig::Sql(c) => {
+            if dry_run {
+                Box::new(DryRunSink {
+                    target: format!("sql {} table {}", c.connection, c.table),
+                })
+            } else {
+                let db = Db::connect(&open(&c.connection)?, 2).await?;
+                Box::new(SqlSink::new(c.clone(), db, &c.connection))
+            }
+        }
+    };
+    let sink: Box<dyn Sink> = if dry_run {
+        Box::new(DryRunSink {
+            target: real_sink.describe(),
+        })
+    } else {
+        real_sink
+    };
+    let ctx = StepContext {
+        engine: Arc::new(ExprEngine::new()),
+        personal: Arc::new(pipeline.personal.clone()),
+    };
+    let steps = steps::build(&pipeline.steps, &ctx)?;
+    let limit = pipeline
+        .on_error
+        .reject_limit
+        .parse()
+        .map_err(|e| Error::Other(format!("on_error.reject_limit: {e}")))?;
+    Ok(Plan {
+        name: pipeline.pipeline.clone(),
+        file: path.display().to_string(),
+        file_sha256,
+        source,
+        steps,
+        sink,
+        limit,
+        limit_text: pipeline.on_error.reject_limit.to_string(),
+        then: pipeline.on_error.then,
+        batch_size: pipeline.batch_size.unwrap_or(5000),
+        ctx,
+    })
+}
+

@@ -1,0 +1,381 @@
+use futures::future::BoxFuture;
+use snodo_core::component::{Artifact, SavedCheckpoint, Sink};
+use snodo_core::db::{Db, quote_ident, quote_table};
+use snodo_core::error::{Error, Result};
+use snodo_core::record::Record;
+use snodo_core::value::{Value, ValueType};
+use sqlx::pool::PoolConnection;
+use sqlx::{Postgres, Row};
+
+use super::config::SqlSinkConfig;
+use super::values;
+
+const CHECKPOINT_DDL: &str = "CREATE TABLE IF NOT EXISTS _snodo_checkpoint (
+    pipeline TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    updated_at TEXT NOT NULL)";
+const CHECKPOINT_GET: &str = "SELECT state FROM _snodo_checkpoint WHERE pipeline = $1";
+const CHECKPOINT_PUT: &str = "INSERT INTO _snodo_checkpoint (pipeline, state, updated_at) VALUES ($1, $2, $3)
+    ON CONFLICT (pipeline) DO UPDATE SET state = EXCLUDED.state, updated_at = EXCLUDED.updated_at";
+
+/// SQLite allows 32766 bound parameters per statement; stay well below.
+const SQLITE_MAX_PARAMS: usize = 30_000;
+
+/// Upserts records into a table, one transaction per batch, with the checkpoint inside it.
+pub struct SqlSink {
+    cfg: SqlSinkConfig,
+    db: Db,
+    connection: String,
+    pipeline: String,
+    table_columns: Option<Vec<String>>,
+    /// PostgreSQL: one connection for the whole run, because the staging table is
+    /// temporary and lives as long as the session.
+    pg: Option<PoolConnection<Postgres>>,
+    staging_ready: bool,
+}
+
+impl SqlSink {
+    /// Builds the sink.
+    pub fn new(cfg: SqlSinkConfig, db: Db, connection: &str) -> Self {
+        SqlSink {
+            cfg,
+            db,
+            connection: connection.to_string(),
+            pipeline: String::new(),
+            table_columns: None,
+            pg: None,
+            staging_ready: false,
+        }
+    }
+
+    fn ctx(&self, what: &str) -> String {
+        format!("{what} table `{}` on connection `{}`", self.cfg.table, self.connection)
+    }
+
+    async fn existing_columns(&mut self) -> Result<Vec<String>> {
+        let ctx = self.ctx("inspecting");
+        let (schema, table) = match self.cfg.table.split_once('.') {
+            Some((s, t)) => (Some(s.to_string()), t.to_string()),
+            None => (None, self.cfg.table.clone()),
+        };
+        match &self.db {
+            Db::Sqlite(p) => {
+                let rows = sqlx::query("SELECT name FROM pragma_table_info($1)")
+                    .bind(&table)
+                    .fetch_all(p)
+                    .await
+                    .map_err(|e| Error::db(&ctx, e))?;
+                Ok(rows.iter().map(|r| r.get::<String, _>(0)).collect())
+            }
+            Db::Postgres(p) => {
+                let rows = sqlx::query(
+                    "SELECT column_name::text FROM information_schema.columns
+                     WHERE table_schema = coalesce($1, current_schema()) AND table_name = $2
+                     ORDER BY ordinal_position",
+                )
+                .bind(schema)
+                .bind(&table)
+                .fetch_all(p)
+                .await
+                .map_err(|e| Error::db(&ctx, e))?;
+                Ok(rows.iter().map(|r| r.get::<String, _>(0)).collect())
+            }
+        }
+    }
+
+    /// Makes sure the table exists and every field of `records` is one of its columns.
+    async fn ensure_table(&mut self, records: &[Record]) -> Result<()> {
+        if self.table_columns.is_some() {
+            return Ok(());
+        }
+        let mut cols = self.existing_columns().await?;
+        if cols.is_empty() {
+            if !self.cfg.create_table {
+                return Err(Error::Input(format!(
+                    "table `{}` does not exist on connection `{}`; create it, or set `create_table: true` in the sink",
+                    self.cfg.table, self.connection
+                )));
+            }
+            let Some(first) = records.first() else { return Ok(()) };
+            let dialect = self.db.dialect();
+            let mut defs = Vec::new();
+            for (i, name) in first.schema.names().iter().enumerate() {
+                let ty = self.cfg.types.get(name).copied().unwrap_or_else(|| {
+                    records
+                        .iter()
+                        .find_map(|r| r.values.get(i).and_then(Value::value_type))
+                        .unwrap_or(ValueType::String)
+                });
+                defs.push(format!("{} {}", quote_ident(name), values::sql_type(ty, dialect)));
+            }
+            let keys: Vec<String> = self.cfg.key.iter().map(|k| quote_ident(k)).collect();
+            let ddl = format!(
+                "CREATE TABLE IF NOT EXISTS {} ({}, PRIMARY KEY ({}))",
+                quote_table(&self.cfg.table),
+                defs.join(", "),
+                keys.join(", ")
+            );
+            let ctx = self.ctx("creating");
+            match &self.db {
+                Db::Sqlite(p) => sqlx::query(sqlx::AssertSqlSafe(ddl)).execute(p).await.map(|_| ()),
+                Db::Postgres(p) => sqlx::query(sqlx::AssertSqlSafe(ddl)).execute(p).await.map(|_| ()),
+            }
+            .map_err(|e| Error::db(&ctx, e))?;
+            cols = self.existing_columns().await?;
+        }
+        for k in &self.cfg.key {
+            if !cols.contains(k) {
+                return Err(Error::Input(format!(
+                    "key column `{k}` is not a column of table `{}` (columns: {})",
+                    self.cfg.table,
+                    cols.join(", ")
+                )));
+            }
+        }
+        self.table_columns = Some(cols);
+        Ok(())
+    }
+
+    fn check_fields(&self, names: &[String]) -> Result<()> {
+        let cols = self.table_columns.as_deref().unwrap_or(&[]);
+        for n in names {
+            if !cols.contains(n) {
+                return Err(Error::Input(format!(
+                    "field `{n}` is not a column of table `{}` (columns: {}); drop it with a `select` step or add the column",
+                    self.cfg.table,
+                    cols.join(", ")
+                )));
+            }
+        }
+        for k in &self.cfg.key {
+            if !names.contains(k) {
+                return Err(Error::Input(format!(
+                    "the records have no field `{k}`, which is the sink's key"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn target_key(&self, r: &Record) -> String {
+        let parts: Vec<String> = self
+            .cfg
+            .key
+            .iter()
+            .map(|k| format!("{k}={}", r.get(k).and_then(Value::to_text).unwrap_or_default()))
+            .collect();
+        format!("{}:{}", self.cfg.table, parts.join(","))
+    }
+
+    fn update_clause(&self, names: &[String]) -> String {
+        let sets: Vec<String> = names
+            .iter()
+            .filter(|n| !self.cfg.key.contains(n))
+            .map(|n| format!("{0} = EXCLUDED.{0}", quote_ident(n)))
+            .collect();
+        let keys: Vec<String> = self.cfg.key.iter().map(|k| quote_ident(k)).collect();
+        if sets.is_empty() {
+            format!("ON CONFLICT ({}) DO NOTHING", keys.join(", "))
+        } else {
+            format!("ON CONFLICT ({}) DO UPDATE SET {}", keys.join(", "), sets.join(", "))
+        }
+    }
+
+    async fn write_sqlite(&mut self, records: &[Record], state: &str, now: &str) -> Result<()> {
+        let Db::Sqlite(pool) = &self.db else { return Err(dialect_mismatch()) };
+        let ctx = self.ctx("writing to");
+        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(|e| Error::db(&ctx, e))?;
+        // Records of one batch normally share a schema; group runs of the same schema.
+        let mut start = 0;
+        while start < records.len() {
+            let schema = records[start].schema.clone();
+            let names = schema.names().to_vec();
+            self.check_fields(&names)?;
+            let per_stmt = (SQLITE_MAX_PARAMS / names.len().max(1)).max(1);
+            let mut end = start;
+            while end < records.len() && end - start < per_stmt && std::sync::Arc::ptr_eq(&records[end].schema, &schema) {
+                end += 1;
+            }
+            let row = format!("({})", vec!["?"; names.len()].join(", "));
+            let sql = format!(
+                "INSERT INTO {} ({}) VALUES {} {}",
+                quote_table(&self.cfg.table),
+                names.iter().map(|n| quote_ident(n)).collect::<Vec<_>>().join(", "),
+                vec![row.as_str(); end - start].join(", "),
+                self.update_clause(&names)
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for r in &records[start..end] {
+                for v in &r.values {
+                    q = values::bind_sqlite(q, v);
+                }
+            }
+            q.execute(&mut *tx).await.map_err(|e| Error::db(&ctx, e))?;
+            start = end;
+        }
+        sqlx::query(CHECKPOINT_PUT)
+            .bind(&self.pipeline)
+            .bind(state)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| Error::db(&ctx, e))?;
+        tx.commit().await.map_err(|e| Error::db(&ctx, e))?;
+        Ok(())
+    }
+
+    async fn write_pg(&mut self, records: &[Record], state: &str, now: &str) -> Result<()> {
+        let ctx = self.ctx("writing to");
+        let Db::Postgres(pool) = &self.db else { return Err(dialect_mismatch()) };
+        if self.pg.is_none() {
+            self.pg = Some(pool.acquire().await.map_err(|e| Error::db(&ctx, e))?);
+        }
+        let target = quote_table(&self.cfg.table);
+        if !self.staging_ready {
+            let ddl = format!(
+                "CREATE TEMP TABLE IF NOT EXISTS snodo_staging (LIKE {target} INCLUDING DEFAULTS, _snodo_ord BIGINT) ON COMMIT DELETE ROWS"
+            );
+            let conn = self.pg.as_mut().map(|c| &mut **c).ok_or_else(|| Error::Other("no connection".into()))?;
+            sqlx::query(sqlx::AssertSqlSafe(ddl)).execute(&mut *conn).await.map_err(|e| Error::db(&ctx, e))?;
+            self.staging_ready = true;
+        }
+        let names: Vec<String> = records.first().map(|r| r.schema.names().to_vec()).unwrap_or_default();
+        if !records.is_empty() {
+            self.check_fields(&names)?;
+        }
+        let update = self.update_clause(&names);
+        let keys: Vec<String> = self.cfg.key.iter().map(|k| quote_ident(k)).collect();
+        let col_list = names.iter().map(|n| quote_ident(n)).collect::<Vec<_>>().join(", ");
+
+        // Encode the batch before taking the connection: COPY text format, one line per
+        // record, with the record's position in the batch so that the last of several
+        // records with the same key wins, as it would with row-by-row upserts.
+        let mut data = Vec::with_capacity(records.len() * 128);
+        for (ord, r) in records.iter().enumerate() {
+            for name in &names {
+                values::copy_text(r.get(name).unwrap_or(&Value::Null), &mut data);
+                data.push(b'\t');
+            }
+            data.extend_from_slice(ord.to_string().as_bytes());
+            data.push(b'\n');
+        }
+
+        let conn = self.pg.as_mut().map(|c| &mut **c).ok_or_else(|| Error::Other("no connection".into()))?;
+        let mut tx = sqlx::Connection::begin(conn).await.map_err(|e| Error::db(&ctx, e))?;
+        if !records.is_empty() {
+            let copy = format!("COPY snodo_staging ({col_list}, _snodo_ord) FROM STDIN (FORMAT text)");
+            let mut c = tx.copy_in_raw(&copy).await.map_err(|e| Error::db(&ctx, e))?;
+            for chunk in data.chunks(1 << 20) {
+                c.send(chunk).await.map_err(|e| Error::db(&ctx, e))?;
+            }
+            c.finish().await.map_err(|e| Error::db(&ctx, e))?;
+            let upsert = format!(
+                "INSERT INTO {target} ({col_list}) SELECT DISTINCT ON ({k}) {col_list} FROM snodo_staging ORDER BY {k}, _snodo_ord DESC {update}",
+                k = keys.join(", ")
+            );
+            sqlx::query(sqlx::AssertSqlSafe(upsert))
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| {
+                    let msg = e.to_string();
+                    if msg.contains("no unique or exclusion constraint") {
+                        Error::Input(format!(
+                            "table `{}` has no primary key or unique constraint on ({}); the sink's `key` must match one",
+                            self.cfg.table,
+                            self.cfg.key.join(", ")
+                        ))
+                    } else {
+                        Error::db(&ctx, e)
+                    }
+                })?;
+        }
+        sqlx::query(CHECKPOINT_PUT)
+            .bind(&self.pipeline)
+            .bind(state)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| Error::db(&ctx, e))?;
+        tx.commit().await.map_err(|e| Error::db(&ctx, e))?;
+        Ok(())
+    }
+
+    async fn save(&mut self, records: &[Record], checkpoint: &SavedCheckpoint) -> Result<()> {
+        if !records.is_empty() {
+            self.ensure_table(records).await?;
+        }
+        let state = serde_json::to_string(checkpoint).map_err(|e| Error::Other(e.to_string()))?;
+        let now = chrono::Utc::now().to_rfc3339();
+        match self.db {
+            Db::Sqlite(_) => self.write_sqlite(records, &state, &now).await,
+            Db::Postgres(_) => self.write_pg(records, &state, &now).await,
+        }
+    }
+}
+
+fn dialect_mismatch() -> Error {
+    Error::Other("internal error: dialect mismatch in the SQL sink".into())
+}
+
+impl Sink for SqlSink {
+    fn describe(&self) -> String {
+        format!("sql {} table {}", self.connection, self.cfg.table)
+    }
+
+    fn open<'a>(&'a mut self, pipeline: &'a str) -> BoxFuture<'a, Result<Option<SavedCheckpoint>>> {
+        Box::pin(async move {
+            self.pipeline = pipeline.to_string();
+            let ctx = format!("reading the checkpoint on connection `{}`", self.connection);
+            let row = match &self.db {
+                Db::Sqlite(p) => {
+                    sqlx::query(CHECKPOINT_DDL).execute(p).await.map_err(|e| Error::db(&ctx, e))?;
+                    sqlx::query(CHECKPOINT_GET)
+                        .bind(pipeline)
+                        .fetch_optional(p)
+                        .await
+                        .map_err(|e| Error::db(&ctx, e))?
+                        .map(|r| r.get::<String, _>(0))
+                }
+                Db::Postgres(p) => {
+                    sqlx::query(CHECKPOINT_DDL).execute(p).await.map_err(|e| Error::db(&ctx, e))?;
+                    sqlx::query(CHECKPOINT_GET)
+                        .bind(pipeline)
+                        .fetch_optional(p)
+                        .await
+                        .map_err(|e| Error::db(&ctx, e))?
+                        .map(|r| r.get::<String, _>(0))
+                }
+            };
+            row.map(|s| {
+                serde_json::from_str(&s).map_err(|e| {
+                    Error::Other(format!(
+                        "the checkpoint of `{pipeline}` in _snodo_checkpoint is unreadable ({e}); delete that row to start over"
+                    ))
+                })
+            })
+            .transpose()
+        })
+    }
+
+    fn begin<'a>(&'a mut self, _resume: Option<&'a SavedCheckpoint>) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn write<'a>(
+        &'a mut self,
+        records: &'a [Record],
+        checkpoint: &'a SavedCheckpoint,
+    ) -> BoxFuture<'a, Result<Vec<String>>> {
+        Box::pin(async move {
+            self.save(records, checkpoint).await?;
+            Ok(records.iter().map(|r| self.target_key(r)).collect())
+        })
+    }
+
+    fn finish<'a>(&'a mut self, checkpoint: &'a SavedCheckpoint) -> BoxFuture<'a, Result<Vec<Artifact>>> {
+        Box::pin(async move {
+            self.save(&[], checkpoint).await?;
+            Ok(Vec::new())
+        })
+    }
+}

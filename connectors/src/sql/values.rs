@@ -1,0 +1,166 @@
+//! Converting between database values and snodo values.
+
+use std::str::FromStr;
+
+use rust_decimal::Decimal;
+use snodo_core::value::{Value, ValueType};
+use sqlx::postgres::PgRow;
+use sqlx::sqlite::SqliteRow;
+use sqlx::{Column, Row, TypeInfo, ValueRef};
+
+/// A float from a legacy column becomes a decimal through its shortest text form, which is
+/// what the legacy application displayed.
+fn float_to_decimal(f: f64) -> Value {
+    Decimal::from_str(&f.to_string())
+        .or_else(|_| Decimal::from_scientific(&format!("{f:e}")))
+        .map(Value::Decimal)
+        .unwrap_or(Value::Null)
+}
+
+/// Decodes a PostgreSQL row.
+pub fn pg_row(row: &PgRow) -> Result<Vec<Value>, String> {
+    let mut out = Vec::with_capacity(row.len());
+    for (i, col) in row.columns().iter().enumerate() {
+        let ty = col.type_info().name().to_string();
+        let raw = row.try_get_raw(i).map_err(|e| e.to_string())?;
+        if raw.is_null() {
+            out.push(Value::Null);
+            continue;
+        }
+        let err = |e: sqlx::Error| format!("column `{}` ({ty}): {e}", col.name());
+        let v = match ty.as_str() {
+            "BOOL" => Value::Bool(row.try_get(i).map_err(err)?),
+            "INT2" => Value::Int(row.try_get::<i16, _>(i).map_err(err)? as i64),
+            "INT4" => Value::Int(row.try_get::<i32, _>(i).map_err(err)? as i64),
+            "INT8" => Value::Int(row.try_get(i).map_err(err)?),
+            "NUMERIC" => Value::Decimal(row.try_get(i).map_err(err)?),
+            "FLOAT4" => float_to_decimal(row.try_get::<f32, _>(i).map_err(err)? as f64),
+            "FLOAT8" => float_to_decimal(row.try_get::<f64, _>(i).map_err(err)?),
+            "DATE" => Value::Date(row.try_get(i).map_err(err)?),
+            "TIMESTAMP" => Value::DateTime(row.try_get(i).map_err(err)?),
+            "TIMESTAMPTZ" => Value::DateTime(
+                row.try_get::<chrono::DateTime<chrono::Utc>, _>(i).map_err(err)?.naive_utc(),
+            ),
+            "BYTEA" => Value::Bytes(row.try_get(i).map_err(err)?),
+            "JSON" | "JSONB" => Value::from_json(&row.try_get::<serde_json::Value, _>(i).map_err(err)?),
+            _ => Value::Str(row.try_get::<String, _>(i).map_err(|_| {
+                format!("column `{}` has type {ty}, which snodo cannot read yet; cast it to text in the query", col.name())
+            })?),
+        };
+        out.push(v);
+    }
+    Ok(out)
+}
+
+/// Decodes a SQLite row. SQLite types values, not columns, so each value says what it is.
+pub fn sqlite_row(row: &SqliteRow) -> Result<Vec<Value>, String> {
+    let mut out = Vec::with_capacity(row.len());
+    for (i, col) in row.columns().iter().enumerate() {
+        let raw = row.try_get_raw(i).map_err(|e| e.to_string())?;
+        if raw.is_null() {
+            out.push(Value::Null);
+            continue;
+        }
+        let ty = raw.type_info().name().to_string();
+        let err = |e: sqlx::Error| format!("column `{}` ({ty}): {e}", col.name());
+        let v = match ty.as_str() {
+            "INTEGER" => Value::Int(row.try_get(i).map_err(err)?),
+            "REAL" => float_to_decimal(row.try_get::<f64, _>(i).map_err(err)?),
+            "BLOB" => Value::Bytes(row.try_get(i).map_err(err)?),
+            _ => Value::Str(row.try_get(i).map_err(err)?),
+        };
+        out.push(v);
+    }
+    Ok(out)
+}
+
+/// The column type used by `create_table`.
+pub fn sql_type(t: ValueType, dialect: &str) -> &'static str {
+    match (t, dialect) {
+        (ValueType::Int, "postgres") => "BIGINT",
+        (ValueType::Decimal, "postgres") => "NUMERIC",
+        (ValueType::Bool, "postgres") => "BOOLEAN",
+        (ValueType::Date, "postgres") => "DATE",
+        (ValueType::Datetime, "postgres") => "TIMESTAMP",
+        (ValueType::Bytes, "postgres") => "BYTEA",
+        (ValueType::List | ValueType::Map, "postgres") => "JSONB",
+        (_, "postgres") => "TEXT",
+        // SQLite: decimals and dates are stored as text so that no amount is ever turned
+        // into a floating-point REAL.
+        (ValueType::Int | ValueType::Bool, _) => "INTEGER",
+        (ValueType::Bytes, _) => "BLOB",
+        _ => "TEXT",
+    }
+}
+
+/// Appends a value in PostgreSQL `COPY ... (FORMAT text)` form.
+pub fn copy_text(v: &Value, out: &mut Vec<u8>) {
+    match v {
+        Value::Null => out.extend_from_slice(b"\\N"),
+        Value::Bool(b) => out.push(if *b { b't' } else { b'f' }),
+        Value::Bytes(b) => {
+            out.extend_from_slice(b"\\\\x");
+            out.extend_from_slice(hex::encode(b).as_bytes());
+        }
+        other => {
+            let text = other.to_text().unwrap_or_default();
+            for &b in text.as_bytes() {
+                match b {
+                    b'\\' => out.extend_from_slice(b"\\\\"),
+                    b'\t' => out.extend_from_slice(b"\\t"),
+                    b'\n' => out.extend_from_slice(b"\\n"),
+                    b'\r' => out.extend_from_slice(b"\\r"),
+                    _ => out.push(b),
+                }
+            }
+        }
+    }
+}
+
+/// Binds a value to a SQLite statement: decimals and dates as canonical text.
+pub fn bind_sqlite<'q>(
+    q: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>,
+    v: &Value,
+) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments> {
+    match v {
+        Value::Null => q.bind(None::<String>),
+        Value::Bool(b) => q.bind(*b),
+        Value::Int(i) => q.bind(*i),
+        Value::Bytes(b) => q.bind(b.clone()),
+        other => q.bind(other.to_text().unwrap_or_default()),
+    }
+}
+
+/// Binds a value to a PostgreSQL statement with its native type.
+pub fn bind_pg<'q>(
+    q: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    v: &Value,
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    match v {
+        Value::Null => q.bind(None::<String>),
+        Value::Bool(b) => q.bind(*b),
+        Value::Int(i) => q.bind(*i),
+        Value::Decimal(d) => q.bind(*d),
+        Value::Date(d) => q.bind(*d),
+        Value::DateTime(d) => q.bind(*d),
+        Value::Bytes(b) => q.bind(b.clone()),
+        Value::Str(s) => q.bind(s.clone()),
+        other => q.bind(other.to_json()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_text_escapes_what_copy_needs() {
+        let mut out = Vec::new();
+        copy_text(&Value::Str("a\tb\\c\nd".into()), &mut out);
+        assert_eq!(out, b"a\\tb\\\\c\\nd");
+        out.clear();
+        copy_text(&Value::Null, &mut out);
+        assert_eq!(out, b"\\N");
+        assert_eq!(float_to_decimal(0.1).to_text().unwrap(), "0.1");
+    }
+}

@@ -1,0 +1,131 @@
+//! The contracts between the runtime and the connectors.
+
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use crate::error::Result;
+use crate::record::{Batch, Checkpoint, Record};
+
+/// What a source needs to know to produce batches.
+#[derive(Debug, Clone)]
+pub struct SourceContext {
+    /// Records per batch.
+    pub batch_size: usize,
+    /// Stop after this many records (`--limit`).
+    pub limit: Option<u64>,
+    /// Fields masked in rejects produced by the source itself.
+    pub personal: Arc<Vec<String>>,
+}
+
+/// A source of records. It runs in its own task and sends batches into a bounded channel,
+/// so a slow sink slows the source down instead of filling memory.
+pub trait Source: Send {
+    /// Identifies the input, so that a checkpoint is reused only for the same input
+    /// (a file's path, size and modification time; a query's text).
+    fn fingerprint(&self) -> String;
+    /// True when the source reads only what changed since the last completed run
+    /// (a SQL query with a `cursor`): its final checkpoint is the next run's start.
+    fn incremental(&self) -> bool {
+        false
+    }
+    /// Total input size in bytes when known, for progress bars.
+    fn size_hint(&self) -> Option<u64> {
+        None
+    }
+    /// Human-readable description for the flow log (no secrets).
+    fn describe(&self) -> String;
+    /// Streams batches, starting after `from` (or at the beginning), until the input ends
+    /// or the receiver is dropped.
+    fn run(
+        self: Box<Self>,
+        from: Option<Checkpoint>,
+        ctx: SourceContext,
+        tx: mpsc::Sender<Batch>,
+    ) -> BoxFuture<'static, Result<()>>;
+}
+
+/// The checkpoint a sink stores atomically with the data it commits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SavedCheckpoint {
+    /// The source fingerprint it belongs to.
+    pub fingerprint: String,
+    /// Where the source resumes.
+    pub position: Checkpoint,
+    /// True once the run that wrote it completed.
+    pub done: bool,
+    /// The run that wrote it.
+    pub run_id: String,
+    /// Records read from the start of the input up to `position`.
+    pub records_read: u64,
+    /// Records written to the sink from the start of the input up to `position`.
+    pub records_written: u64,
+}
+
+/// A file or object a run produced, recorded in the flow log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Artifact {
+    /// Where it is.
+    pub path: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// SHA-256 of the content, hex.
+    pub sha256: String,
+    /// Records in it.
+    pub rows: u64,
+    /// Where it is meant to go (`local`, `INPS`, ...).
+    pub destination: String,
+}
+
+/// A sink. Every `write` commits the records *and* the checkpoint together, so a crash
+/// between two writes loses nothing and a restart duplicates nothing.
+pub trait Sink: Send {
+    /// Human-readable description for the flow log (no secrets).
+    fn describe(&self) -> String;
+    /// Prepares the target and returns the checkpoint saved by a previous run, if any.
+    fn open<'a>(&'a mut self, pipeline: &'a str) -> BoxFuture<'a, Result<Option<SavedCheckpoint>>>;
+    /// Called once before the first write: `resume` is the checkpoint the run continues
+    /// from, `None` to start from scratch (a file sink then discards any partial output).
+    fn begin<'a>(&'a mut self, resume: Option<&'a SavedCheckpoint>) -> BoxFuture<'a, Result<()>>;
+    /// Writes `records` and saves `checkpoint` atomically. Returns the target key of each
+    /// record, in order, for lineage.
+    fn write<'a>(
+        &'a mut self,
+        records: &'a [Record],
+        checkpoint: &'a SavedCheckpoint,
+    ) -> BoxFuture<'a, Result<Vec<String>>>;
+    /// Marks the checkpoint done and publishes what was written (renames a file into place).
+    fn finish<'a>(&'a mut self, checkpoint: &'a SavedCheckpoint) -> BoxFuture<'a, Result<Vec<Artifact>>>;
+}
+
+/// A sink that writes nothing: `--dry-run`. Checkpoints are not saved either, so a dry
+/// run never changes where the next real run starts.
+#[derive(Debug, Default)]
+pub struct DryRunSink {
+    /// Description of the sink that would have been written.
+    pub target: String,
+}
+
+impl Sink for DryRunSink {
+    fn describe(&self) -> String {
+        format!("dry run (would write to {})", self.target)
+    }
+    fn open<'a>(&'a mut self, _pipeline: &'a str) -> BoxFuture<'a, Result<Option<SavedCheckpoint>>> {
+        Box::pin(async { Ok(None) })
+    }
+    fn begin<'a>(&'a mut self, _resume: Option<&'a SavedCheckpoint>) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async { Ok(()) })
+    }
+    fn write<'a>(
+        &'a mut self,
+        records: &'a [Record],
+        _checkpoint: &'a SavedCheckpoint,
+    ) -> BoxFuture<'a, Result<Vec<String>>> {
+        Box::pin(async move { Ok(records.iter().map(|_| String::new()).collect()) })
+    }
+    fn finish<'a>(&'a mut self, _checkpoint: &'a SavedCheckpoint) -> BoxFuture<'a, Result<Vec<Artifact>>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+}

@@ -1,0 +1,388 @@
+//! The pipeline file: `source → steps → sink`, plus the reject policy.
+//!
+//! The doc comments on these structs are the reference documentation: `snodo schema`
+//! turns them into the JSON Schema that editors use for completion and that `docs/`
+//! publishes.
+
+use std::fmt;
+use std::path::Path;
+
+use indexmap::IndexMap;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::yaml::{Node, Problem};
+use super::{Check, deepest, problem};
+use crate::expr::ExprEngine;
+use crate::value::ValueType;
+
+/// A pipeline: one source, an ordered list of steps, one sink.
+///
+/// ```yaml
+/// pipeline: assistiti-csv
+/// source:
+///   csv: { path: tests/fixtures/csv/assistiti_legacy.csv, delimiter: ";", encoding: windows-1252 }
+/// steps:
+///   - map:
+///       codice_fiscale: upper(trim(codice_fiscale))
+///   - validate:
+///       codice_fiscale: { codice_fiscale: true }
+/// sink:
+///   sql: { connection: store, table: assistito, key: [id_anagrafica] }
+/// on_error: { reject_limit: 5%, then: fail }
+/// ```
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+pub struct PipelineFile<S, K> {
+    /// Unique name of the pipeline (letters, digits, `-`, `_`, `.`). Checkpoints and the
+    /// flow log are keyed by it: renaming a pipeline starts it from scratch.
+    pub pipeline: String,
+    /// What the pipeline does, for people reading `snodo runs`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Where records come from (exactly one connector).
+    pub source: S,
+    /// Transformations applied in order to every record.
+    #[serde(default)]
+    pub steps: Vec<StepConfig>,
+    /// Where records go (exactly one connector).
+    pub sink: K,
+    /// What to do with records that fail a step.
+    #[serde(default)]
+    pub on_error: OnError,
+    /// Fields that hold personal data (names, addresses, phone numbers): their values are
+    /// masked in rejects and logs. Codici fiscali and IBANs are masked wherever they appear,
+    /// listed here or not.
+    #[serde(default)]
+    pub personal: Vec<String>,
+    /// Records per batch (default 5000). A batch is the unit of commit and checkpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_size: Option<usize>,
+}
+
+/// One transformation step. Each list item has exactly one key, the step kind.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum StepConfig {
+    /// Sets fields from expressions: `field: expression`. Every expression sees the record
+    /// as it entered the step (like SQL `SELECT`), so the order of the keys does not matter.
+    /// A failing expression (e.g. `date("31/02/1980", "%d/%m/%Y")`) rejects the record.
+    ///
+    /// ```yaml
+    /// - map:
+    ///     codice_fiscale: upper(trim(codice_fiscale))
+    ///     data_nascita: date(data_nascita, "%d/%m/%Y")
+    ///     isee: decimal_it(isee)
+    /// ```
+    Map(IndexMap<String, String>),
+    /// Keeps the records for which the expression is `true`; the others are counted as
+    /// filtered (not rejected). `filter: "is_null(data_decesso)"`.
+    Filter(String),
+    /// Checks fields against rules; a record breaking any rule is rejected with every
+    /// broken rule in the reason.
+    ///
+    /// ```yaml
+    /// - validate:
+    ///     codice_fiscale: { required: true, codice_fiscale: true }
+    ///     comune_nascita: { belfiore_at: data_nascita }
+    ///     cap: { pattern: "^[0-9]{5}$" }
+    /// ```
+    Validate(IndexMap<String, FieldRule>),
+    /// Translates a code through a code table (a CSV file in `mappings/`).
+    Lookup(LookupConfig),
+    /// Keeps only the listed fields, in this order (fields not present become null).
+    Select(Vec<String>),
+}
+
+impl StepConfig {
+    /// The step kind as written in YAML.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StepConfig::Map(_) => "map",
+            StepConfig::Filter(_) => "filter",
+            StepConfig::Validate(_) => "validate",
+            StepConfig::Lookup(_) => "lookup",
+            StepConfig::Select(_) => "select",
+        }
+    }
+}
+
+/// Rules for one field of a `validate` step. All given rules are checked.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+pub struct FieldRule {
+    /// The field must be present and not empty.
+    #[serde(default)]
+    pub required: bool,
+    /// The value must have this type (convert it in a `map` step first: `date(...)`,
+    /// `decimal_it(...)`).
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub value_type: Option<ValueType>,
+    /// Minimum length in characters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_length: Option<usize>,
+    /// Maximum length in characters (e.g. the size of the target column).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_length: Option<usize>,
+    /// A regular expression the whole value must match (anchor it with `^…$`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pattern: Option<String>,
+    /// The allowed values (a code list).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub one_of: Option<Vec<String>>,
+    /// A code list file: the allowed values are the first column of this CSV (header
+    /// skipped), e.g. `mappings/istat/cittadinanze.csv`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code_list: Option<String>,
+    /// A personal codice fiscale (16 characters, check character, omocodia allowed) or a
+    /// numeric one (11 digits).
+    #[serde(default)]
+    pub codice_fiscale: bool,
+    /// A partita IVA (11 digits with check digit).
+    #[serde(default)]
+    pub partita_iva: bool,
+    /// An IBAN (ISO 13616 check digits and country length).
+    #[serde(default)]
+    pub iban: bool,
+    /// The value is a Belfiore code (comune or foreign state) that was valid at the date
+    /// held in the named field (e.g. the birth date): comuni merge, split and change code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub belfiore_at: Option<String>,
+}
+
+/// A code-table lookup.
+///
+/// ```yaml
+/// - lookup:
+///     table: mappings/esempio/cittadinanza.csv
+///     key: cittadinanza        # field of the record
+///     into: cittadinanza_iso   # field to set
+///     missing: reject
+/// ```
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+pub struct LookupConfig {
+    /// The code table: a UTF-8 CSV file with a header.
+    pub table: String,
+    /// The record field holding the code to translate.
+    pub key: String,
+    /// The field to set with the translation.
+    pub into: String,
+    /// The table column matched against `key` (default: the first column).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub match_column: Option<String>,
+    /// The table column copied into `into` (default: the second column).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_column: Option<String>,
+    /// The table's field delimiter (default `,`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delimiter: Option<String>,
+    /// What to do when the code is not in the table.
+    #[serde(default)]
+    pub missing: Missing,
+}
+
+/// What a lookup does with a code it cannot find.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Missing {
+    /// Reject the record (default: an unknown code is usually a data error).
+    #[default]
+    Reject,
+    /// Set the target field to null.
+    Null,
+    /// Copy the code unchanged.
+    Keep,
+}
+
+/// The reject policy.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+pub struct OnError {
+    /// How many rejected records are tolerated: a count (`100`) or a percentage of the
+    /// records read (`"0.5%"`). Default `0`: any reject breaks the policy.
+    #[serde(default)]
+    pub reject_limit: RejectLimit,
+    /// What happens when the limit is exceeded: `fail` stops the run at once (what was
+    /// committed stays committed and the next run resumes after it); `continue` loads all
+    /// valid records and ends the run as failed.
+    #[serde(default)]
+    pub then: Then,
+}
+
+/// A reject limit as written: count or percentage.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum RejectLimit {
+    /// An absolute number of rejected records.
+    Count(u64),
+    /// A percentage such as `"0.5%"`, or a number written as text.
+    Text(String),
+}
+
+impl Default for RejectLimit {
+    fn default() -> Self {
+        RejectLimit::Count(0)
+    }
+}
+
+/// A parsed reject limit.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Limit {
+    /// At most this many rejects.
+    Count(u64),
+    /// At most this fraction (0.0–1.0) of the records read, in parts per million so that
+    /// the comparison is exact integer arithmetic.
+    PartsPerMillion(u64),
+}
+
+impl RejectLimit {
+    /// Parses the limit.
+    pub fn parse(&self) -> Result<Limit, String> {
+        match self {
+            RejectLimit::Count(n) => Ok(Limit::Count(*n)),
+            RejectLimit::Text(t) => {
+                let t = t.trim();
+                if let Some(p) = t.strip_suffix('%') {
+                    let d = crate::value::parse_decimal(p, crate::value::DecimalStyle::DOT)
+                        .map_err(|_| format!("`{t}` is not a percentage like `0.5%`"))?;
+                    let ppm = d * rust_decimal::Decimal::from(10_000);
+                    if ppm.is_sign_negative() || ppm > rust_decimal::Decimal::from(1_000_000) {
+                        return Err(format!("`{t}` must be between 0% and 100%"));
+                    }
+                    Ok(Limit::PartsPerMillion(
+                        ppm.trunc().to_string().parse().unwrap_or(0),
+                    ))
+                } else {
+                    t.parse::<u64>()
+                        .map(Limit::Count)
+                        .map_err(|_| format!("`{t}` is neither a count nor a percentage"))
+                }
+            }
+        }
+    }
+}
+
+impl fmt::Display for RejectLimit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RejectLimit::Count(n) => write!(f, "{n}"),
+            RejectLimit::Text(t) => f.write_str(t),
+        }
+    }
+}
+
+impl Limit {
+    /// True when `rejected` out of `read` breaks the limit. Percentages are judged only
+    /// from `min_sample` records on, so that three bad rows at the top of a file of a
+    /// million do not stop the run.
+    pub fn exceeded(&self, rejected: u64, read: u64, min_sample: u64) -> bool {
+        match *self {
+            Limit::Count(n) => rejected > n,
+            Limit::PartsPerMillion(ppm) => {
+                read >= min_sample && (rejected as u128) * 1_000_000 > (ppm as u128) * (read as u128)
+            }
+        }
+    }
+}
+
+/// The action once the reject limit is exceeded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Then {
+    /// Stop the run.
+    #[default]
+    Fail,
+    /// Keep loading valid records; the run ends as failed.
+    Continue,
+}
+
+impl Check for StepConfig {
+    fn check(&self, node: &Node, path: &str, out: &mut Vec<Problem>) {
+        let engine = ExprEngine::new();
+        let kind = self.kind();
+        match self {
+            StepConfig::Map(fields) => {
+                if fields.is_empty() {
+                    out.push(problem(node, path, "`map` needs at least one `field: expression`"));
+                }
+                for (field, src) in fields {
+                    if let Err(e) = engine.compile(src) {
+                        let n = deepest(node, &[kind, field]);
+                        out.push(problem(n, &format!("{path}.{kind}.{field}"), e));
+                    }
+                }
+            }
+            StepConfig::Filter(src) => {
+                if let Err(e) = engine.compile(src) {
+                    out.push(problem(deepest(node, &[kind]), &format!("{path}.{kind}"), e));
+                }
+            }
+            StepConfig::Validate(rules) => {
+                for (field, rule) in rules {
+                    let n = deepest(node, &[kind, field]);
+                    let p = format!("{path}.{kind}.{field}");
+                    if let Some(re) = &rule.pattern
+                        && let Err(e) = regex::Regex::new(re)
+                    {
+                        out.push(problem(
+                            deepest(n, &["pattern"]),
+                            &format!("{p}.pattern"),
+                            format!("invalid regular expression: {e}"),
+                        ));
+                    }
+                    if let Some(f) = &rule.code_list
+                        && !Path::new(f).is_file()
+                    {
+                        out.push(problem(
+                            deepest(n, &["code_list"]),
+                            &format!("{p}.code_list"),
+                            format!("code list `{f}` not found (paths are relative to the working directory)"),
+                        ));
+                    }
+                    if let (Some(a), Some(b)) = (rule.min_length, rule.max_length)
+                        && a > b
+                    {
+                        out.push(problem(n, &p, "min_length is greater than max_length"));
+                    }
+                }
+            }
+            StepConfig::Lookup(l) => {
+                if !Path::new(&l.table).is_file() {
+                    out.push(problem(
+                        deepest(node, &[kind, "table"]),
+                        &format!("{path}.{kind}.table"),
+                        format!("code table `{}` not found (paths are relative to the working directory)", l.table),
+                    ));
+                }
+                if let Some(d) = &l.delimiter
+                    && d.len() != 1
+                {
+                    out.push(problem(
+                        deepest(node, &[kind, "delimiter"]),
+                        &format!("{path}.{kind}.delimiter"),
+                        "the delimiter is one ASCII character",
+                    ));
+                }
+            }
+            StepConfig::Select(fields) => {
+                if fields.is_empty() {
+                    out.push(problem(node, path, "`select` needs at least one field"));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reject_limits_parse_and_judge_exactly() {
+        let l = RejectLimit::Text("0.5%".into()).parse().unwrap();
+        assert_eq!(l, Limit::PartsPerMillion(5000));
+        assert!(!l.exceeded(5, 1000, 100));
+        assert!(l.exceeded(6, 1000, 100));
+        assert!(!l.exceeded(6, 10, 100), "below the sample size a percentage does not trip");
+        assert!(RejectLimit::Count(0).parse().unwrap().exceeded(1, 1, 0));
+        assert!(RejectLimit::Text("abc".into()).parse().is_err());
+        assert!(RejectLimit::Text("150%".into()).parse().is_err());
+    }
+}

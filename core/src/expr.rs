@@ -1,0 +1,493 @@
+//! The expression language of `map` and `filter` steps.
+//!
+//! Built on [Rhai](https://rhai.rs) rather than a home-made parser: it is maintained,
+//! embeddable, and can be sandboxed. Snodo configures it so that:
+//! * only *expressions* compile (no statements, loops or function definitions);
+//! * there is **no floating-point type**: the crate is built with `no_float` + `decimal`,
+//!   so `importo * 1.1` computes with exact decimals and money never passes through a float;
+//! * nothing reaches the outside world: Rhai has no file, network or environment access,
+//!   `print`/`debug` are silenced, `eval` is disabled;
+//! * execution is bounded (operations, call depth, string/array/map sizes).
+//!
+//! Record fields are variables (`upper(trim(cognome))`); a field whose name is not an
+//! identifier is reachable with non-alphanumeric characters replaced by `_`.
+//! A missing value is Rhai's unit `()`; the string functions below pass it through, so
+//! `upper(trim(nome))` on an empty field yields null rather than an error.
+
+use std::str::FromStr;
+
+use chrono::{Datelike, NaiveDate, NaiveDateTime};
+use rhai::{Dynamic, Engine, EvalAltResult, ImmutableString, Scope, AST};
+use rust_decimal::Decimal;
+
+use crate::record::Record;
+use crate::validators;
+use crate::value::{self, DecimalStyle, Value};
+
+type FnResult = Result<Dynamic, Box<EvalAltResult>>;
+
+/// A compiled expression and its source text (for messages).
+#[derive(Clone, Debug)]
+pub struct Expr {
+    ast: AST,
+    source: String,
+}
+
+impl Expr {
+    /// The expression as written in the pipeline.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+}
+
+/// A sandboxed expression engine with snodo's function library.
+pub struct ExprEngine {
+    engine: Engine,
+}
+
+impl std::fmt::Debug for ExprEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ExprEngine")
+    }
+}
+
+impl Default for ExprEngine {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn err(msg: impl Into<String>) -> Box<EvalAltResult> {
+    msg.into().into()
+}
+
+fn text_of(v: &Dynamic) -> Option<String> {
+    if v.is_unit() {
+        None
+    } else if v.is_string() {
+        v.clone().into_immutable_string().ok().map(|s| s.to_string())
+    } else {
+        Some(v.to_string())
+    }
+}
+
+/// Applies a text function, passing null through.
+fn on_text(v: Dynamic, f: impl Fn(&str) -> String) -> Dynamic {
+    match text_of(&v) {
+        None => Dynamic::UNIT,
+        Some(s) => Dynamic::from(ImmutableString::from(f(&s))),
+    }
+}
+
+/// Parses text into a decimal with `style`; empty text is null, a decimal passes through.
+fn to_decimal(v: Dynamic, style: DecimalStyle) -> FnResult {
+    if let Ok(d) = v.as_decimal() {
+        return Ok(Dynamic::from_decimal(d));
+    }
+    if let Ok(i) = v.as_int() {
+        return Ok(Dynamic::from_decimal(Decimal::from(i)));
+    }
+    match text_of(&v) {
+        None => Ok(Dynamic::UNIT),
+        Some(s) if s.trim().is_empty() => Ok(Dynamic::UNIT),
+        Some(s) => value::parse_decimal(&s, style)
+            .map(Dynamic::from_decimal)
+            .map_err(err),
+    }
+}
+
+fn to_date(v: Dynamic, fmt: &str) -> FnResult {
+    if v.is::<NaiveDate>() {
+        return Ok(v);
+    }
+    match text_of(&v) {
+        None => Ok(Dynamic::UNIT),
+        Some(s) if s.trim().is_empty() => Ok(Dynamic::UNIT),
+        Some(s) => value::parse_date(&s, fmt).map(Dynamic::from).map_err(err),
+    }
+}
+
+fn to_datetime(v: Dynamic, fmt: &str) -> FnResult {
+    if v.is::<NaiveDateTime>() {
+        return Ok(v);
+    }
+    match text_of(&v) {
+        None => Ok(Dynamic::UNIT),
+        Some(s) if s.trim().is_empty() => Ok(Dynamic::UNIT),
+        Some(s) => value::parse_datetime(&s, fmt)
+            .map(Dynamic::from)
+            .map_err(err),
+    }
+}
+
+fn bool_check(v: Dynamic, check: impl Fn(&str) -> bool) -> bool {
+    text_of(&v).is_some_and(|s| check(&s))
+}
+
+impl ExprEngine {
+    /// Builds the sandboxed engine.
+    pub fn new() -> Self {
+        let mut e = Engine::new();
+        e.on_print(|_| {});
+        e.on_debug(|_, _, _| {});
+        e.disable_symbol("eval");
+        e.set_max_operations(50_000);
+        e.set_max_call_levels(16);
+        e.set_max_expr_depths(64, 32);
+        e.set_max_string_size(1 << 20);
+        e.set_max_array_size(10_000);
+        e.set_max_map_size(10_000);
+
+        // Text.
+        e.register_fn("upper", |v: Dynamic| on_text(v, |s| s.to_uppercase()));
+        e.register_fn("lower", |v: Dynamic| on_text(v, |s| s.to_lowercase()));
+        e.register_fn("trim", |v: Dynamic| on_text(v, |s| s.trim().to_string()));
+        e.register_fn("collapse_spaces", |v: Dynamic| {
+            on_text(v, |s| s.split_whitespace().collect::<Vec<_>>().join(" "))
+        });
+        e.register_fn("left", |v: Dynamic, n: i64| {
+            on_text(v, |s| s.chars().take(n.max(0) as usize).collect())
+        });
+        e.register_fn("pad_left", |v: Dynamic, n: i64, c: char| {
+            on_text(v, |s| {
+                let len = s.chars().count();
+                let n = n.max(0) as usize;
+                let mut out: String = std::iter::repeat_n(c, n.saturating_sub(len)).collect();
+                out.push_str(s);
+                out
+            })
+        });
+        e.register_fn("text", |v: Dynamic| on_text(v, |s| s.to_string()));
+        e.register_fn("len", |v: Dynamic| {
+            text_of(&v).map(|s| s.chars().count() as i64).unwrap_or(0)
+        });
+        e.register_fn("is_null", |v: Dynamic| v.is_unit());
+        e.register_fn("is_empty", |v: Dynamic| {
+            text_of(&v).is_none_or(|s| s.trim().is_empty())
+        });
+        e.register_fn("nullif_empty", |v: Dynamic| {
+            if text_of(&v).is_none_or(|s| s.trim().is_empty()) {
+                Dynamic::UNIT
+            } else {
+                v
+            }
+        });
+        e.register_fn("coalesce", |a: Dynamic, b: Dynamic| if a.is_unit() { b } else { a });
+        e.register_fn("coalesce", |a: Dynamic, b: Dynamic, c: Dynamic| {
+            if !a.is_unit() {
+                a
+            } else if !b.is_unit() {
+                b
+            } else {
+                c
+            }
+        });
+
+        // Numbers: exact decimals only.
+        e.register_fn("decimal", |v: Dynamic| to_decimal(v, DecimalStyle::DOT));
+        e.register_fn("decimal_it", |v: Dynamic| to_decimal(v, DecimalStyle::ITALIAN));
+        e.register_fn("int", |v: Dynamic| -> FnResult {
+            if let Ok(i) = v.as_int() {
+                return Ok(Dynamic::from_int(i));
+            }
+            match text_of(&v) {
+                None => Ok(Dynamic::UNIT),
+                Some(s) if s.trim().is_empty() => Ok(Dynamic::UNIT),
+                Some(s) => value::parse_int(&s).map(Dynamic::from_int).map_err(err),
+            }
+        });
+        e.register_fn("bool", |v: Dynamic| -> FnResult {
+            if let Ok(b) = v.as_bool() {
+                return Ok(Dynamic::from_bool(b));
+            }
+            match text_of(&v) {
+                None => Ok(Dynamic::UNIT),
+                Some(s) if s.trim().is_empty() => Ok(Dynamic::UNIT),
+                Some(s) => value::parse_bool(&s).map(Dynamic::from_bool).map_err(err),
+            }
+        });
+
+        // Dates: the format is always explicit.
+        e.register_type_with_name::<NaiveDate>("date");
+        e.register_type_with_name::<NaiveDateTime>("datetime");
+        e.register_fn("date", |v: Dynamic, fmt: &str| to_date(v, fmt));
+        e.register_fn("datetime", |v: Dynamic, fmt: &str| to_datetime(v, fmt));
+        e.register_fn("to_string", |d: &mut NaiveDate| d.format("%Y-%m-%d").to_string());
+        e.register_fn("to_string", |d: &mut NaiveDateTime| {
+            d.format("%Y-%m-%dT%H:%M:%S").to_string()
+        });
+        e.register_fn("format", |d: NaiveDate, fmt: &str| d.format(fmt).to_string());
+        e.register_fn("year", |d: NaiveDate| d.year() as i64);
+        e.register_fn("month", |d: NaiveDate| d.month() as i64);
+        e.register_fn("day", |d: NaiveDate| d.day() as i64);
+        e.register_fn("date_of", |d: NaiveDateTime| d.date());
+        e.register_fn("ymd", |y: i64, m: i64, d: i64| -> FnResult {
+            NaiveDate::from_ymd_opt(y as i32, m as u32, d as u32)
+                .map(Dynamic::from)
+                .ok_or_else(|| err(format!("{y}-{m}-{d} is not a calendar date")))
+        });
+        e.register_fn("add_days", |d: NaiveDate, n: i64| -> FnResult {
+            d.checked_add_signed(chrono::Duration::days(n))
+                .map(Dynamic::from)
+                .ok_or_else(|| err("date out of range"))
+        });
+        e.register_fn("age_at", |birth: NaiveDate, at: NaiveDate| {
+            at.years_since(birth).map(i64::from).unwrap_or(-1)
+        });
+        e.register_fn("==", |a: NaiveDate, b: NaiveDate| a == b);
+        e.register_fn("!=", |a: NaiveDate, b: NaiveDate| a != b);
+        e.register_fn("<", |a: NaiveDate, b: NaiveDate| a < b);
+        e.register_fn("<=", |a: NaiveDate, b: NaiveDate| a <= b);
+        e.register_fn(">", |a: NaiveDate, b: NaiveDate| a > b);
+        e.register_fn(">=", |a: NaiveDate, b: NaiveDate| a >= b);
+
+        // Domain validators and decoders.
+        e.register_fn("is_codice_fiscale", |v: Dynamic| {
+            bool_check(v, |s| validators::codice_fiscale::validate(s).is_ok())
+        });
+        e.register_fn("is_partita_iva", |v: Dynamic| {
+            bool_check(v, |s| validators::partita_iva::validate(s).is_ok())
+        });
+        e.register_fn("is_iban", |v: Dynamic| {
+            bool_check(v, |s| validators::iban::validate(s).is_ok())
+        });
+        e.register_fn("cf_birth_date", |v: Dynamic| -> Dynamic {
+            text_of(&v)
+                .and_then(|s| validators::codice_fiscale::validate(&s).ok())
+                .and_then(|i| i.birth_date)
+                .map(Dynamic::from)
+                .unwrap_or(Dynamic::UNIT)
+        });
+        e.register_fn("cf_sex", |v: Dynamic| -> Dynamic {
+            text_of(&v)
+                .and_then(|s| validators::codice_fiscale::validate(&s).ok())
+                .map(|i| Dynamic::from(ImmutableString::from(if i.female { "F" } else { "M" })))
+                .unwrap_or(Dynamic::UNIT)
+        });
+        e.register_fn("comune_valid_at", |code: Dynamic, at: NaiveDate| {
+            bool_check(code, |c| {
+                matches!(
+                    validators::comuni::lookup_at(c.trim(), at),
+                    validators::comuni::PlaceCheck::Valid { .. }
+                )
+            })
+        });
+        e.register_fn("istat_code", |code: Dynamic, at: NaiveDate| -> Dynamic {
+            text_of(&code)
+                .and_then(|c| validators::comuni::istat_code_at(c.trim(), at))
+                .map(|s| Dynamic::from(ImmutableString::from(s)))
+                .unwrap_or(Dynamic::UNIT)
+        });
+        e.register_fn("mask", |v: Dynamic| on_text(v, |s| crate::mask::mask_keep(s, 1, 0)));
+
+        ExprEngine { engine: e }
+    }
+
+    /// Compiles one expression. The error quotes the expression and Rhai's position.
+    pub fn compile(&self, source: &str) -> Result<Expr, String> {
+        self.engine
+            .compile_expression(source)
+            .map(|ast| Expr {
+                ast,
+                source: source.to_string(),
+            })
+            .map_err(|e| format!("invalid expression `{source}`: {e}"))
+    }
+
+    /// Builds the variable scope for one record.
+    pub fn scope_for(&self, record: &Record) -> Scope<'static> {
+        let mut scope = Scope::with_capacity(record.values.len());
+        for (name, value) in record.iter() {
+            scope.push_dynamic(identifier(name), to_dynamic(value));
+        }
+        scope
+    }
+
+    /// Evaluates `expr` in `scope`.
+    pub fn eval(&self, expr: &Expr, scope: &mut Scope<'static>) -> Result<Value, String> {
+        self.engine
+            .eval_ast_with_scope::<Dynamic>(scope, &expr.ast)
+            .map(from_dynamic)
+            .map_err(|e| describe(&e))
+    }
+}
+
+/// Rhai's messages are good but carry positions inside the one-line expression that mean
+/// little to a reader of a reject; keep the message, drop the position.
+fn describe(e: &EvalAltResult) -> String {
+    match e {
+        EvalAltResult::ErrorRuntime(v, _) => v.to_string(),
+        EvalAltResult::ErrorVariableNotFound(name, _) => {
+            format!("unknown field `{name}` (fields are variables; check the spelling)")
+        }
+        EvalAltResult::ErrorTooManyOperations(_) => {
+            "expression exceeded its execution budget".into()
+        }
+        EvalAltResult::ErrorInFunctionCall(_, _, inner, _) => describe(inner),
+        other => other.to_string(),
+    }
+}
+
+/// Field name → Rhai variable name.
+pub fn identifier(name: &str) -> String {
+    let mut s: String = name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' })
+        .collect();
+    if s.is_empty() || s.as_bytes()[0].is_ascii_digit() {
+        s.insert(0, '_');
+    }
+    s
+}
+
+/// Converts a record value into a Rhai value.
+pub fn to_dynamic(v: &Value) -> Dynamic {
+    match v {
+        Value::Null => Dynamic::UNIT,
+        Value::Bool(b) => Dynamic::from_bool(*b),
+        Value::Int(i) => Dynamic::from_int(*i),
+        Value::Decimal(d) => Dynamic::from_decimal(*d),
+        Value::Str(s) => Dynamic::from(ImmutableString::from(s.as_str())),
+        Value::Date(d) => Dynamic::from(*d),
+        Value::DateTime(d) => Dynamic::from(*d),
+        Value::Bytes(b) => Dynamic::from_blob(b.clone()),
+        Value::List(l) => Dynamic::from_array(l.iter().map(to_dynamic).collect()),
+        Value::Map(m) => Dynamic::from_map(
+            m.iter()
+                .map(|(k, v)| (k.as_str().into(), to_dynamic(v)))
+                .collect(),
+        ),
+    }
+}
+
+/// Converts a Rhai value back into a record value.
+pub fn from_dynamic(d: Dynamic) -> Value {
+    if d.is_unit() {
+        return Value::Null;
+    }
+    if let Ok(b) = d.as_bool() {
+        return Value::Bool(b);
+    }
+    if let Ok(i) = d.as_int() {
+        return Value::Int(i);
+    }
+    if let Ok(x) = d.as_decimal() {
+        return Value::Decimal(x);
+    }
+    if d.is_string() {
+        return Value::Str(d.into_immutable_string().map(|s| s.to_string()).unwrap_or_default());
+    }
+    if let Ok(c) = d.as_char() {
+        return Value::Str(c.to_string());
+    }
+    if d.is::<NaiveDate>() {
+        return d.try_cast::<NaiveDate>().map(Value::Date).unwrap_or(Value::Null);
+    }
+    if d.is::<NaiveDateTime>() {
+        return d
+            .try_cast::<NaiveDateTime>()
+            .map(Value::DateTime)
+            .unwrap_or(Value::Null);
+    }
+    if d.is_blob() {
+        return Value::Bytes(d.into_blob().unwrap_or_default());
+    }
+    if d.is_array() {
+        return Value::List(
+            d.into_array()
+                .unwrap_or_default()
+                .into_iter()
+                .map(from_dynamic)
+                .collect(),
+        );
+    }
+    if d.is_map() {
+        if let Some(m) = d.try_cast::<rhai::Map>() {
+            return Value::Map(
+                m.into_iter()
+                    .map(|(k, v)| (k.to_string(), from_dynamic(v)))
+                    .collect(),
+            );
+        }
+        return Value::Null;
+    }
+    Value::Str(d.to_string())
+}
+
+/// Parses a decimal literal for tests and defaults.
+pub fn dec(s: &str) -> Decimal {
+    Decimal::from_str(s).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{Schema, SourcePosition};
+
+    fn rec(fields: &[(&str, Value)]) -> Record {
+        Record {
+            schema: Schema::new(fields.iter().map(|f| f.0.to_string()).collect()),
+            values: fields.iter().map(|f| f.1.clone()).collect(),
+            position: SourcePosition::default(),
+        }
+    }
+
+    fn eval(src: &str, r: &Record) -> Result<Value, String> {
+        let e = ExprEngine::new();
+        let x = e.compile(src)?;
+        e.eval(&x, &mut e.scope_for(r))
+    }
+
+    #[test]
+    fn money_is_exact() {
+        let r = rec(&[("importo", Value::Str("1.234,10".into()))]);
+        // 0.1 + 0.2 is the classic float failure; here it must be exactly 0.3.
+        assert_eq!(eval("0.1 + 0.2", &r).unwrap(), Value::Decimal(dec("0.3")));
+        assert_eq!(
+            eval("decimal_it(importo) * 3", &r).unwrap(),
+            Value::Decimal(dec("3702.30"))
+        );
+        assert!(eval("decimal_it(\"12,34,5\")", &r).is_err());
+    }
+
+    #[test]
+    fn text_functions_pass_null_through() {
+        let r = rec(&[("cf", Value::Str("  rssmra80a01d969x ".into())), ("n", Value::Null)]);
+        assert_eq!(eval("upper(trim(cf))", &r).unwrap(), Value::Str("RSSMRA80A01D969X".into()));
+        assert_eq!(eval("upper(trim(n))", &r).unwrap(), Value::Null);
+        assert_eq!(eval("coalesce(n, \"x\")", &r).unwrap(), Value::Str("x".into()));
+    }
+
+    #[test]
+    fn dates_parse_with_explicit_format_and_compare() {
+        let r = rec(&[("d", Value::Str("29/02/2024".into()))]);
+        assert_eq!(
+            eval("date(d, \"%d/%m/%Y\")", &r).unwrap(),
+            Value::Date(NaiveDate::from_ymd_opt(2024, 2, 29).unwrap())
+        );
+        assert_eq!(eval("date(d, \"%d/%m/%Y\") < ymd(2025, 1, 1)", &r).unwrap(), Value::Bool(true));
+        let bad = rec(&[("d", Value::Str("31/02/1980".into()))]);
+        let e = eval("date(d, \"%d/%m/%Y\")", &bad).unwrap_err();
+        assert!(e.contains("31/02/1980") && e.contains("%d/%m/%Y"), "{e}");
+    }
+
+    #[test]
+    fn sandbox_has_no_statements_or_unbounded_work() {
+        let e = ExprEngine::new();
+        assert!(e.compile("let x = 1; x").is_err());
+        assert!(e.compile("eval(\"1\")").is_err() || {
+            let x = e.compile("eval(\"1\")").unwrap();
+            e.eval(&x, &mut Scope::new()).is_err()
+        });
+        // A huge string is refused by the size limit, not allowed to eat memory.
+        let x = e.compile("\"x\".pad(2000000, 'y')").unwrap();
+        assert!(e.eval(&x, &mut Scope::new()).is_err());
+    }
+
+    #[test]
+    fn unknown_field_is_named() {
+        let r = rec(&[("a", Value::Int(1))]);
+        let e = eval("b + 1", &r).unwrap_err();
+        assert!(e.contains("`b`"), "{e}");
+    }
+}

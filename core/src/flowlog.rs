@@ -1,0 +1,516 @@
+//! The flow log: an append-only, hash-chained journal of everything a run did.
+//!
+//! Every entry (run started, rejects, lineage, artifacts, run finished) is one row whose
+//! `hash` is SHA-256 over its own content and the previous row's hash. Editing a row breaks
+//! its hash; deleting or reordering rows breaks the chain of `prev_hash` and the
+//! contiguous `seq`. What a chain cannot show on its own is the removal of the *last*
+//! rows: `snodo log verify` prints the head (seq and hash) so that an auditor can note it
+//! or pass it back with `--expect-head` later.
+//!
+//! Nothing personal is written here: payloads arrive masked, and every body is scrubbed of
+//! codici fiscali, IBANs and registered secrets once more before hashing.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use sqlx::Row;
+
+use crate::component::Artifact;
+use crate::db::Db;
+use crate::error::{Error, Result};
+use crate::record::Reject;
+use crate::steps::StepCounts;
+
+/// The hash that precedes the first entry.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// What an entry records.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Entry {
+    /// A run began.
+    RunStarted(RunStarted),
+    /// A record was rejected.
+    Reject(Reject),
+    /// Which source records became which target records, for one batch.
+    Lineage(Lineage),
+    /// A file was produced.
+    Artifact(Artifact),
+    /// A run ended.
+    RunFinished(RunFinished),
+}
+
+impl Entry {
+    /// The `kind` column.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Entry::RunStarted(_) => "run_started",
+            Entry::Reject(_) => "reject",
+            Entry::Lineage(_) => "lineage",
+            Entry::Artifact(_) => "artifact",
+            Entry::RunFinished(_) => "run_finished",
+        }
+    }
+}
+
+/// The start of a run.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RunStarted {
+    /// Pipeline name.
+    pub pipeline: String,
+    /// Pipeline file path.
+    pub file: String,
+    /// SHA-256 of the pipeline file's bytes: proves which version ran.
+    pub file_sha256: String,
+    /// snodo version.
+    pub version: String,
+    /// `user`, `cron`, `api`.
+    pub trigger: String,
+    /// True for `--dry-run`.
+    pub dry_run: bool,
+    /// The interrupted run this one resumes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resumed_from: Option<String>,
+    /// Where records came from.
+    pub source: String,
+    /// Where records went.
+    pub sink: String,
+    /// Operating-system user that started the run.
+    pub user: String,
+    /// Start time (UTC, RFC 3339).
+    pub started_at: String,
+}
+
+/// Lineage of one batch: `(source record number, target key)` pairs.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Lineage {
+    /// The source.
+    pub source: String,
+    /// The target.
+    pub target: String,
+    /// Pairs of source record number (or source key) and target key.
+    pub pairs: Vec<(String, String)>,
+}
+
+/// The end of a run.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct RunFinished {
+    /// `succeeded`, `failed`, `interrupted`.
+    pub status: String,
+    /// Records read by this run.
+    pub read: u64,
+    /// Records written by this run.
+    pub written: u64,
+    /// Records rejected by this run.
+    pub rejected: u64,
+    /// Records dropped by filters.
+    pub filtered: u64,
+    /// Rejects by reason code.
+    pub rejected_by_reason: BTreeMap<String, u64>,
+    /// Per-step counts.
+    pub steps: Vec<StepCounts>,
+    /// Why the run failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// End time (UTC, RFC 3339).
+    pub finished_at: String,
+    /// Duration in milliseconds.
+    pub duration_ms: u64,
+}
+
+/// One stored row.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoredEntry {
+    /// Position in the chain, from 1.
+    pub seq: i64,
+    /// Time written (UTC, RFC 3339).
+    pub ts: String,
+    /// The run it belongs to.
+    pub run_id: String,
+    /// Entry kind.
+    pub kind: String,
+    /// The entry as JSON text (exactly the hashed bytes).
+    pub body: String,
+    /// Hash of the previous entry.
+    pub prev_hash: String,
+    /// This entry's hash.
+    pub hash: String,
+}
+
+impl StoredEntry {
+    /// Parses the body.
+    pub fn entry(&self) -> Result<Entry> {
+        serde_json::from_str(&self.body)
+            .map_err(|e| Error::Other(format!("flow log entry {} is not readable: {e}", self.seq)))
+    }
+}
+
+/// Computes an entry's hash. Fields are length-prefixed so that moving text from one field
+/// to the next cannot produce the same bytes.
+pub fn entry_hash(seq: i64, ts: &str, run_id: &str, kind: &str, body: &str, prev: &str) -> String {
+    let mut h = Sha256::new();
+    for part in [seq.to_string().as_str(), ts, run_id, kind, body, prev] {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part.as_bytes());
+    }
+    hex::encode(h.finalize())
+}
+
+/// The result of [`FlowLog::verify`].
+#[derive(Debug, Clone, Serialize)]
+pub struct Verification {
+    /// Entries checked.
+    pub entries: u64,
+    /// Last sequence number.
+    pub head_seq: i64,
+    /// Last hash: note it to detect later removal of the newest entries.
+    pub head_hash: String,
+    /// Problems found (empty when intact).
+    pub problems: Vec<String>,
+}
+
+/// A run as listed by `snodo runs`.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunInfo {
+    /// Run id.
+    pub run_id: String,
+    /// How it started.
+    pub started: RunStarted,
+    /// How it ended, if it did.
+    pub finished: Option<RunFinished>,
+}
+
+impl RunInfo {
+    /// `running` for a run without an end (or one killed before it could write it).
+    pub fn status(&self) -> &str {
+        self.finished
+            .as_ref()
+            .map(|f| f.status.as_str())
+            .unwrap_or("running or killed")
+    }
+}
+
+/// The flow log.
+#[derive(Debug, Clone)]
+pub struct FlowLog {
+    db: Db,
+}
+
+const SCHEMA_SQLITE: &str = "CREATE TABLE IF NOT EXISTS flow_log (
+    seq INTEGER PRIMARY KEY,
+    ts TEXT NOT NULL,
+    run_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    body TEXT NOT NULL,
+    prev_hash TEXT NOT NULL,
+    hash TEXT NOT NULL)";
+const SCHEMA_PG: &str = "CREATE TABLE IF NOT EXISTS flow_log (
+    seq BIGINT PRIMARY KEY,
+    ts TEXT NOT NULL,
+    run_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    body TEXT NOT NULL,
+    prev_hash TEXT NOT NULL,
+    hash TEXT NOT NULL)";
+const INDEX: &str = "CREATE INDEX IF NOT EXISTS flow_log_run ON flow_log (run_id, kind)";
+const INDEX_KIND: &str = "CREATE INDEX IF NOT EXISTS flow_log_kind ON flow_log (kind, seq)";
+const INSERT: &str =
+    "INSERT INTO flow_log (seq, ts, run_id, kind, body, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7)";
+const HEAD: &str = "SELECT seq, hash FROM flow_log ORDER BY seq DESC LIMIT 1";
+const SELECT: &str = "SELECT seq, ts, run_id, kind, body, prev_hash, hash FROM flow_log";
+
+fn row_to_entry<R: Row>(r: &R) -> StoredEntry
+where
+    for<'a> i64: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+{
+    StoredEntry {
+        seq: r.try_get("seq").unwrap_or_default(),
+        ts: r.try_get("ts").unwrap_or_default(),
+        run_id: r.try_get("run_id").unwrap_or_default(),
+        kind: r.try_get("kind").unwrap_or_default(),
+        body: r.try_get("body").unwrap_or_default(),
+        prev_hash: r.try_get("prev_hash").unwrap_or_default(),
+        hash: r.try_get("hash").unwrap_or_default(),
+    }
+}
+
+impl FlowLog {
+    /// Opens (and creates) the flow log.
+    pub async fn open(db: Db) -> Result<FlowLog> {
+        let ctx = "creating the flow log table";
+        match &db {
+            Db::Sqlite(p) => {
+                for s in [SCHEMA_SQLITE, INDEX, INDEX_KIND] {
+                    sqlx::query(s).execute(p).await.map_err(|e| Error::db(ctx, e))?;
+                }
+            }
+            Db::Postgres(p) => {
+                // Two processes creating the table at once would race on the catalog.
+                let mut tx = p.begin().await.map_err(|e| Error::db(ctx, e))?;
+                sqlx::query("SELECT pg_advisory_xact_lock(7366221)")
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| Error::db(ctx, e))?;
+                for s in [SCHEMA_PG, INDEX, INDEX_KIND] {
+                    sqlx::query(s).execute(&mut *tx).await.map_err(|e| Error::db(ctx, e))?;
+                }
+                tx.commit().await.map_err(|e| Error::db(ctx, e))?;
+            }
+        }
+        Ok(FlowLog { db })
+    }
+
+    /// Appends entries of one run atomically, chaining each to the previous one.
+    pub async fn append(&self, run_id: &str, entries: &[Entry]) -> Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let ctx = "writing to the flow log";
+        let ts = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        let bodies: Vec<(String, &'static str)> = entries
+            .iter()
+            .map(|e| {
+                let json = serde_json::to_value(e).unwrap_or_default();
+                let scrubbed = crate::mask::scrub_json(json);
+                (scrubbed.to_string(), e.kind())
+            })
+            .collect();
+        match &self.db {
+            Db::Sqlite(p) => {
+                // IMMEDIATE takes the write lock before reading the head, so two processes
+                // appending at once cannot both chain to the same previous entry.
+                let mut tx = p.begin_with("BEGIN IMMEDIATE").await.map_err(|e| Error::db(ctx, e))?;
+                let head = sqlx::query(HEAD).fetch_optional(&mut *tx).await.map_err(|e| Error::db(ctx, e))?;
+                let (mut seq, mut prev): (i64, String) = head
+                    .map(|r| (r.get::<i64, _>(0), r.get::<String, _>(1)))
+                    .unwrap_or((0, GENESIS.to_string()));
+                for (body, kind) in &bodies {
+                    seq += 1;
+                    let hash = entry_hash(seq, &ts, run_id, kind, body, &prev);
+                    sqlx::query(INSERT)
+                        .bind(seq)
+                        .bind(&ts)
+                        .bind(run_id)
+                        .bind(*kind)
+                        .bind(body)
+                        .bind(&prev)
+                        .bind(&hash)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(|e| Error::db(ctx, e))?;
+                    prev = hash;
+                }
+                tx.commit().await.map_err(|e| Error::db(ctx, e))?;
+            }
+            Db::Postgres(p) => {
+                let mut tx = p.begin().await.map_err(|e| Error::db(ctx, e))?;
+                sqlx::query("LOCK TABLE flow_log IN EXCLUSIVE MODE")
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| Error::db(ctx, e))?;
+                let head = sqlx::query(HEAD).fetch_optional(&mut *tx).await.map_err(|e| Error::db(ctx, e))?;
+                let (mut seq, mut prev): (i64, String) = head
+                    .map(|r| (r.get::<i64, _>(0), r.get::<String, _>(1)))
+                    .unwrap_or((0, GENESIS.to_string()));
+                for (body, kind) in &bodies {
+                    seq += 1;
+                    let hash = entry_hash(seq, &ts, run_id, kind, body, &prev);
+                    sqlx::query(INSERT)
+                        .bind(seq)
+                        .bind(&ts)
+                        .bind(run_id)
+                        .bind(*kind)
+                        .bind(body)
+                        .bind(&prev)
+                        .bind(&hash)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(|e| Error::db(ctx, e))?;
+                    prev = hash;
+                }
+                tx.commit().await.map_err(|e| Error::db(ctx, e))?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn query(&self, sql: String, binds: &[&str]) -> Result<Vec<StoredEntry>> {
+        let ctx = "reading the flow log";
+        let sql = sqlx::AssertSqlSafe(sql);
+        match &self.db {
+            Db::Sqlite(p) => {
+                let mut q = sqlx::query(sql);
+                for b in binds {
+                    q = q.bind(*b);
+                }
+                let rows = q.fetch_all(p).await.map_err(|e| Error::db(ctx, e))?;
+                Ok(rows.iter().map(row_to_entry).collect())
+            }
+            Db::Postgres(p) => {
+                let mut q = sqlx::query(sql);
+                for b in binds {
+                    q = q.bind(*b);
+                }
+                let rows = q.fetch_all(p).await.map_err(|e| Error::db(ctx, e))?;
+                Ok(rows.iter().map(row_to_entry).collect())
+            }
+        }
+    }
+
+    /// Recomputes the whole chain. Reads in pages so memory stays flat on large logs.
+    pub async fn verify(&self) -> Result<Verification> {
+        let mut v = Verification {
+            entries: 0,
+            head_seq: 0,
+            head_hash: GENESIS.into(),
+            problems: Vec::new(),
+        };
+        let mut last_seq = 0i64;
+        loop {
+            let page = self
+                .query(format!("{SELECT} WHERE seq > {last_seq} ORDER BY seq LIMIT 5000"), &[])
+                .await?;
+            if page.is_empty() {
+                break;
+            }
+            for e in &page {
+                v.entries += 1;
+                if e.seq != v.head_seq + 1 {
+                    v.problems.push(format!(
+                        "entry {} follows entry {}: entries {}..{} are missing",
+                        e.seq,
+                        v.head_seq,
+                        v.head_seq + 1,
+                        e.seq - 1
+                    ));
+                }
+                if e.prev_hash != v.head_hash {
+                    v.problems.push(format!(
+                        "entry {} does not chain to the entry before it (deleted, inserted or reordered entries)",
+                        e.seq
+                    ));
+                }
+                let h = entry_hash(e.seq, &e.ts, &e.run_id, &e.kind, &e.body, &e.prev_hash);
+                if h != e.hash {
+                    v.problems.push(format!(
+                        "entry {} ({} of run {}) was altered: its content does not match its hash",
+                        e.seq, e.kind, e.run_id
+                    ));
+                }
+                v.head_seq = e.seq;
+                v.head_hash = e.hash.clone();
+            }
+            last_seq = v.head_seq;
+            if v.problems.len() > 100 {
+                v.problems.push("too many problems; stopped".into());
+                break;
+            }
+        }
+        Ok(v)
+    }
+
+    /// The newest runs first.
+    pub async fn runs(&self, limit: u32) -> Result<Vec<RunInfo>> {
+        let started = self
+            .query(format!("{SELECT} WHERE kind = 'run_started' ORDER BY seq DESC LIMIT {limit}"), &[])
+            .await?;
+        let mut out = Vec::with_capacity(started.len());
+        for s in started {
+            out.push(self.run_info(s).await?);
+        }
+        Ok(out)
+    }
+
+    async fn run_info(&self, started: StoredEntry) -> Result<RunInfo> {
+        let Entry::RunStarted(st) = started.entry()? else {
+            return Err(Error::Other(format!("entry {} is not a run start", started.seq)));
+        };
+        let fin = self
+            .query(
+                format!("{SELECT} WHERE run_id = $1 AND kind = 'run_finished' ORDER BY seq DESC LIMIT 1"),
+                &[&started.run_id],
+            )
+            .await?;
+        let finished = match fin.first().map(|f| f.entry()).transpose()? {
+            Some(Entry::RunFinished(f)) => Some(f),
+            _ => None,
+        };
+        Ok(RunInfo {
+            run_id: started.run_id,
+            started: st,
+            finished,
+        })
+    }
+
+    /// One run, or an error naming the id that was not found.
+    pub async fn run(&self, run_id: &str) -> Result<RunInfo> {
+        let s = self
+            .query(format!("{SELECT} WHERE run_id = $1 AND kind = 'run_started' LIMIT 1"), &[run_id])
+            .await?;
+        match s.into_iter().next() {
+            Some(s) => self.run_info(s).await,
+            None => Err(Error::Other(format!("no run `{run_id}` in the flow log; `snodo runs` lists them"))),
+        }
+    }
+
+    /// Entries of one kind for a run.
+    pub async fn entries(&self, run_id: &str, kind: &str) -> Result<Vec<StoredEntry>> {
+        self.query(
+            format!("{SELECT} WHERE run_id = $1 AND kind = $2 ORDER BY seq"),
+            &[run_id, kind],
+        )
+        .await
+    }
+
+    /// The runs a run resumed, oldest first, ending with the run itself.
+    pub async fn resume_chain(&self, run_id: &str) -> Result<Vec<RunInfo>> {
+        let mut chain = vec![self.run(run_id).await?];
+        while let Some(prev) = chain.last().and_then(|r| r.started.resumed_from.clone()) {
+            if chain.iter().any(|r| r.run_id == prev) || chain.len() > 1000 {
+                break;
+            }
+            chain.push(self.run(&prev).await?);
+        }
+        chain.reverse();
+        Ok(chain)
+    }
+
+    /// Rejects of a run *including the runs it resumed*, de-duplicated by step and source
+    /// position: a batch that a killed run rejected and its successor re-read is listed once.
+    pub async fn rejects(&self, run_id: &str) -> Result<Vec<Reject>> {
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Vec::new();
+        for run in self.resume_chain(run_id).await? {
+            for e in self.entries(&run.run_id, "reject").await? {
+                if let Entry::Reject(r) = e.entry()?
+                    && seen.insert((r.step.clone(), r.position.record))
+                {
+                    out.push(r);
+                }
+            }
+        }
+        out.sort_by_key(|r| r.position.record);
+        Ok(out)
+    }
+
+    /// The database behind the log.
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hash_depends_on_every_field_and_their_boundaries() {
+        let base = entry_hash(1, "t", "r", "k", "{}", GENESIS);
+        assert_ne!(base, entry_hash(2, "t", "r", "k", "{}", GENESIS));
+        assert_ne!(base, entry_hash(1, "t", "r", "k", "{ }", GENESIS));
+        assert_ne!(entry_hash(1, "ab", "c", "k", "", ""), entry_hash(1, "a", "bc", "k", "", ""));
+    }
+}

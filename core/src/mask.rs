@@ -1,0 +1,112 @@
+//! Masking of personal data in everything snodo writes about records: rejects, logs,
+//! error messages and the flow log.
+//!
+//! Two layers: values of fields the pipeline declares `personal` are masked by position,
+//! and any text is scrubbed of things that *look like* a codice fiscale or an IBAN, wherever
+//! they appear — a surname typed into a notes field is not caught, a codice fiscale is.
+
+use std::sync::OnceLock;
+
+use regex::Regex;
+
+use crate::record::Record;
+use crate::value::Value;
+
+/// `RSSMRA80A01D969X` → `RSS***********X`: enough for an operator to recognise the
+/// record in front of them, not enough to identify a person.
+pub fn mask_cf(cf: &str) -> String {
+    mask_keep(cf, 3, 1)
+}
+
+/// Keeps `head` leading and `tail` trailing characters and stars the rest. Short values
+/// are starred entirely, so a 4-letter surname never survives.
+pub fn mask_keep(s: &str, head: usize, tail: usize) -> String {
+    let chars: Vec<char> = s.chars().collect();
+    if chars.len() <= head + tail + 2 {
+        return "*".repeat(chars.len().max(1));
+    }
+    let mut out = String::with_capacity(chars.len());
+    out.extend(&chars[..head]);
+    out.extend(std::iter::repeat_n('*', chars.len() - head - tail));
+    out.extend(&chars[chars.len() - tail..]);
+    out
+}
+
+fn cf_regex() -> &'static Regex {
+    static RE: OnceLock<Regex> = OnceLock::new();
+    RE.get_or_init(|| {
+        // Omocodia letters allowed where digits are expected; case-insensitive because
+        // operators type codici fiscali in lower case.
+        Regex::new(
+            r"(?i)\b[A-Z]{6}[0-9LMNPQRSTUV]{2}[ABCDEHLMPRST][0-9LMNPQRSTUV]{2}[A-Z][0-9LMNPQRSTUV]{3}[A-Z]\b",
+        )
+        .expect("static regex")
+    })
+}
+
+fn iban_regex() -> &'static Regex {
+    static RE: OnceLock<Regex> = OnceLock::new();
+    RE.get_or_init(|| Regex::new(r"(?i)\b[A-Z]{2}[0-9]{2}[A-Z0-9]{11,30}\b").expect("static regex"))
+}
+
+/// Scrubs codici fiscali and IBANs out of free text (error messages, reasons, log lines).
+pub fn redact_text(text: &str) -> String {
+    let step = cf_regex().replace_all(text, |c: &regex::Captures| mask_cf(&c[0]));
+    let step = iban_regex().replace_all(&step, |c: &regex::Captures| mask_keep(&c[0], 4, 3));
+    crate::secret::redact(&step)
+}
+
+/// Masks one value: text is starred keeping its first character, other values become
+/// `"***"` (a birth date is as identifying as a name).
+pub fn mask_value(v: &Value) -> serde_json::Value {
+    match v {
+        Value::Null => serde_json::Value::Null,
+        Value::Str(s) => serde_json::Value::String(mask_keep(s, 1, 0)),
+        _ => serde_json::Value::String("***".into()),
+    }
+}
+
+/// The record as JSON with `personal` fields masked and every remaining string scrubbed.
+pub fn masked_payload(record: &Record, personal: &[String]) -> serde_json::Value {
+    let mut map = serde_json::Map::new();
+    for (name, value) in record.iter() {
+        let masked = if personal.iter().any(|p| p == name) {
+            mask_value(value)
+        } else {
+            scrub_json(value.to_json())
+        };
+        map.insert(name.to_string(), masked);
+    }
+    serde_json::Value::Object(map)
+}
+
+/// Scrubs every string inside a JSON value.
+pub fn scrub_json(j: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value as J;
+    match j {
+        J::String(s) => J::String(redact_text(&s)),
+        J::Array(a) => J::Array(a.into_iter().map(scrub_json).collect()),
+        J::Object(o) => J::Object(o.into_iter().map(|(k, v)| (k, scrub_json(v))).collect()),
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codice_fiscale_is_masked_everywhere() {
+        assert_eq!(mask_cf("RSSMRA80A01D969X"), format!("RSS{}X", "*".repeat(12)));
+        let t = redact_text("persona rssmra80a01d969x già presente; IBAN IT60X0542811101000000123456");
+        assert!(!t.to_uppercase().contains("RSSMRA80A01D969X"), "{t}");
+        assert!(!t.contains("0542811101000000123456"), "{t}");
+        assert!(t.contains("rss"), "{t}");
+    }
+
+    #[test]
+    fn short_values_are_fully_masked() {
+        assert_eq!(mask_keep("Rua", 1, 0), "***");
+        assert_eq!(mask_keep("Rossi", 1, 0), "R****");
+    }
+}

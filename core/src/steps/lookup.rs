@@ -1,0 +1,118 @@
+use std::collections::HashMap;
+
+use super::{Step, StepContext, config_error};
+use crate::config::LookupConfig;
+use crate::config::pipeline::Missing;
+use crate::error::Result;
+use crate::record::{Batch, Record, Schema};
+use crate::value::Value;
+use std::sync::Arc;
+
+/// The `lookup` step: translates a code through a code table held in memory (code tables
+/// are small: thousands of rows, not millions).
+pub struct Lookup {
+    label: String,
+    key: String,
+    into: String,
+    missing: Missing,
+    table: HashMap<String, String>,
+    ctx: StepContext,
+    cache: Option<(Arc<Schema>, Arc<Schema>, usize)>,
+}
+
+impl Lookup {
+    /// Loads the table.
+    pub fn new(label: String, cfg: &LookupConfig, ctx: StepContext) -> Result<Self> {
+        let at = format!("{label}.table");
+        let delim = cfg.delimiter.as_deref().unwrap_or(",").as_bytes().first().copied().unwrap_or(b',');
+        let mut rdr = csv::ReaderBuilder::new()
+            .delimiter(delim)
+            .from_path(&cfg.table)
+            .map_err(|e| config_error(&at, format!("`{}`: {e}", cfg.table)))?;
+        let headers = rdr
+            .headers()
+            .map_err(|e| config_error(&at, format!("`{}`: {e}", cfg.table)))?
+            .clone();
+        let col = |name: &Option<String>, default: usize| -> Result<usize> {
+            match name {
+                None if headers.len() > default => Ok(default),
+                None => Err(config_error(&at, format!("`{}` needs at least two columns", cfg.table))),
+                Some(n) => headers.iter().position(|h| h == n).ok_or_else(|| {
+                    config_error(&at, format!("`{}` has no column `{n}` (columns: {})", cfg.table, headers.iter().collect::<Vec<_>>().join(", ")))
+                }),
+            }
+        };
+        let m = col(&cfg.match_column, 0)?;
+        let v = col(&cfg.value_column, 1)?;
+        let mut table = HashMap::new();
+        for row in rdr.records() {
+            let row = row.map_err(|e| config_error(&at, format!("`{}`: {e}", cfg.table)))?;
+            if let (Some(k), Some(val)) = (row.get(m), row.get(v)) {
+                table.insert(k.trim().to_string(), val.to_string());
+            }
+        }
+        Ok(Lookup {
+            label,
+            key: cfg.key.clone(),
+            into: cfg.into.clone(),
+            missing: cfg.missing,
+            table,
+            ctx,
+            cache: None,
+        })
+    }
+
+    fn layout(&mut self, input: &Arc<Schema>) -> (Arc<Schema>, usize) {
+        if let Some((i, o, idx)) = &self.cache
+            && Arc::ptr_eq(i, input)
+        {
+            return (o.clone(), *idx);
+        }
+        let (out, idx) = match input.index_of(&self.into) {
+            Some(i) => (input.clone(), i),
+            None => {
+                let mut names = input.names().to_vec();
+                names.push(self.into.clone());
+                let n = names.len() - 1;
+                (Schema::new(names), n)
+            }
+        };
+        self.cache = Some((input.clone(), out.clone(), idx));
+        (out, idx)
+    }
+}
+
+impl Step for Lookup {
+    fn label(&self) -> &str {
+        &self.label
+    }
+
+    fn apply(&mut self, records: Vec<Record>, batch: &mut Batch) -> Vec<Record> {
+        let mut out = Vec::with_capacity(records.len());
+        for mut rec in records {
+            let code = rec.get(&self.key).and_then(Value::to_text);
+            let found = code.as_deref().and_then(|c| self.table.get(c.trim()));
+            let value = match (found, self.missing) {
+                (Some(v), _) => Value::Str(v.clone()),
+                (None, _) if code.is_none() => Value::Null,
+                (None, Missing::Null) => Value::Null,
+                (None, Missing::Keep) => Value::Str(code.unwrap_or_default()),
+                (None, Missing::Reject) => {
+                    let reason = format!(
+                        "`{}` = `{}` is not in the code table",
+                        self.key,
+                        crate::mask::redact_text(code.as_deref().unwrap_or(""))
+                    );
+                    batch.rejects.push(self.ctx.reject(&self.label, format!("lookup.{}", self.key), reason, &rec));
+                    continue;
+                }
+            };
+            let (schema, idx) = self.layout(&rec.schema);
+            rec.values.resize(schema.len(), Value::Null);
+            rec.values[idx] = value;
+            rec.schema = schema;
+            out.push(rec);
+        }
+        out
+    }
+}

@@ -1,0 +1,107 @@
+//! The steps of a pipeline. Each step takes the records of a batch and keeps, changes,
+//! drops (filter) or rejects them; rejects carry the step's label, the reason, the source
+//! position and the masked record.
+
+mod filter;
+mod lookup;
+mod map;
+mod select;
+mod validate;
+
+use std::sync::Arc;
+
+use crate::config::StepConfig;
+use crate::error::{Error, Result};
+use crate::expr::ExprEngine;
+use crate::mask;
+use crate::record::{Batch, Record, Reject};
+
+pub use filter::Filter;
+pub use lookup::Lookup;
+pub use map::Map;
+pub use select::Select;
+pub use validate::Validate;
+
+/// Counters of one step over a run.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StepCounts {
+    /// The step's label (`steps[0].map`).
+    pub step: String,
+    /// Records that entered.
+    pub input: u64,
+    /// Records that left.
+    pub output: u64,
+    /// Records rejected.
+    pub rejected: u64,
+    /// Records dropped by a filter.
+    pub filtered: u64,
+}
+
+/// What every step shares: the expression engine and the personal fields to mask.
+#[derive(Debug, Clone)]
+pub struct StepContext {
+    /// The sandboxed expression engine.
+    pub engine: Arc<ExprEngine>,
+    /// Fields masked in rejects.
+    pub personal: Arc<Vec<String>>,
+}
+
+impl StepContext {
+    /// Builds a reject for `record`.
+    pub fn reject(&self, step: &str, code: String, reason: String, record: &Record) -> Reject {
+        Reject {
+            step: step.to_string(),
+            code,
+            reason: mask::redact_text(&reason),
+            position: record.position.clone(),
+            payload: mask::masked_payload(record, &self.personal),
+        }
+    }
+}
+
+/// One step of the runtime.
+pub trait Step: Send {
+    /// The label used in rejects and counts: `steps[2].validate`.
+    fn label(&self) -> &str;
+    /// Processes `records`: returns those that go on, pushing rejects into `batch.rejects`
+    /// and counting filtered ones in `batch.filtered`.
+    fn apply(&mut self, records: Vec<Record>, batch: &mut Batch) -> Vec<Record>;
+}
+
+/// Builds the runtime steps of a pipeline.
+pub fn build(configs: &[StepConfig], ctx: &StepContext) -> Result<Vec<Box<dyn Step>>> {
+    configs
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let label = format!("steps[{i}].{}", c.kind());
+            let step: Box<dyn Step> = match c {
+                StepConfig::Map(fields) => Box::new(Map::new(label, fields, ctx.clone())?),
+                StepConfig::Filter(src) => Box::new(Filter::new(label, src, ctx.clone())?),
+                StepConfig::Validate(rules) => Box::new(Validate::new(label, rules, ctx.clone())?),
+                StepConfig::Lookup(l) => Box::new(Lookup::new(label, l, ctx.clone())?),
+                StepConfig::Select(f) => Box::new(Select::new(label, f)),
+            };
+            Ok(step)
+        })
+        .collect()
+}
+
+/// Runs `records` through all steps, updating `counts` (one per step).
+pub fn run_all(steps: &mut [Box<dyn Step>], batch: &mut Batch, counts: &mut [StepCounts]) {
+    let mut records = std::mem::take(&mut batch.records);
+    for (step, count) in steps.iter_mut().zip(counts.iter_mut()) {
+        let before_rejects = batch.rejects.len();
+        let before_filtered = batch.filtered;
+        count.input += records.len() as u64;
+        records = step.apply(records, batch);
+        count.output += records.len() as u64;
+        count.rejected += (batch.rejects.len() - before_rejects) as u64;
+        count.filtered += batch.filtered - before_filtered;
+    }
+    batch.records = records;
+}
+
+pub(crate) fn config_error(label: &str, message: impl std::fmt::Display) -> Error {
+    Error::Other(format!("{label}: {message}"))
+}

@@ -1,0 +1,398 @@
+//! Typed values carried by records.
+//!
+//! Money is a [`rust_decimal::Decimal`] from the moment it is parsed to the moment it is
+//! written: there is no floating-point variant at all, so an amount can never be rounded
+//! by accident on its way to INPS.
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{NaiveDate, NaiveDateTime};
+use indexmap::IndexMap;
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+/// One field value.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub enum Value {
+    /// Absent / SQL NULL / empty CSV field.
+    #[default]
+    Null,
+    /// A boolean.
+    Bool(bool),
+    /// A 64-bit integer.
+    Int(i64),
+    /// An exact decimal number (amounts, rates).
+    Decimal(Decimal),
+    /// Text.
+    Str(String),
+    /// A calendar date.
+    Date(NaiveDate),
+    /// A date and time without time zone (legacy databases store local time).
+    DateTime(NaiveDateTime),
+    /// Raw bytes.
+    Bytes(Vec<u8>),
+    /// An ordered list.
+    List(Vec<Value>),
+    /// A map with ordered keys.
+    Map(IndexMap<String, Value>),
+}
+
+/// The type of a value, as written in pipeline files (`type: decimal`).
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema, Hash,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum ValueType {
+    /// Text.
+    String,
+    /// 64-bit integer.
+    Int,
+    /// Exact decimal.
+    Decimal,
+    /// `true` / `false`.
+    Bool,
+    /// Calendar date.
+    Date,
+    /// Date and time.
+    Datetime,
+    /// Raw bytes.
+    Bytes,
+    /// A list of values.
+    List,
+    /// A map of values.
+    Map,
+}
+
+impl fmt::Display for ValueType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = match self {
+            ValueType::String => "string",
+            ValueType::Int => "int",
+            ValueType::Decimal => "decimal",
+            ValueType::Bool => "bool",
+            ValueType::Date => "date",
+            ValueType::Datetime => "datetime",
+            ValueType::Bytes => "bytes",
+            ValueType::List => "list",
+            ValueType::Map => "map",
+        };
+        f.write_str(s)
+    }
+}
+
+impl Value {
+    /// True for [`Value::Null`] and for empty text: legacy exports write both for "missing".
+    pub fn is_missing(&self) -> bool {
+        match self {
+            Value::Null => true,
+            Value::Str(s) => s.trim().is_empty(),
+            _ => false,
+        }
+    }
+
+    /// The value's type, `None` for null.
+    pub fn value_type(&self) -> Option<ValueType> {
+        Some(match self {
+            Value::Null => return None,
+            Value::Bool(_) => ValueType::Bool,
+            Value::Int(_) => ValueType::Int,
+            Value::Decimal(_) => ValueType::Decimal,
+            Value::Str(_) => ValueType::String,
+            Value::Date(_) => ValueType::Date,
+            Value::DateTime(_) => ValueType::Datetime,
+            Value::Bytes(_) => ValueType::Bytes,
+            Value::List(_) => ValueType::List,
+            Value::Map(_) => ValueType::Map,
+        })
+    }
+
+    /// Name of the value's type for messages ("null" for null).
+    pub fn type_name(&self) -> String {
+        self.value_type()
+            .map(|t| t.to_string())
+            .unwrap_or_else(|| "null".into())
+    }
+
+    /// The text, when the value is text.
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Value::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Canonical text form: ISO dates, `.` as decimal separator, `true`/`false`.
+    /// Used by file sinks without a locale and for hashing natural keys.
+    pub fn to_text(&self) -> Option<String> {
+        Some(match self {
+            Value::Null => return None,
+            Value::Bool(b) => b.to_string(),
+            Value::Int(i) => i.to_string(),
+            Value::Decimal(d) => d.normalize_keep_scale(),
+            Value::Str(s) => s.clone(),
+            Value::Date(d) => d.format("%Y-%m-%d").to_string(),
+            Value::DateTime(d) => d.format("%Y-%m-%dT%H:%M:%S%.f").to_string(),
+            Value::Bytes(b) => hex::encode(b),
+            Value::List(_) | Value::Map(_) => self.to_json().to_string(),
+        })
+    }
+
+    /// JSON form. Decimals become JSON numbers written exactly (no float round trip).
+    pub fn to_json(&self) -> serde_json::Value {
+        use serde_json::Value as J;
+        match self {
+            Value::Null => J::Null,
+            Value::Bool(b) => J::Bool(*b),
+            Value::Int(i) => J::from(*i),
+            Value::Decimal(d) => serde_json::Number::from_str(&d.to_string())
+                .map(J::Number)
+                .unwrap_or_else(|_| J::String(d.to_string())),
+            Value::Str(s) => J::String(s.clone()),
+            Value::Date(_) | Value::DateTime(_) | Value::Bytes(_) => {
+                J::String(self.to_text().unwrap_or_default())
+            }
+            Value::List(l) => J::Array(l.iter().map(Value::to_json).collect()),
+            Value::Map(m) => J::Object(m.iter().map(|(k, v)| (k.clone(), v.to_json())).collect()),
+        }
+    }
+
+    /// Converts JSON into a value. Numbers with a fraction or exponent become decimals,
+    /// parsed from their text (serde_json keeps it with `arbitrary_precision`).
+    pub fn from_json(j: &serde_json::Value) -> Value {
+        use serde_json::Value as J;
+        match j {
+            J::Null => Value::Null,
+            J::Bool(b) => Value::Bool(*b),
+            J::Number(n) => {
+                if let Some(i) = n.as_i64() {
+                    Value::Int(i)
+                } else {
+                    let text = n.to_string();
+                    Decimal::from_str(&text)
+                        .or_else(|_| Decimal::from_scientific(&text))
+                        .map(Value::Decimal)
+                        .unwrap_or(Value::Str(text))
+                }
+            }
+            J::String(s) => Value::Str(s.clone()),
+            J::Array(a) => Value::List(a.iter().map(Value::from_json).collect()),
+            J::Object(o) => Value::Map(
+                o.iter()
+                    .map(|(k, v)| (k.clone(), Value::from_json(v)))
+                    .collect(),
+            ),
+        }
+    }
+}
+
+impl Value {
+    /// JSON that keeps the type (`{"date": "2024-01-31"}`), for checkpoints: a cursor
+    /// value must come back as the same type to be compared by the database.
+    pub fn to_tagged_json(&self) -> serde_json::Value {
+        let tag = self.type_name();
+        let v = match self {
+            Value::Null => serde_json::Value::Null,
+            Value::Bool(b) => serde_json::Value::Bool(*b),
+            other => serde_json::Value::String(other.to_text().unwrap_or_default()),
+        };
+        serde_json::json!({ tag: v })
+    }
+
+    /// Reverses [`Value::to_tagged_json`].
+    pub fn from_tagged_json(j: &serde_json::Value) -> Option<Value> {
+        let (tag, v) = j.as_object()?.iter().next()?;
+        let text = v.as_str();
+        Some(match tag.as_str() {
+            "null" => Value::Null,
+            "bool" => Value::Bool(v.as_bool()?),
+            "int" => Value::Int(text?.parse().ok()?),
+            "decimal" => Value::Decimal(Decimal::from_str(text?).ok()?),
+            "string" => Value::Str(text?.to_string()),
+            "date" => Value::Date(NaiveDate::parse_from_str(text?, "%Y-%m-%d").ok()?),
+            "datetime" => Value::DateTime(
+                NaiveDateTime::parse_from_str(text?, "%Y-%m-%dT%H:%M:%S%.f").ok()?,
+            ),
+            "bytes" => Value::Bytes(hex::decode(text?).ok()?),
+            _ => return None,
+        })
+    }
+}
+
+trait NormalizeKeepScale {
+    fn normalize_keep_scale(&self) -> String;
+}
+impl NormalizeKeepScale for Decimal {
+    /// Decimals keep the scale they were read with (`850,00` stays `850.00`): an amount's
+    /// precision is part of what the source system said.
+    fn normalize_keep_scale(&self) -> String {
+        self.to_string()
+    }
+}
+
+/// How decimal numbers are written in a text source.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DecimalStyle {
+    /// The decimal separator: `.` or `,`.
+    pub decimal: char,
+    /// The optional thousands separator (`.` in Italian exports, often absent).
+    pub thousands: Option<char>,
+}
+
+impl DecimalStyle {
+    /// `1234.56`
+    pub const DOT: DecimalStyle = DecimalStyle {
+        decimal: '.',
+        thousands: None,
+    };
+    /// `1.234,56` (Italian)
+    pub const ITALIAN: DecimalStyle = DecimalStyle {
+        decimal: ',',
+        thousands: Some('.'),
+    };
+}
+
+/// Parses a decimal number written in `style`. Thousands separators are accepted only in
+/// well-formed groups of three, so `12.34,5` or `1,2,3` are errors rather than guesses.
+pub fn parse_decimal(text: &str, style: DecimalStyle) -> Result<Decimal, String> {
+    let t = text.trim();
+    let fail = || format!("`{}` is not a decimal number", crate::mask::redact_text(t));
+    if t.is_empty() {
+        return Err(fail());
+    }
+    let (sign, body) = match t.as_bytes()[0] {
+        b'-' => ("-", &t[1..]),
+        b'+' => ("", &t[1..]),
+        _ => ("", t),
+    };
+    let mut parts = body.split(style.decimal);
+    let int_part = parts.next().unwrap_or("");
+    let frac_part = parts.next();
+    if parts.next().is_some() {
+        return Err(fail());
+    }
+    let int_digits: String = match style.thousands {
+        Some(sep) if int_part.contains(sep) => {
+            let groups: Vec<&str> = int_part.split(sep).collect();
+            let first_ok = (1..=3).contains(&groups[0].len());
+            let rest_ok = groups[1..].iter().all(|g| g.len() == 3);
+            if !first_ok || !rest_ok {
+                return Err(fail());
+            }
+            groups.concat()
+        }
+        _ => int_part.to_string(),
+    };
+    let frac = frac_part.unwrap_or("");
+    if int_digits.is_empty() && frac.is_empty() {
+        return Err(fail());
+    }
+    if !int_digits.bytes().all(|b| b.is_ascii_digit()) || !frac.bytes().all(|b| b.is_ascii_digit())
+    {
+        return Err(fail());
+    }
+    if frac_part.is_some() && frac.is_empty() {
+        return Err(fail());
+    }
+    let int_digits = if int_digits.is_empty() {
+        "0"
+    } else {
+        &int_digits
+    };
+    let normal = if frac.is_empty() {
+        format!("{sign}{int_digits}")
+    } else {
+        format!("{sign}{int_digits}.{frac}")
+    };
+    Decimal::from_str_exact(&normal).map_err(|_| fail())
+}
+
+/// Parses a date with an explicit chrono format (`%d/%m/%Y`). There is no guessing: a
+/// legacy system that writes `01/02/2020` means one thing, and the pipeline says which.
+pub fn parse_date(text: &str, format: &str) -> Result<NaiveDate, String> {
+    NaiveDate::parse_from_str(text.trim(), format).map_err(|e| {
+        format!(
+            "`{}` is not a valid date for format `{format}` ({e})",
+            crate::mask::redact_text(text.trim())
+        )
+    })
+}
+
+/// Parses a date-time with an explicit chrono format.
+pub fn parse_datetime(text: &str, format: &str) -> Result<NaiveDateTime, String> {
+    NaiveDateTime::parse_from_str(text.trim(), format).map_err(|e| {
+        format!(
+            "`{}` is not a valid date-time for format `{format}` ({e})",
+            crate::mask::redact_text(text.trim())
+        )
+    })
+}
+
+/// Parses an integer, allowing surrounding spaces.
+pub fn parse_int(text: &str) -> Result<i64, String> {
+    text.trim()
+        .parse::<i64>()
+        .map_err(|_| format!("`{}` is not an integer", crate::mask::redact_text(text.trim())))
+}
+
+/// Parses a boolean as legacy systems write it: `1/0`, `S/N` (sì/no), `true/false`, `Y/N`.
+pub fn parse_bool(text: &str) -> Result<bool, String> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "1" | "s" | "si" | "sì" | "y" | "yes" | "true" | "t" => Ok(true),
+        "0" | "n" | "no" | "false" | "f" => Ok(false),
+        other => Err(format!("`{other}` is not a boolean (expected S/N, 1/0, true/false)")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn italian_decimals_parse_exactly() {
+        let it = DecimalStyle::ITALIAN;
+        assert_eq!(parse_decimal("12.345,67", it).unwrap().to_string(), "12345.67");
+        assert_eq!(parse_decimal("850,00", it).unwrap().to_string(), "850.00");
+        assert_eq!(parse_decimal("0,50", it).unwrap().to_string(), "0.50");
+        assert_eq!(parse_decimal("-1.000", it).unwrap().to_string(), "-1000");
+        assert_eq!(parse_decimal(" 7 ", it).unwrap().to_string(), "7");
+        for bad in ["12,34,5", "abc", "1.23,4.5", "12.34,5", "", ",", "1,", "1..000"] {
+            assert!(parse_decimal(bad, it).is_err(), "{bad} accepted");
+        }
+        assert_eq!(parse_decimal("1234.5", DecimalStyle::DOT).unwrap().to_string(), "1234.5");
+        assert!(parse_decimal("1,5", DecimalStyle::DOT).is_err());
+    }
+
+    #[test]
+    fn dates_need_their_format() {
+        assert_eq!(
+            parse_date("01/02/2020", "%d/%m/%Y").unwrap(),
+            NaiveDate::from_ymd_opt(2020, 2, 1).unwrap()
+        );
+        assert!(parse_date("31/02/1980", "%d/%m/%Y").is_err());
+        assert!(parse_date("1980-13-01", "%d/%m/%Y").is_err());
+    }
+
+    #[test]
+    fn tagged_json_round_trips() {
+        for v in [
+            Value::Int(42),
+            Value::Decimal(Decimal::from_str("12.50").unwrap()),
+            Value::Str("00118".into()),
+            Value::Date(NaiveDate::from_ymd_opt(2024, 2, 29).unwrap()),
+            Value::DateTime(NaiveDate::from_ymd_opt(2024, 2, 29).unwrap().and_hms_opt(10, 1, 2).unwrap()),
+            Value::Null,
+        ] {
+            assert_eq!(Value::from_tagged_json(&v.to_tagged_json()), Some(v.clone()));
+        }
+    }
+
+    #[test]
+    fn json_numbers_keep_their_digits() {
+        let j: serde_json::Value = serde_json::from_str(r#"{"a": 0.1, "b": 12345678901234567.89}"#).unwrap();
+        let v = Value::from_json(&j);
+        let Value::Map(m) = v else { panic!() };
+        assert_eq!(m["a"], Value::Decimal(Decimal::from_str("0.1").unwrap()));
+        assert_eq!(m["b"].to_text().unwrap(), "12345678901234567.89");
+    }
+}
