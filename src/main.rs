@@ -1,1 +1,499 @@
-fn main(){}
+//! `snodo`: the command line. It parses arguments and calls the crates; nothing else.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use snodo_connectors::Pipeline;
+use snodo_core::config::ConnectionsFile;
+use snodo_core::db::Db;
+use snodo_core::error::{Error, format_problem};
+use snodo_core::flowlog::FlowLog;
+use snodo_core::runtime::{self, Progress, RunOptions, RunSummary};
+
+const AFTER_HELP: &str = "\
+Exit codes:
+  0    success
+  1    the run failed (I/O, database, internal error)
+  2    wrong command-line usage
+  3    invalid configuration (pipeline or connections file); `snodo lint` found problems
+  4    the reject limit of the pipeline was exceeded
+  5    `snodo log verify` found the flow log altered
+  130  interrupted (Ctrl-C); run the same command again to resume
+
+Examples:
+  snodo run pipelines/esempio/assistiti_csv_sqlite.yaml
+  snodo run pipelines/esempio/assistiti_csv_sqlite.yaml --dry-run --limit 100
+  snodo lint pipelines/**/*.yaml
+  snodo runs
+  snodo runs show 20261123T194455Z-3fa2b1
+  snodo rejects 20261123T194455Z-3fa2b1
+  snodo log verify --json";
+
+/// Snodo: migrations and information flows for municipal social services.
+///
+/// A pipeline (YAML) reads records from a source, passes them through steps (map,
+/// filter, validate, lookup, select) and writes them to a sink, in batches, with a
+/// checkpoint committed with every batch: a run that is killed resumes where it stopped.
+/// Every run is recorded in a hash-chained flow log.
+#[derive(Parser)]
+#[command(name = "snodo", version, after_help = AFTER_HELP, propagate_version = true)]
+struct Cli {
+    /// Connections file naming every system (databases) once.
+    #[arg(long, global = true, env = "SNODO_CONFIG", default_value = "snodo.yaml")]
+    config: PathBuf,
+    /// Log format on standard error.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// More log detail (-v info, -vv debug).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a pipeline.
+    ///
+    /// Resumes automatically from the checkpoint of an interrupted run of the same
+    /// pipeline on the same input.
+    Run {
+        /// The pipeline file.
+        pipeline: PathBuf,
+        /// Read and transform, but write nothing and save no checkpoint.
+        #[arg(long)]
+        dry_run: bool,
+        /// Stop after this many records.
+        #[arg(long)]
+        limit: Option<u64>,
+        /// Print the run summary as JSON on standard output.
+        #[arg(long)]
+        json: bool,
+        /// Who starts the run, recorded in the flow log.
+        #[arg(long, default_value = "user", value_parser = ["user", "cron", "api"])]
+        trigger: String,
+    },
+    /// Check pipeline files and report every problem with file:line:column.
+    Lint {
+        /// Pipeline files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Print problems as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the JSON Schema of pipeline files (or of the connections file).
+    Schema {
+        /// Print the schema of the connections file instead.
+        #[arg(long)]
+        connections: bool,
+    },
+    /// List runs from the flow log, newest first; `runs show ID` for one.
+    Runs {
+        #[command(subcommand)]
+        show: Option<RunsCommand>,
+        /// How many runs to list.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the rejected records of a run (and of the runs it resumed).
+    Rejects {
+        /// Run id.
+        run_id: String,
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Flow log operations.
+    Log {
+        #[command(subcommand)]
+        command: LogCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum RunsCommand {
+    /// Show one run: source, sink, counts per step, rejects by reason, artifacts.
+    Show {
+        /// Run id.
+        run_id: String,
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum LogCommand {
+    /// Recompute the hash chain of the flow log; exit code 5 if anything was altered,
+    /// deleted or reordered.
+    Verify {
+        /// Also require the log to end with this hash (noted from an earlier verify), which
+        /// detects removal of the newest entries.
+        #[arg(long)]
+        expect_head: Option<String>,
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn init_tracing(format: LogFormat, verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SNODO_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+struct Bar(ProgressBar);
+
+impl Progress for Bar {
+    fn update(&self, records: u64, bytes: u64) {
+        if bytes > 0 {
+            self.0.set_position(bytes);
+        }
+        let secs = self.0.elapsed().as_secs_f64().max(0.001);
+        self.0
+            .set_message(format!("{records} records, {:.0} records/s", records as f64 / secs));
+    }
+    fn finish(&self) {
+        self.0.finish_and_clear();
+    }
+}
+
+fn progress(size: Option<u64>, json: bool) -> Option<Arc<dyn Progress>> {
+    if json || !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = match size {
+        Some(n) => ProgressBar::new(n).with_style(
+            ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} ({eta}) {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ),
+        None => ProgressBar::new_spinner(),
+    };
+    bar.enable_steady_tick(Duration::from_millis(200));
+    Some(Arc::new(Bar(bar)))
+}
+
+async fn open_log(conns: &ConnectionsFile) -> Result<FlowLog, Error> {
+    let cfg = conns.flow_log_connection().map_err(Error::Other)?;
+    FlowLog::open(Db::connect(&cfg, 2).await?).await
+}
+
+fn print_summary(s: &RunSummary) {
+    let verdict = match s.status.as_str() {
+        "succeeded" => "succeeded",
+        "rejects_over_limit" => "FAILED: too many rejects",
+        "interrupted" => "interrupted",
+        _ => "FAILED",
+    };
+    println!(
+        "run {}  pipeline {}  {verdict} in {:.1} s{}",
+        s.run_id,
+        s.pipeline,
+        s.seconds,
+        if s.dry_run { "  (dry run: nothing written)" } else { "" }
+    );
+    if let Some(r) = &s.resumed_from {
+        println!("  resumed interrupted run {r}");
+    }
+    println!(
+        "  read {}  written {}  rejected {}  filtered {}",
+        s.read, s.written, s.rejected, s.filtered
+    );
+    if !s.rejected_by_reason.is_empty() {
+        println!("  rejected by reason:");
+        for (reason, n) in &s.rejected_by_reason {
+            println!("    {reason:<40} {n:>8}");
+        }
+    }
+    for a in &s.artifacts {
+        println!("  wrote {} ({} rows, {} bytes, sha256 {})", a.path, a.rows, a.size, a.sha256);
+    }
+    if let Some(e) = &s.error {
+        println!("  error: {e}");
+    }
+    println!("  details: snodo runs show {}    rejects: snodo rejects {}", s.run_id, s.run_id);
+}
+
+async fn cmd_run(cli: &Cli, pipeline: &Path, dry_run: bool, limit: Option<u64>, json: bool, trigger: &str) -> Result<i32, Error> {
+    let conns = ConnectionsFile::load(&cli.config, cli.config != Path::new("snodo.yaml"))?;
+    let (p, _) = snodo_connectors::load(pipeline, &conns)?;
+    let log = open_log(&conns).await?;
+    let plan = snodo_connectors::plan(pipeline, &p, &conns, dry_run).await?;
+    let progress = progress(plan.source.size_hint(), json);
+    let summary = runtime::run(
+        plan,
+        &log,
+        RunOptions {
+            trigger: trigger.to_string(),
+            dry_run,
+            limit,
+            progress,
+        },
+    )
+    .await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&summary).unwrap_or_default());
+    } else {
+        print_summary(&summary);
+    }
+    Ok(summary.exit_code())
+}
+
+fn cmd_lint(cli: &Cli, files: &[PathBuf], json: bool) -> Result<i32, Error> {
+    let conns = match ConnectionsFile::load(&cli.config, cli.config != Path::new("snodo.yaml")) {
+        Ok(c) => c,
+        Err(Error::Config { file, problems }) => {
+            for p in &problems {
+                eprintln!("{}", format_problem(&file, p));
+            }
+            return Ok(3);
+        }
+        Err(e) => return Err(e),
+    };
+    let mut all = Vec::new();
+    for f in files {
+        for p in snodo_connectors::lint(f, &conns) {
+            all.push((f.clone(), p));
+        }
+    }
+    if json {
+        let items: Vec<_> = all
+            .iter()
+            .map(|(f, p)| {
+                serde_json::json!({
+                    "file": f.display().to_string(),
+                    "line": p.location.line,
+                    "column": p.location.column,
+                    "path": p.path,
+                    "message": p.message,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&items).unwrap_or_default());
+    } else {
+        for (f, p) in &all {
+            println!("{}", format_problem(f, p));
+        }
+        if all.is_empty() {
+            println!("{} file(s) checked, no problems", files.len());
+        } else {
+            println!("{} problem(s) in {} file(s)", all.len(), files.len());
+        }
+    }
+    Ok(if all.is_empty() { 0 } else { 3 })
+}
+
+async fn cmd_runs(cli: &Cli, show: &Option<RunsCommand>, limit: u32, json: bool) -> Result<i32, Error> {
+    let conns = ConnectionsFile::load(&cli.config, cli.config != Path::new("snodo.yaml"))?;
+    let log = open_log(&conns).await?;
+    match show {
+        None => {
+            let runs = log.runs(limit).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&runs).unwrap_or_default());
+                return Ok(0);
+            }
+            println!(
+                "{:<24} {:<28} {:<20} {:>9} {:>9} {:>9}  started",
+                "run", "pipeline", "status", "read", "written", "rejected"
+            );
+            for r in runs {
+                let (read, written, rejected) = r
+                    .finished
+                    .as_ref()
+                    .map(|f| (f.read, f.written, f.rejected))
+                    .unwrap_or_default();
+                println!(
+                    "{:<24} {:<28} {:<20} {:>9} {:>9} {:>9}  {}",
+                    r.run_id,
+                    r.started.pipeline,
+                    r.status(),
+                    read,
+                    written,
+                    rejected,
+                    r.started.started_at
+                );
+            }
+            Ok(0)
+        }
+        Some(RunsCommand::Show { run_id, json: j }) => {
+            let r = log.run(run_id).await?;
+            let artifacts = log.entries(run_id, "artifact").await?;
+            let artifacts: Vec<serde_json::Value> = artifacts
+                .iter()
+                .filter_map(|e| serde_json::from_str(&e.body).ok())
+                .collect();
+            if json || *j {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({ "run": r, "artifacts": artifacts }))
+                        .unwrap_or_default()
+                );
+                return Ok(0);
+            }
+            let s = &r.started;
+            println!("run        {}", r.run_id);
+            println!("pipeline   {} ({}, sha256 {})", s.pipeline, s.file, s.file_sha256);
+            println!("version    snodo {}", s.version);
+            println!("trigger    {} by {}{}", s.trigger, s.user, if s.dry_run { " (dry run)" } else { "" });
+            if let Some(p) = &s.resumed_from {
+                println!("resumes    {p}");
+            }
+            println!("source     {}", s.source);
+            println!("sink       {}", s.sink);
+            println!("started    {}", s.started_at);
+            match &r.finished {
+                None => println!("status     no end recorded: still running, or killed (the next run resumes it)"),
+                Some(f) => {
+                    println!("finished   {} ({} ms)", f.finished_at, f.duration_ms);
+                    println!("status     {}", f.status);
+                    println!("records    read {}  written {}  rejected {}  filtered {}", f.read, f.written, f.rejected, f.filtered);
+                    for st in &f.steps {
+                        println!(
+                            "  {:<24} in {:>9}  out {:>9}  rejected {:>7}  filtered {:>7}",
+                            st.step, st.input, st.output, st.rejected, st.filtered
+                        );
+                    }
+                    if !f.rejected_by_reason.is_empty() {
+                        println!("rejected by reason:");
+                        for (k, n) in &f.rejected_by_reason {
+                            println!("  {k:<40} {n:>8}");
+                        }
+                    }
+                    if let Some(e) = &f.error {
+                        println!("error      {e}");
+                    }
+                }
+            }
+            for a in artifacts {
+                println!(
+                    "artifact   {} rows={} size={} sha256={} → {}",
+                    a["path"].as_str().unwrap_or(""),
+                    a["rows"],
+                    a["size"],
+                    a["sha256"].as_str().unwrap_or(""),
+                    a["destination"].as_str().unwrap_or("")
+                );
+            }
+            Ok(0)
+        }
+    }
+}
+
+async fn cmd_rejects(cli: &Cli, run_id: &str, json: bool) -> Result<i32, Error> {
+    let conns = ConnectionsFile::load(&cli.config, cli.config != Path::new("snodo.yaml"))?;
+    let log = open_log(&conns).await?;
+    let rejects = log.rejects(run_id).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rejects).unwrap_or_default());
+        return Ok(0);
+    }
+    for r in &rejects {
+        println!("{} [{}] {} — {}", r.position, r.step, r.code, r.reason);
+    }
+    println!("{} rejected record(s)", rejects.len());
+    Ok(0)
+}
+
+async fn cmd_verify(cli: &Cli, expect_head: &Option<String>, json: bool) -> Result<i32, Error> {
+    let conns = ConnectionsFile::load(&cli.config, cli.config != Path::new("snodo.yaml"))?;
+    let log = open_log(&conns).await?;
+    let mut v = log.verify().await?;
+    if let Some(h) = expect_head
+        && !v.head_hash.eq_ignore_ascii_case(h)
+    {
+        v.problems.push(format!(
+            "the log ends with hash {} (entry {}), not the expected {h}: newest entries were removed or the hash is from another log",
+            v.head_hash, v.head_seq
+        ));
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+    } else if v.problems.is_empty() {
+        println!("flow log intact: {} entries, head {} {}", v.entries, v.head_seq, v.head_hash);
+    } else {
+        for p in &v.problems {
+            println!("TAMPERED: {p}");
+        }
+    }
+    Ok(if v.problems.is_empty() { 0 } else { 5 })
+}
+
+async fn dispatch(cli: &Cli) -> Result<i32, Error> {
+    match &cli.command {
+        Command::Run { pipeline, dry_run, limit, json, trigger } => {
+            cmd_run(cli, pipeline, *dry_run, *limit, *json, trigger).await
+        }
+        Command::Lint { files, json } => cmd_lint(cli, files, *json),
+        Command::Schema { connections } => {
+            let schema = if *connections {
+                schemars::schema_for!(ConnectionsFile)
+            } else {
+                schemars::schema_for!(Pipeline)
+            };
+            println!("{}", serde_json::to_string_pretty(&schema).unwrap_or_default());
+            Ok(0)
+        }
+        Command::Runs { show, limit, json } => cmd_runs(cli, show, *limit, *json).await,
+        Command::Rejects { run_id, json } => cmd_rejects(cli, run_id, *json).await,
+        Command::Log { command: LogCommand::Verify { expect_head, json } } => {
+            cmd_verify(cli, expect_head, *json).await
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    // `snodo runs | head` must end quietly, as other Unix tools do, instead of panicking
+    // on a closed pipe.
+    #[cfg(unix)]
+    // SAFETY: called before any thread is started; restores the default disposition.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+    let cli = Cli::parse();
+    init_tracing(cli.log_format, cli.verbose);
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let code = match rt.block_on(dispatch(&cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {}", snodo_core::mask::redact_text(&e.to_string()));
+            e.exit_code()
+        }
+    };
+    ExitCode::from(code.clamp(0, 255) as u8)
+}

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use snodo_core::component::{DryRunSink, Sink, Source};
 use snodo_core::config::yaml::{Node, Problem};
-use snodo_core::config::{Check, ConnectionsFile, PipelineFile, deepest, problem};
+use snodo_core::config::{Check, ConnectionsFile, PipelineFile, problem};
 use snodo_core::db::Db;
 use snodo_core::error::{Error, Result};
 use snodo_core::expr::ExprEngine;
@@ -26,7 +26,7 @@ use sql::{SqlSink, SqlSinkConfig, SqlSource, SqlSourceConfig};
 
 /// The source of a pipeline: exactly one of these keys.
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
+#[serde(rename = "source", rename_all = "snake_case")]
 pub enum SourceConfig {
     /// A delimited text file.
     Csv(CsvSourceConfig),
@@ -38,7 +38,7 @@ pub enum SourceConfig {
 
 /// The sink of a pipeline: exactly one of these keys.
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
+#[serde(rename = "sink", rename_all = "snake_case")]
 pub enum SinkConfig {
     /// A delimited text file.
     Csv(CsvSinkConfig),
@@ -92,25 +92,29 @@ impl SinkConfig {
 /// Loads a pipeline file and checks it against the connections file: every problem of both
 /// is reported with file, line and column.
 pub fn load(path: &Path, connections: &ConnectionsFile) -> Result<(Pipeline, Node)> {
-    let (p, root) = snodo_core::config::load_pipeline::<SourceConfig, SinkConfig>(path)?;
+    let text = snodo_core::config::read_text(path)?;
+    // Connection names are checked on the raw tree, so that an unknown connection is
+    // reported together with every other problem of the file.
     let mut problems = Vec::new();
-    let mut check_conn = |section: &str, kind: &str, name: Option<&str>| {
-        if let Some(name) = name
-            && let Err(e) = connections.get(name)
-        {
-            let n = deepest(&root, &[section, kind, "connection"]);
-            problems.push(problem(n, &format!("{section}.{kind}.connection"), e));
+    if let Ok(root) = snodo_core::config::yaml::parse(&text) {
+        for section in ["source", "sink"] {
+            if let Some(n) = snodo_core::config::yaml::node_at(&root, &[section, "sql", "connection"])
+                && let snodo_core::config::yaml::NodeKind::Str(name) = &n.kind
+                && let Err(e) = connections.get(name)
+            {
+                problems.push(problem(n, &format!("{section}.sql.connection"), e));
+            }
         }
-    };
-    check_conn("source", "sql", p.source.connection());
-    check_conn("sink", "sql", p.sink.connection());
-    if problems.is_empty() {
-        Ok((p, root))
-    } else {
-        Err(Error::Config {
-            file: path.to_path_buf(),
-            problems,
-        })
+    }
+    match snodo_core::config::parse_pipeline::<SourceConfig, SinkConfig>(&text, path) {
+        Ok(ok) if problems.is_empty() => Ok(ok),
+        Ok(_) => Err(Error::Config { file: path.to_path_buf(), problems }),
+        Err(Error::Config { problems: mut more, .. }) => {
+            more.append(&mut problems);
+            more.sort_by_key(|p| (p.location.line, p.location.column));
+            Err(Error::Config { file: path.to_path_buf(), problems: more })
+        }
+        Err(other) => Err(other),
     }
 }
 

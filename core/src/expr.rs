@@ -142,6 +142,10 @@ impl ExprEngine {
         e.register_fn("upper", |v: Dynamic| on_text(v, |s| s.to_uppercase()));
         e.register_fn("lower", |v: Dynamic| on_text(v, |s| s.to_lowercase()));
         e.register_fn("trim", |v: Dynamic| on_text(v, |s| s.trim().to_string()));
+        // Rhai's own `trim(string)` trims in place and returns nothing; this typed
+        // registration takes precedence so that `upper(trim(x))` means what it says.
+        e.register_fn("trim", |s: ImmutableString| ImmutableString::from(s.trim()));
+        e.register_fn("is_empty", |s: ImmutableString| s.trim().is_empty());
         e.register_fn("collapse_spaces", |v: Dynamic| {
             on_text(v, |s| s.split_whitespace().collect::<Vec<_>>().join(" "))
         });
@@ -482,6 +486,14 @@ mod tests {
         // A huge string is refused by the size limit, not allowed to eat memory.
         let x = e.compile("\"x\".pad(2000000, 'y')").unwrap();
         assert!(e.eval(&x, &mut Scope::new()).is_err());
+    }
+
+    #[test]
+    fn trim_returns_the_trimmed_text() {
+        let r = rec(&[("s", Value::Str(" m ".into()))]);
+        assert_eq!(eval("upper(trim(s))", &r).unwrap(), Value::Str("M".into()));
+        assert_eq!(eval("trim(s)", &r).unwrap(), Value::Str("m".into()));
+        assert_eq!(eval("is_empty(\"  \")", &r).unwrap(), Value::Bool(true));
     }
 
     #[test]

@@ -193,6 +193,13 @@ where
     let on_error: OnError = child(&root, "on_error")
         .and_then(|n| section(n, "on_error", &mut problems))
         .unwrap_or_default();
+    if let Err(e) = on_error.reject_limit.parse() {
+        problems.push(problem(
+            deepest(&root, &["on_error", "reject_limit"]),
+            "on_error.reject_limit",
+            e,
+        ));
+    }
     let personal: Vec<String> = child(&root, "personal")
         .and_then(|n| section(n, "personal", &mut problems))
         .unwrap_or_default();

@@ -61,7 +61,7 @@ pub struct PipelineFile<S, K> {
 
 /// One transformation step. Each list item has exactly one key, the step kind.
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
+#[serde(rename = "step", rename_all = "snake_case")]
 pub enum StepConfig {
     /// Sets fields from expressions: `field: expression`. Every expression sees the record
     /// as it entered the step (like SQL `SELECT`), so the order of the keys does not matter.

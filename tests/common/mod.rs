@@ -1,0 +1,205 @@
+//! Shared helpers for the end-to-end tests: the `snodo` binary, a throwaway PostgreSQL
+//! cluster (one per test binary, one database per test), and fixture generation.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+/// The repository root (tests run the binary from here so fixture paths resolve).
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A `snodo` command with the given connections file, run from the repository root.
+pub fn snodo(config: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_snodo"));
+    c.current_dir(root()).arg("--config").arg(config).env_remove("SNODO_CONFIG");
+    c
+}
+
+/// Runs a command and returns its output, printing it for failing tests' logs.
+pub fn run(mut cmd: Command) -> Output {
+    let out = cmd.output().expect("spawn snodo");
+    eprintln!(
+        "--- {:?}\nexit {:?}\nstdout:\n{}\nstderr:\n{}",
+        cmd,
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// stdout as text.
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// stderr as text.
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A connections file in `dir` with a SQLite store, a SQLite flow log and, when given, a
+/// PostgreSQL connection `pg`.
+pub fn connections(dir: &Path, pg: Option<&PgDb>) -> PathBuf {
+    let mut text = format!(
+        "connections:\n  store:\n    sqlite: {{ path: {0}/store.db }}\n  flowlog:\n    sqlite: {{ path: {0}/flowlog.db }}\n",
+        dir.display()
+    );
+    if let Some(pg) = pg {
+        text.push_str(&format!(
+            "  pg:\n    postgres: {{ host: 127.0.0.1, port: {}, database: {}, user: postgres, password: \"${{env:SNODO_TEST_PG_PASSWORD}}\" }}\n",
+            pg.port, pg.name
+        ));
+    }
+    text.push_str("flow_log:\n  connection: flowlog\n");
+    let p = dir.join("snodo.yaml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// A PostgreSQL cluster started for this test binary.
+pub struct PgCluster {
+    pub port: u16,
+    pub dir: PathBuf,
+    bin: PathBuf,
+}
+
+/// One database in the shared cluster.
+pub struct PgDb {
+    pub port: u16,
+    pub name: String,
+}
+
+impl PgDb {
+    /// A sqlx URL.
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{}", self.port, self.name)
+    }
+
+    /// Runs SQL with psql and returns the unaligned output.
+    pub fn psql(&self, sql: &str) -> String {
+        let out = Command::new("psql")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres", "-d", &self.name, "-At", "-v", "ON_ERROR_STOP=1", "-c", sql])
+            .output()
+            .expect("psql");
+        assert!(out.status.success(), "psql failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+}
+
+fn pg_bindir() -> PathBuf {
+    if let Ok(out) = Command::new("pg_config").arg("--bindir").output()
+        && out.status.success()
+    {
+        let p = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        if p.join("initdb").exists() {
+            return p;
+        }
+    }
+    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|rd| rd.flatten().map(|e| e.path().join("bin")).filter(|p| p.join("initdb").exists()).collect())
+        .unwrap_or_default();
+    found.sort();
+    found.pop().expect("PostgreSQL server binaries (initdb, pg_ctl) not found; install the postgresql package")
+}
+
+fn is_root() -> bool {
+    Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false)
+}
+
+fn as_postgres(bin: &Path, args: &[&str]) -> Command {
+    if is_root() {
+        // initdb refuses to run as root; the postgres system user exists wherever the
+        // server package is installed.
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(bin).args(args);
+        c
+    } else {
+        let mut c = Command::new(bin);
+        c.args(args);
+        c
+    }
+}
+
+/// The shared cluster, started on first use and stopped when the test process exits.
+pub fn pg_cluster() -> &'static PgCluster {
+    static CLUSTER: OnceLock<PgCluster> = OnceLock::new();
+    CLUSTER.get_or_init(|| {
+        let bin = pg_bindir();
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let dir = std::env::temp_dir().join(format!("snodo-pg-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        if is_root() {
+            assert!(Command::new("chown").args(["-R", "postgres:postgres"]).arg(&dir).status().unwrap().success());
+        }
+        let data = dir.join("data");
+        let st = as_postgres(&bin.join("initdb"), &["-D", data.to_str().unwrap(), "-A", "trust", "-U", "postgres", "--no-sync"])
+            .output()
+            .unwrap();
+        assert!(st.status.success(), "initdb: {}", String::from_utf8_lossy(&st.stderr));
+        let opts = format!("-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200", dir.display());
+        let st = as_postgres(
+            &bin.join("pg_ctl"),
+            &["-D", data.to_str().unwrap(), "-o", &opts, "-l", dir.join("log").to_str().unwrap(), "-w", "start"],
+        )
+        .output()
+        .unwrap();
+        assert!(st.status.success(), "pg_ctl start: {}", String::from_utf8_lossy(&st.stderr));
+        // A watchdog stops the cluster when this test process ends, however it ends.
+        let stop = format!(
+            "while kill -0 {pid} 2>/dev/null; do sleep 1; done; {runas} {pgctl} -D {data} -m immediate stop >/dev/null 2>&1; rm -rf {dir}",
+            pid = std::process::id(),
+            runas = if is_root() { "runuser -u postgres --" } else { "" },
+            pgctl = bin.join("pg_ctl").display(),
+            data = data.display(),
+            dir = dir.display(),
+        );
+        Command::new("sh").arg("-c").arg(stop).spawn().unwrap();
+        PgCluster { port, dir, bin }
+    })
+}
+
+/// A fresh database in the shared cluster.
+pub fn pg_db(name: &str) -> PgDb {
+    let c = pg_cluster();
+    let db = PgDb { port: c.port, name: name.to_string() };
+    let admin = PgDb { port: c.port, name: "postgres".into() };
+    admin.psql(&format!("DROP DATABASE IF EXISTS {name}"));
+    admin.psql(&format!("CREATE DATABASE {name}"));
+    db
+}
+
+/// Generates a legacy CSV with the project's generator; returns the file and its
+/// expectations (counts of valid and bad rows by kind).
+pub fn generate_csv(dir: &Path, rows: u64, seed: u64, bad_rate: &str) -> (PathBuf, serde_json::Value) {
+    let out = dir.join(format!("legacy_{rows}_{seed}.csv"));
+    let expect = dir.join(format!("legacy_{rows}_{seed}.expect.json"));
+    let st = Command::new("python3")
+        .arg(root().join("scripts/gen_legacy_csv.py"))
+        .args(["--rows", &rows.to_string(), "--seed", &seed.to_string(), "--bad-rate", bad_rate])
+        .arg("--out")
+        .arg(&out)
+        .arg("--expect")
+        .arg(&expect)
+        .output()
+        .expect("python3");
+    assert!(st.status.success(), "generator: {}", String::from_utf8_lossy(&st.stderr));
+    let e: serde_json::Value = serde_json::from_slice(&std::fs::read(&expect).unwrap()).unwrap();
+    (out, e)
+}
+
+/// Writes the shipped example pipeline with its source path and sink connection replaced.
+pub fn example_pipeline(dir: &Path, name: &str, csv: &Path, sink_connection: &str, extra: &str) -> PathBuf {
+    let text = std::fs::read_to_string(root().join("pipelines/esempio/assistiti_csv_sqlite.yaml")).unwrap();
+    let text = text
+        .replace("path: tests/fixtures/csv/assistiti_legacy.csv", &format!("path: {}", csv.display()))
+        .replace("connection: store", &format!("connection: {sink_connection}"))
+        .replace("pipeline: esempio-assistiti", &format!("pipeline: {name}"));
+    let p = dir.join(format!("{name}.yaml"));
+    std::fs::write(&p, format!("{text}{extra}")).unwrap();
+    p
+}

@@ -1,0 +1,164 @@
+//! Kill -9 at random moments, restart, and compare with an uninterrupted run: the final
+//! state must be identical (no row lost, none duplicated), for the PostgreSQL sink (COPY +
+//! upsert + checkpoint in one transaction) and for the CSV file sink (partial file +
+//! atomically renamed checkpoint).
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const ROWS: u64 = 200_000;
+
+/// A small deterministic generator of kill delays, so a failure can be replayed.
+struct Lcg(u64);
+impl Lcg {
+    fn next_ms(&mut self, max: u64) -> u64 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (self.0 >> 33) % max
+    }
+}
+
+fn run_once(cfg: &std::path::Path, pipeline: &std::path::Path) -> (i32, serde_json::Value) {
+    let out = run({
+        let mut c = snodo(cfg);
+        c.arg("run").arg(pipeline).arg("--json");
+        c
+    });
+    let code = out.status.code().unwrap_or(-1);
+    (code, serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null))
+}
+
+/// Starts the run and SIGKILLs it after `ms` milliseconds (or lets it finish if faster).
+/// Returns true if it was killed before finishing.
+fn run_and_kill(cfg: &std::path::Path, pipeline: &std::path::Path, ms: u64) -> bool {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_snodo"))
+        .current_dir(root())
+        .arg("--config")
+        .arg(cfg)
+        .arg("run")
+        .arg(pipeline)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_millis(ms);
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            assert!(st.success() || st.code() == Some(0), "run failed on its own: {st:?}");
+            return false;
+        }
+        if Instant::now() >= deadline {
+            child.kill().unwrap(); // SIGKILL
+            child.wait().unwrap();
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Runs the pipeline to completion once (reference), then from scratch with kills.
+fn crash_and_compare(
+    name: &str,
+    make_pipeline: &dyn Fn(&std::path::Path, &str) -> std::path::PathBuf,
+    state: &dyn Fn(&std::path::Path, &str) -> String,
+    seed: u64,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let pg = pg_db(&format!("crash_{name}"));
+    let cfg = connections(dir.path(), Some(&pg));
+
+    // Reference: uninterrupted.
+    let reference = make_pipeline(dir.path(), "reference");
+    let started = Instant::now();
+    let (code, summary) = run_once(&cfg, &reference);
+    let full_ms = started.elapsed().as_millis() as u64;
+    assert_eq!(code, 0, "{summary}");
+    let expected = state(dir.path(), "reference");
+
+    // Interrupted: kill at random moments spread over the run's duration, then finish.
+    let crashy = make_pipeline(dir.path(), "crashy");
+    let mut rng = Lcg(seed);
+    let mut kills = 0;
+    for _ in 0..4 {
+        let ms = 150 + rng.next_ms(full_ms.max(300));
+        if run_and_kill(&cfg, &crashy, ms) {
+            kills += 1;
+        }
+    }
+    let (code, summary) = run_once(&cfg, &crashy);
+    assert_eq!(code, 0, "{summary}");
+    assert!(kills >= 1, "no run was killed (the run took {full_ms} ms): the test proved nothing");
+    assert_eq!(state(dir.path(), "crashy"), expected, "state after {kills} kills differs from the uninterrupted run");
+
+    // The flow log of all this is intact.
+    let v = run({
+        let mut c = snodo(&cfg);
+        c.args(["log", "verify"]);
+        c
+    });
+    assert_eq!(v.status.code(), Some(0));
+}
+
+fn csv_input() -> std::path::PathBuf {
+    static INPUT: std::sync::OnceLock<(tempfile::TempDir, std::path::PathBuf)> = std::sync::OnceLock::new();
+    INPUT
+        .get_or_init(|| {
+            let d = tempfile::tempdir().unwrap();
+            let (p, _) = generate_csv(d.path(), ROWS, 11, "0.002");
+            (d, p)
+        })
+        .1
+        .clone()
+}
+
+#[test]
+fn sigkill_during_csv_to_postgres_loses_and_duplicates_nothing() {
+    // SAFETY: set before any thread of this test reads it.
+    unsafe { std::env::set_var("SNODO_TEST_PG_PASSWORD", "test-only-password") };
+    let input = csv_input();
+    let make = |dir: &std::path::Path, variant: &str| {
+        // Same pipeline, different table per variant so the two runs do not share state.
+        let p = example_pipeline(dir, &format!("crash-pg-{variant}"), &input, "pg", "batch_size: 2000\n");
+        let text = std::fs::read_to_string(&p).unwrap().replace("table: assistito", &format!("table: assistito_{variant}"));
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let state = |_dir: &std::path::Path, variant: &str| {
+        let db = PgDb { port: pg_cluster().port, name: "crash_pg".into() };
+        db.psql(&format!(
+            "SELECT count(*) || ' ' || md5(string_agg(t::text, '|' ORDER BY id_anagrafica)) FROM assistito_{variant} t"
+        ))
+    };
+    crash_and_compare("pg", &make, &state, 0x5eed_0001);
+}
+
+#[test]
+fn sigkill_during_csv_to_csv_file_loses_and_duplicates_nothing() {
+    unsafe { std::env::set_var("SNODO_TEST_PG_PASSWORD", "test-only-password") };
+    let input = csv_input();
+    let make = |dir: &std::path::Path, variant: &str| {
+        let out = dir.join(format!("{variant}.csv"));
+        let p = example_pipeline(dir, &format!("crash-csv-{variant}"), &input, "store", "batch_size: 2000\n");
+        let text = std::fs::read_to_string(&p).unwrap();
+        let sink_start = text.find("sink:").unwrap();
+        let sink_end = text.find("on_error:").unwrap();
+        let text = format!(
+            "{}sink:\n  csv: {{ path: {}, delimiter: \";\" }}\n{}",
+            &text[..sink_start],
+            out.display(),
+            &text[sink_end..]
+        );
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let state = |dir: &std::path::Path, variant: &str| {
+        let bytes = std::fs::read(dir.join(format!("{variant}.csv"))).unwrap();
+        let lines = bytes.iter().filter(|&&b| b == b'\n').count();
+        use sha2::Digest;
+        format!("{lines} {}", hex::encode(sha2::Sha256::digest(&bytes)))
+    };
+    crash_and_compare("csv", &make, &state, 0x5eed_0002);
+}

@@ -1,0 +1,174 @@
+//! End to end: the README example, CSV → SQLite, CSV → PostgreSQL, SQL → CSV, and the
+//! flow-log commands, all through the real binary.
+
+mod common;
+
+use common::*;
+
+fn count_bad(e: &serde_json::Value) -> u64 {
+    e["bad"].as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum()
+}
+
+/// The README's first command on the shipped fixture: every valid row lands in SQLite,
+/// every bad row is rejected with the right reason, and the flow log shows it.
+#[test]
+fn readme_example_loads_the_fixture_into_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = connections(dir.path(), None);
+    let pipeline = root().join("pipelines/esempio/assistiti_csv_sqlite.yaml");
+    let out = run({
+        let mut c = snodo(&cfg);
+        c.arg("run").arg(&pipeline).arg("--json");
+        c
+    });
+    assert_eq!(out.status.code(), Some(0));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let expect: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(root().join("tests/fixtures/csv/assistiti_legacy.expect.json")).unwrap()).unwrap();
+    assert_eq!(summary["status"], "succeeded");
+    assert_eq!(summary["read"], expect["rows"]);
+    assert_eq!(summary["written"], expect["valid"]);
+    assert_eq!(summary["rejected"].as_u64().unwrap(), count_bad(&expect));
+    let by = &summary["rejected_by_reason"];
+    let bad = &expect["bad"];
+    assert_eq!(by["invalid_date"], bad["invalid_date"]);
+    assert_eq!(by["invalid_decimal"], bad["invalid_decimal"]);
+    assert_eq!(by["malformed_row"], bad["malformed_row"]);
+    assert_eq!(by["oversized_field"], bad["oversized_field"]);
+    assert_eq!(by["required.cognome"], bad["missing_required"]);
+    assert_eq!(by["codice_fiscale.codice_fiscale"], bad["bad_cf_check"]);
+    assert_eq!(by["belfiore_at.comune_nascita"], bad["birthplace_not_valid_at_birth"]);
+
+    // What landed is exact: amounts as decimals (no float), CAPs with their leading zero.
+    let db = rusqlite_like_query(&dir.path().join("store.db"), "SELECT count(*) FROM assistito");
+    assert_eq!(db, expect["valid"].as_u64().unwrap().to_string());
+    let zero_caps = rusqlite_like_query(&dir.path().join("store.db"), "SELECT count(*) FROM assistito WHERE cap LIKE '0%' AND length(cap) = 5");
+    assert!(zero_caps.parse::<u64>().unwrap() > 0, "CAPs with a leading zero must survive as text");
+    let typeof_isee = rusqlite_like_query(&dir.path().join("store.db"), "SELECT DISTINCT typeof(isee) FROM assistito WHERE isee IS NOT NULL");
+    assert_eq!(typeof_isee, "text", "amounts are stored as exact text in SQLite, never REAL");
+
+    // Every bad id of the fixture is among the rejects, with its line and reason.
+    let run_id = summary["run_id"].as_str().unwrap();
+    let rej = run({
+        let mut c = snodo(&cfg);
+        c.args(["rejects", run_id, "--json"]);
+        c
+    });
+    assert!(rej.status.success());
+    let rejects: Vec<serde_json::Value> = serde_json::from_slice(&rej.stdout).unwrap();
+    assert_eq!(rejects.len() as u64, count_bad(&expect));
+    for r in &rejects {
+        assert!(r["position"]["line"].as_u64().unwrap() > 1);
+        assert!(!r["reason"].as_str().unwrap().is_empty());
+        assert!(!r["step"].as_str().unwrap().is_empty());
+    }
+
+    let show = run({
+        let mut c = snodo(&cfg);
+        c.args(["runs", "show", run_id]);
+        c
+    });
+    assert!(show.status.success());
+    let text = stdout(&show);
+    assert!(text.contains("esempio-assistiti") && text.contains("succeeded"), "{text}");
+    assert!(text.contains("steps[1].validate"), "{text}");
+
+    let verify = run({
+        let mut c = snodo(&cfg);
+        c.args(["log", "verify"]);
+        c
+    });
+    assert_eq!(verify.status.code(), Some(0));
+    assert!(stdout(&verify).contains("intact"));
+
+    // Running again changes nothing: upserts on the natural key.
+    let again = run({
+        let mut c = snodo(&cfg);
+        c.arg("run").arg(&pipeline).arg("--json");
+        c
+    });
+    assert_eq!(again.status.code(), Some(0));
+    let db2 = rusqlite_like_query(&dir.path().join("store.db"), "SELECT count(*) FROM assistito");
+    assert_eq!(db, db2);
+}
+
+/// Reads one value from a SQLite database through the sqlite3-compatible path: snodo's own
+/// SQL source would be circular, so this uses sqlx directly.
+fn rusqlite_like_query(db: &std::path::Path, sql: &str) -> String {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        use sqlx::Row;
+        let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display())).await.unwrap();
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql.to_string())).fetch_all(&pool).await.unwrap();
+        rows.iter()
+            .map(|r| {
+                r.try_get::<i64, _>(0)
+                    .map(|v| v.to_string())
+                    .or_else(|_| r.try_get::<String, _>(0))
+                    .unwrap_or_default()
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    })
+}
+
+/// CSV → PostgreSQL (COPY + upsert), then PostgreSQL → CSV through the SQL source, and the
+/// round trip keeps every row and every amount exactly.
+#[test]
+fn csv_to_postgres_and_back_to_csv() {
+    // SAFETY: set before any thread of this test reads it; other tests set the same value.
+    unsafe { std::env::set_var("SNODO_TEST_PG_PASSWORD", "test-only-password") };
+    let dir = tempfile::tempdir().unwrap();
+    let pg = pg_db("e2e_roundtrip");
+    let cfg = connections(dir.path(), Some(&pg));
+    let (csv, expect) = generate_csv(dir.path(), 3000, 7, "0.01");
+    let p = example_pipeline(dir.path(), "csv-to-pg", &csv, "pg", "");
+    let out = run({
+        let mut c = snodo(&cfg);
+        c.arg("run").arg(&p).arg("--json");
+        c
+    });
+    assert_eq!(out.status.code(), Some(0));
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(s["written"], expect["valid"]);
+    assert_eq!(pg.psql("SELECT count(*) FROM assistito"), expect["valid"].to_string());
+    assert_eq!(pg.psql("SELECT data_type FROM information_schema.columns WHERE table_name='assistito' AND column_name='isee'"), "numeric");
+    let total_pg = pg.psql("SELECT coalesce(sum(isee),0) FROM assistito");
+
+    // Back out to CSV with keyset paging over the SQL source.
+    let out_csv = dir.path().join("export.csv");
+    let p2 = dir.path().join("pg-to-csv.yaml");
+    std::fs::write(
+        &p2,
+        format!(
+            "pipeline: pg-to-csv\nsource:\n  sql:\n    connection: pg\n    query: SELECT id_anagrafica, codice_fiscale, isee, data_nascita FROM assistito\n    key: [id_anagrafica]\nsink:\n  csv: {{ path: {}, delimiter: \";\", decimal_separator: \",\" }}\nbatch_size: 500\n",
+            out_csv.display()
+        ),
+    )
+    .unwrap();
+    let out2 = run({
+        let mut c = snodo(&cfg);
+        c.arg("run").arg(&p2).arg("--json");
+        c
+    });
+    assert_eq!(out2.status.code(), Some(0));
+    let s2: serde_json::Value = serde_json::from_slice(&out2.stdout).unwrap();
+    assert_eq!(s2["written"], expect["valid"]);
+    assert_eq!(s2["artifacts"].as_array().unwrap().len(), 1);
+    let text = std::fs::read_to_string(&out_csv).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(lines.next().unwrap(), "id_anagrafica;codice_fiscale;isee;data_nascita");
+    let mut ids = Vec::new();
+    let mut total = rust_decimal::Decimal::ZERO;
+    for l in lines {
+        let f: Vec<&str> = l.split(';').collect();
+        ids.push(f[0].parse::<i64>().unwrap());
+        if !f[2].is_empty() {
+            total += f[2].replace(',', ".").parse::<rust_decimal::Decimal>().unwrap();
+        }
+    }
+    assert_eq!(ids.len() as u64, expect["valid"].as_u64().unwrap());
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "keyset paging returns rows in key order, none twice");
+    assert_eq!(total.to_string(), total_pg, "amounts survive the round trip exactly");
+    assert!(!dir.path().join("export.csv.partial").exists());
+}
