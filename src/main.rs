@@ -44,7 +44,12 @@ Examples:
 #[command(name = "snodo", version, after_help = AFTER_HELP, propagate_version = true)]
 struct Cli {
     /// Connections file naming every system (databases) once.
-    #[arg(long, global = true, env = "SNODO_CONFIG", default_value = "snodo.yaml")]
+    #[arg(
+        long,
+        global = true,
+        env = "SNODO_CONFIG",
+        default_value = "snodo.yaml"
+    )]
     config: PathBuf,
     /// Log format on standard error.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
@@ -177,8 +182,10 @@ impl Progress for Bar {
             self.0.set_position(bytes);
         }
         let secs = self.0.elapsed().as_secs_f64().max(0.001);
-        self.0
-            .set_message(format!("{records} records, {:.0} records/s", records as f64 / secs));
+        self.0.set_message(format!(
+            "{records} records, {:.0} records/s",
+            records as f64 / secs
+        ));
     }
     fn finish(&self) {
         self.0.finish_and_clear();
@@ -219,7 +226,11 @@ fn print_summary(s: &RunSummary) {
         s.run_id,
         s.pipeline,
         s.seconds,
-        if s.dry_run { "  (dry run: nothing written)" } else { "" }
+        if s.dry_run {
+            "  (dry run: nothing written)"
+        } else {
+            ""
+        }
     );
     if let Some(r) = &s.resumed_from {
         println!("  resumed interrupted run {r}");
@@ -235,15 +246,28 @@ fn print_summary(s: &RunSummary) {
         }
     }
     for a in &s.artifacts {
-        println!("  wrote {} ({} rows, {} bytes, sha256 {})", a.path, a.rows, a.size, a.sha256);
+        println!(
+            "  wrote {} ({} rows, {} bytes, sha256 {})",
+            a.path, a.rows, a.size, a.sha256
+        );
     }
     if let Some(e) = &s.error {
         println!("  error: {e}");
     }
-    println!("  details: snodo runs show {}    rejects: snodo rejects {}", s.run_id, s.run_id);
+    println!(
+        "  details: snodo runs show {}    rejects: snodo rejects {}",
+        s.run_id, s.run_id
+    );
 }
 
-async fn cmd_run(cli: &Cli, pipeline: &Path, dry_run: bool, limit: Option<u64>, json: bool, trigger: &str) -> Result<i32, Error> {
+async fn cmd_run(
+    cli: &Cli,
+    pipeline: &Path,
+    dry_run: bool,
+    limit: Option<u64>,
+    json: bool,
+    trigger: &str,
+) -> Result<i32, Error> {
     let conns = ConnectionsFile::load(&cli.config, cli.config != Path::new("snodo.yaml"))?;
     let (p, _) = snodo_connectors::load(pipeline, &conns)?;
     let log = open_log(&conns).await?;
@@ -261,7 +285,10 @@ async fn cmd_run(cli: &Cli, pipeline: &Path, dry_run: bool, limit: Option<u64>, 
     )
     .await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&summary).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&summary).unwrap_or_default()
+        );
     } else {
         print_summary(&summary);
     }
@@ -298,7 +325,10 @@ fn cmd_lint(cli: &Cli, files: &[PathBuf], json: bool) -> Result<i32, Error> {
                 })
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&items).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&items).unwrap_or_default()
+        );
     } else {
         for (f, p) in &all {
             println!("{}", format_problem(f, p));
@@ -312,14 +342,22 @@ fn cmd_lint(cli: &Cli, files: &[PathBuf], json: bool) -> Result<i32, Error> {
     Ok(if all.is_empty() { 0 } else { 3 })
 }
 
-async fn cmd_runs(cli: &Cli, show: &Option<RunsCommand>, limit: u32, json: bool) -> Result<i32, Error> {
+async fn cmd_runs(
+    cli: &Cli,
+    show: &Option<RunsCommand>,
+    limit: u32,
+    json: bool,
+) -> Result<i32, Error> {
     let conns = ConnectionsFile::load(&cli.config, cli.config != Path::new("snodo.yaml"))?;
     let log = open_log(&conns).await?;
     match show {
         None => {
             let runs = log.runs(limit).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&runs).unwrap_or_default());
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&runs).unwrap_or_default()
+                );
                 return Ok(0);
             }
             println!(
@@ -355,16 +393,26 @@ async fn cmd_runs(cli: &Cli, show: &Option<RunsCommand>, limit: u32, json: bool)
             if json || *j {
                 println!(
                     "{}",
-                    serde_json::to_string_pretty(&serde_json::json!({ "run": r, "artifacts": artifacts }))
-                        .unwrap_or_default()
+                    serde_json::to_string_pretty(
+                        &serde_json::json!({ "run": r, "artifacts": artifacts })
+                    )
+                    .unwrap_or_default()
                 );
                 return Ok(0);
             }
             let s = &r.started;
             println!("run        {}", r.run_id);
-            println!("pipeline   {} ({}, sha256 {})", s.pipeline, s.file, s.file_sha256);
+            println!(
+                "pipeline   {} ({}, sha256 {})",
+                s.pipeline, s.file, s.file_sha256
+            );
             println!("version    snodo {}", s.version);
-            println!("trigger    {} by {}{}", s.trigger, s.user, if s.dry_run { " (dry run)" } else { "" });
+            println!(
+                "trigger    {} by {}{}",
+                s.trigger,
+                s.user,
+                if s.dry_run { " (dry run)" } else { "" }
+            );
             if let Some(p) = &s.resumed_from {
                 println!("resumes    {p}");
             }
@@ -372,11 +420,16 @@ async fn cmd_runs(cli: &Cli, show: &Option<RunsCommand>, limit: u32, json: bool)
             println!("sink       {}", s.sink);
             println!("started    {}", s.started_at);
             match &r.finished {
-                None => println!("status     no end recorded: still running, or killed (the next run resumes it)"),
+                None => println!(
+                    "status     no end recorded: still running, or killed (the next run resumes it)"
+                ),
                 Some(f) => {
                     println!("finished   {} ({} ms)", f.finished_at, f.duration_ms);
                     println!("status     {}", f.status);
-                    println!("records    read {}  written {}  rejected {}  filtered {}", f.read, f.written, f.rejected, f.filtered);
+                    println!(
+                        "records    read {}  written {}  rejected {}  filtered {}",
+                        f.read, f.written, f.rejected, f.filtered
+                    );
                     for st in &f.steps {
                         println!(
                             "  {:<24} in {:>9}  out {:>9}  rejected {:>7}  filtered {:>7}",
@@ -414,7 +467,10 @@ async fn cmd_rejects(cli: &Cli, run_id: &str, json: bool) -> Result<i32, Error> 
     let log = open_log(&conns).await?;
     let rejects = log.rejects(run_id).await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&rejects).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&rejects).unwrap_or_default()
+        );
         return Ok(0);
     }
     for r in &rejects {
@@ -439,7 +495,10 @@ async fn cmd_verify(cli: &Cli, expect_head: &Option<String>, json: bool) -> Resu
     if json {
         println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
     } else if v.problems.is_empty() {
-        println!("flow log intact: {} entries, head {} {}", v.entries, v.head_seq, v.head_hash);
+        println!(
+            "flow log intact: {} entries, head {} {}",
+            v.entries, v.head_seq, v.head_hash
+        );
     } else {
         for p in &v.problems {
             println!("TAMPERED: {p}");
@@ -450,9 +509,13 @@ async fn cmd_verify(cli: &Cli, expect_head: &Option<String>, json: bool) -> Resu
 
 async fn dispatch(cli: &Cli) -> Result<i32, Error> {
     match &cli.command {
-        Command::Run { pipeline, dry_run, limit, json, trigger } => {
-            cmd_run(cli, pipeline, *dry_run, *limit, *json, trigger).await
-        }
+        Command::Run {
+            pipeline,
+            dry_run,
+            limit,
+            json,
+            trigger,
+        } => cmd_run(cli, pipeline, *dry_run, *limit, *json, trigger).await,
         Command::Lint { files, json } => cmd_lint(cli, files, *json),
         Command::Schema { connections } => {
             let schema = if *connections {
@@ -460,14 +523,17 @@ async fn dispatch(cli: &Cli) -> Result<i32, Error> {
             } else {
                 schemars::schema_for!(Pipeline)
             };
-            println!("{}", serde_json::to_string_pretty(&schema).unwrap_or_default());
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&schema).unwrap_or_default()
+            );
             Ok(0)
         }
         Command::Runs { show, limit, json } => cmd_runs(cli, show, *limit, *json).await,
         Command::Rejects { run_id, json } => cmd_rejects(cli, run_id, *json).await,
-        Command::Log { command: LogCommand::Verify { expect_head, json } } => {
-            cmd_verify(cli, expect_head, *json).await
-        }
+        Command::Log {
+            command: LogCommand::Verify { expect_head, json },
+        } => cmd_verify(cli, expect_head, *json).await,
     }
 }
 
@@ -481,7 +547,10 @@ fn main() -> ExitCode {
     }
     let cli = Cli::parse();
     init_tracing(cli.log_format, cli.verbose);
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");

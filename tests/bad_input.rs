@@ -29,7 +29,10 @@ fn run_json(cfg: &Path, p: &Path) -> (i32, serde_json::Value) {
         c.arg("run").arg(p).arg("--json");
         c
     });
-    (out.status.code().unwrap(), serde_json::from_slice(&out.stdout).unwrap_or_default())
+    (
+        out.status.code().unwrap(),
+        serde_json::from_slice(&out.stdout).unwrap_or_default(),
+    )
 }
 
 fn rejects(cfg: &Path, run_id: &str) -> Vec<serde_json::Value> {
@@ -54,7 +57,12 @@ fn every_kind_of_bad_row_is_rejected_with_line_and_reason_and_the_rest_is_loaded
         ),
     )
     .unwrap();
-    let p = pipeline(dir.path(), &csv, "    max_field_length: 100\n", "{ reject_limit: 10, then: fail }");
+    let p = pipeline(
+        dir.path(),
+        &csv,
+        "    max_field_length: 100\n",
+        "{ reject_limit: 10, then: fail }",
+    );
     let (code, s) = run_json(&cfg, &p);
     assert_eq!(code, 0, "{s}");
     assert_eq!(s["read"], 6);
@@ -65,12 +73,19 @@ fn every_kind_of_bad_row_is_rejected_with_line_and_reason_and_the_rest_is_loaded
         .map(|x| {
             (
                 x["position"]["line"].as_u64().unwrap(),
-                (x["code"].as_str().unwrap().to_string(), x["reason"].as_str().unwrap().to_string()),
+                (
+                    x["code"].as_str().unwrap().to_string(),
+                    x["reason"].as_str().unwrap().to_string(),
+                ),
             )
         })
         .collect();
     assert_eq!(by_line[&3].0, "invalid_decimal");
-    assert!(by_line[&3].1.contains("importo") && by_line[&3].1.contains("12,34,5"), "{:?}", by_line[&3]);
+    assert!(
+        by_line[&3].1.contains("importo") && by_line[&3].1.contains("12,34,5"),
+        "{:?}",
+        by_line[&3]
+    );
     assert_eq!(by_line[&4].0, "invalid_date");
     assert!(by_line[&4].1.contains("31/02/1980") && by_line[&4].1.contains("%d/%m/%Y"));
     assert_eq!(by_line[&5].0, "malformed_row");
@@ -103,11 +118,20 @@ fn a_windows_1252_file_read_as_utf8_is_rejected_with_a_hint() {
     assert!(r[0]["reason"].as_str().unwrap().contains("windows-1252"));
 
     // The same file declared as windows-1252 loads both rows, with the accent right.
-    let p = pipeline(dir.path(), &csv, "    encoding: windows-1252\n", "{ reject_limit: 0 }");
+    let p = pipeline(
+        dir.path(),
+        &csv,
+        "    encoding: windows-1252\n",
+        "{ reject_limit: 0 }",
+    );
     let (code, s) = run_json(&cfg, &p);
     assert_eq!(code, 0, "{s}");
     assert_eq!(s["written"], 2);
-    assert!(std::fs::read_to_string(dir.path().join("out.jsonl")).unwrap().contains("NICOLÒ"));
+    assert!(
+        std::fs::read_to_string(dir.path().join("out.jsonl"))
+            .unwrap()
+            .contains("NICOLÒ")
+    );
 }
 
 #[test]
@@ -115,13 +139,20 @@ fn the_reject_limit_stops_or_flags_the_run() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = connections(dir.path(), None);
     let csv = dir.path().join("in.csv");
-    std::fs::write(&csv, format!("{HEADER}1;A;x;01/01/2000\n2;B;1,00;01/01/2000\n")).unwrap();
+    std::fs::write(
+        &csv,
+        format!("{HEADER}1;A;x;01/01/2000\n2;B;1,00;01/01/2000\n"),
+    )
+    .unwrap();
     let p = pipeline(dir.path(), &csv, "", "{ reject_limit: 0, then: fail }");
     let (code, s) = run_json(&cfg, &p);
     assert_eq!(code, 4, "{s}");
     assert_eq!(s["status"], "rejects_over_limit");
     assert_eq!(s["written"], 0);
-    assert!(!dir.path().join("out.jsonl").exists(), "a failed run publishes no file");
+    assert!(
+        !dir.path().join("out.jsonl").exists(),
+        "a failed run publishes no file"
+    );
 
     let p = pipeline(dir.path(), &csv, "", "{ reject_limit: 0, then: continue }");
     let (code, s) = run_json(&cfg, &p);
@@ -134,7 +165,11 @@ fn broken_yaml_names_the_line() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = connections(dir.path(), None);
     let p = dir.path().join("broken.yaml");
-    std::fs::write(&p, "pipeline: x\nsource:\n  csv: { path: a.csv\nsink:\n  jsonl: { path: b }\n").unwrap();
+    std::fs::write(
+        &p,
+        "pipeline: x\nsource:\n  csv: { path: a.csv\nsink:\n  jsonl: { path: b }\n",
+    )
+    .unwrap();
     let out = run({
         let mut c = snodo(&cfg);
         c.arg("lint").arg(&p);
@@ -143,7 +178,10 @@ fn broken_yaml_names_the_line() {
     assert_eq!(out.status.code(), Some(3));
     let text = stdout(&out);
     assert!(text.contains(&format!("{}:", p.display())), "{text}");
-    assert!(text.contains(":3:") || text.contains(":4:"), "the error names the line: {text}");
+    assert!(
+        text.contains(":3:") || text.contains(":4:"),
+        "the error names the line: {text}"
+    );
 
     let run_out = run({
         let mut c = snodo(&cfg);
@@ -184,13 +222,23 @@ fn lint_reports_every_problem_with_line_column_and_path() {
     };
     let k = find("delimeter");
     assert_eq!(k["line"], 5);
-    assert!(k["message"].as_str().unwrap().contains("did you mean `delimiter`"));
+    assert!(
+        k["message"]
+            .as_str()
+            .unwrap()
+            .contains("did you mean `delimiter`")
+    );
     let k = find("mapp");
     assert_eq!(k["line"], 7);
     assert_eq!(k["path"], "steps[0]");
     let k = find("patern");
     assert_eq!(k["line"], 10);
-    assert!(k["path"].as_str().unwrap().starts_with("steps[1].validate.cap"));
+    assert!(
+        k["path"]
+            .as_str()
+            .unwrap()
+            .starts_with("steps[1].validate.cap")
+    );
     let k = find("invalid expression");
     assert_eq!(k["path"], "steps[2].map.x");
     let k = find("unknown connection `nowhere`");

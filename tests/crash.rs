@@ -16,7 +16,10 @@ const ROWS: u64 = 200_000;
 struct Lcg(u64);
 impl Lcg {
     fn next_ms(&mut self, max: u64) -> u64 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (self.0 >> 33) % max
     }
 }
@@ -28,7 +31,10 @@ fn run_once(cfg: &std::path::Path, pipeline: &std::path::Path) -> (i32, serde_js
         c
     });
     let code = out.status.code().unwrap_or(-1);
-    (code, serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null))
+    (
+        code,
+        serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null),
+    )
 }
 
 /// Starts the run and SIGKILLs it after `ms` milliseconds (or lets it finish if faster).
@@ -47,7 +53,10 @@ fn run_and_kill(cfg: &std::path::Path, pipeline: &std::path::Path, ms: u64) -> b
     let deadline = Instant::now() + Duration::from_millis(ms);
     loop {
         if let Some(st) = child.try_wait().unwrap() {
-            assert!(st.success() || st.code() == Some(0), "run failed on its own: {st:?}");
+            assert!(
+                st.success() || st.code() == Some(0),
+                "run failed on its own: {st:?}"
+            );
             return false;
         }
         if Instant::now() >= deadline {
@@ -90,8 +99,15 @@ fn crash_and_compare(
     }
     let (code, summary) = run_once(&cfg, &crashy);
     assert_eq!(code, 0, "{summary}");
-    assert!(kills >= 1, "no run was killed (the run took {full_ms} ms): the test proved nothing");
-    assert_eq!(state(dir.path(), "crashy"), expected, "state after {kills} kills differs from the uninterrupted run");
+    assert!(
+        kills >= 1,
+        "no run was killed (the run took {full_ms} ms): the test proved nothing"
+    );
+    assert_eq!(
+        state(dir.path(), "crashy"),
+        expected,
+        "state after {kills} kills differs from the uninterrupted run"
+    );
 
     // The flow log of all this is intact.
     let v = run({
@@ -103,7 +119,8 @@ fn crash_and_compare(
 }
 
 fn csv_input() -> std::path::PathBuf {
-    static INPUT: std::sync::OnceLock<(tempfile::TempDir, std::path::PathBuf)> = std::sync::OnceLock::new();
+    static INPUT: std::sync::OnceLock<(tempfile::TempDir, std::path::PathBuf)> =
+        std::sync::OnceLock::new();
     INPUT
         .get_or_init(|| {
             let d = tempfile::tempdir().unwrap();
@@ -121,13 +138,24 @@ fn sigkill_during_csv_to_postgres_loses_and_duplicates_nothing() {
     let input = csv_input();
     let make = |dir: &std::path::Path, variant: &str| {
         // Same pipeline, different table per variant so the two runs do not share state.
-        let p = example_pipeline(dir, &format!("crash-pg-{variant}"), &input, "pg", "batch_size: 2000\n");
-        let text = std::fs::read_to_string(&p).unwrap().replace("table: assistito", &format!("table: assistito_{variant}"));
+        let p = example_pipeline(
+            dir,
+            &format!("crash-pg-{variant}"),
+            &input,
+            "pg",
+            "batch_size: 2000\n",
+        );
+        let text = std::fs::read_to_string(&p)
+            .unwrap()
+            .replace("table: assistito", &format!("table: assistito_{variant}"));
         std::fs::write(&p, text).unwrap();
         p
     };
     let state = |_dir: &std::path::Path, variant: &str| {
-        let db = PgDb { port: pg_cluster().port, name: "crash_pg".into() };
+        let db = PgDb {
+            port: pg_cluster().port,
+            name: "crash_pg".into(),
+        };
         db.psql(&format!(
             "SELECT count(*) || ' ' || md5(string_agg(t::text, '|' ORDER BY id_anagrafica)) FROM assistito_{variant} t"
         ))
@@ -141,7 +169,13 @@ fn sigkill_during_csv_to_csv_file_loses_and_duplicates_nothing() {
     let input = csv_input();
     let make = |dir: &std::path::Path, variant: &str| {
         let out = dir.join(format!("{variant}.csv"));
-        let p = example_pipeline(dir, &format!("crash-csv-{variant}"), &input, "store", "batch_size: 2000\n");
+        let p = example_pipeline(
+            dir,
+            &format!("crash-csv-{variant}"),
+            &input,
+            "store",
+            "batch_size: 2000\n",
+        );
         let text = std::fs::read_to_string(&p).unwrap();
         let sink_start = text.find("sink:").unwrap();
         let sink_end = text.find("on_error:").unwrap();

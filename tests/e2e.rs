@@ -6,7 +6,12 @@ mod common;
 use common::*;
 
 fn count_bad(e: &serde_json::Value) -> u64 {
-    e["bad"].as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum()
+    e["bad"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum()
 }
 
 /// The README's first command on the shipped fixture: every valid row lands in SQLite,
@@ -23,8 +28,10 @@ fn readme_example_loads_the_fixture_into_sqlite() {
     });
     assert_eq!(out.status.code(), Some(0));
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let expect: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(root().join("tests/fixtures/csv/assistiti_legacy.expect.json")).unwrap()).unwrap();
+    let expect: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(root().join("tests/fixtures/csv/assistiti_legacy.expect.json")).unwrap(),
+    )
+    .unwrap();
     assert_eq!(summary["status"], "succeeded");
     assert_eq!(summary["read"], expect["rows"]);
     assert_eq!(summary["written"], expect["valid"]);
@@ -37,15 +44,33 @@ fn readme_example_loads_the_fixture_into_sqlite() {
     assert_eq!(by["oversized_field"], bad["oversized_field"]);
     assert_eq!(by["required.cognome"], bad["missing_required"]);
     assert_eq!(by["codice_fiscale.codice_fiscale"], bad["bad_cf_check"]);
-    assert_eq!(by["belfiore_at.comune_nascita"], bad["birthplace_not_valid_at_birth"]);
+    assert_eq!(
+        by["belfiore_at.comune_nascita"],
+        bad["birthplace_not_valid_at_birth"]
+    );
 
     // What landed is exact: amounts as decimals (no float), CAPs with their leading zero.
-    let db = rusqlite_like_query(&dir.path().join("store.db"), "SELECT count(*) FROM assistito");
+    let db = rusqlite_like_query(
+        &dir.path().join("store.db"),
+        "SELECT count(*) FROM assistito",
+    );
     assert_eq!(db, expect["valid"].as_u64().unwrap().to_string());
-    let zero_caps = rusqlite_like_query(&dir.path().join("store.db"), "SELECT count(*) FROM assistito WHERE cap LIKE '0%' AND length(cap) = 5");
-    assert!(zero_caps.parse::<u64>().unwrap() > 0, "CAPs with a leading zero must survive as text");
-    let typeof_isee = rusqlite_like_query(&dir.path().join("store.db"), "SELECT DISTINCT typeof(isee) FROM assistito WHERE isee IS NOT NULL");
-    assert_eq!(typeof_isee, "text", "amounts are stored as exact text in SQLite, never REAL");
+    let zero_caps = rusqlite_like_query(
+        &dir.path().join("store.db"),
+        "SELECT count(*) FROM assistito WHERE cap LIKE '0%' AND length(cap) = 5",
+    );
+    assert!(
+        zero_caps.parse::<u64>().unwrap() > 0,
+        "CAPs with a leading zero must survive as text"
+    );
+    let typeof_isee = rusqlite_like_query(
+        &dir.path().join("store.db"),
+        "SELECT DISTINCT typeof(isee) FROM assistito WHERE isee IS NOT NULL",
+    );
+    assert_eq!(
+        typeof_isee, "text",
+        "amounts are stored as exact text in SQLite, never REAL"
+    );
 
     // Every bad id of the fixture is among the rejects, with its line and reason.
     let run_id = summary["run_id"].as_str().unwrap();
@@ -70,7 +95,10 @@ fn readme_example_loads_the_fixture_into_sqlite() {
     });
     assert!(show.status.success());
     let text = stdout(&show);
-    assert!(text.contains("esempio-assistiti") && text.contains("succeeded"), "{text}");
+    assert!(
+        text.contains("esempio-assistiti") && text.contains("succeeded"),
+        "{text}"
+    );
     assert!(text.contains("steps[1].validate"), "{text}");
 
     let verify = run({
@@ -88,18 +116,29 @@ fn readme_example_loads_the_fixture_into_sqlite() {
         c
     });
     assert_eq!(again.status.code(), Some(0));
-    let db2 = rusqlite_like_query(&dir.path().join("store.db"), "SELECT count(*) FROM assistito");
+    let db2 = rusqlite_like_query(
+        &dir.path().join("store.db"),
+        "SELECT count(*) FROM assistito",
+    );
     assert_eq!(db, db2);
 }
 
 /// Reads one value from a SQLite database through the sqlite3-compatible path: snodo's own
 /// SQL source would be circular, so this uses sqlx directly.
 fn rusqlite_like_query(db: &std::path::Path, sql: &str) -> String {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         use sqlx::Row;
-        let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display())).await.unwrap();
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql.to_string())).fetch_all(&pool).await.unwrap();
+        let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
+            .await
+            .unwrap();
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql.to_string()))
+            .fetch_all(&pool)
+            .await
+            .unwrap();
         rows.iter()
             .map(|r| {
                 r.try_get::<i64, _>(0)
@@ -131,7 +170,10 @@ fn csv_to_postgres_and_back_to_csv() {
     assert_eq!(out.status.code(), Some(0));
     let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(s["written"], expect["valid"]);
-    assert_eq!(pg.psql("SELECT count(*) FROM assistito"), expect["valid"].to_string());
+    assert_eq!(
+        pg.psql("SELECT count(*) FROM assistito"),
+        expect["valid"].to_string()
+    );
     assert_eq!(pg.psql("SELECT data_type FROM information_schema.columns WHERE table_name='assistito' AND column_name='isee'"), "numeric");
     let total_pg = pg.psql("SELECT coalesce(sum(isee),0) FROM assistito");
 
@@ -157,18 +199,31 @@ fn csv_to_postgres_and_back_to_csv() {
     assert_eq!(s2["artifacts"].as_array().unwrap().len(), 1);
     let text = std::fs::read_to_string(&out_csv).unwrap();
     let mut lines = text.lines();
-    assert_eq!(lines.next().unwrap(), "id_anagrafica;codice_fiscale;isee;data_nascita");
+    assert_eq!(
+        lines.next().unwrap(),
+        "id_anagrafica;codice_fiscale;isee;data_nascita"
+    );
     let mut ids = Vec::new();
     let mut total = rust_decimal::Decimal::ZERO;
     for l in lines {
         let f: Vec<&str> = l.split(';').collect();
         ids.push(f[0].parse::<i64>().unwrap());
         if !f[2].is_empty() {
-            total += f[2].replace(',', ".").parse::<rust_decimal::Decimal>().unwrap();
+            total += f[2]
+                .replace(',', ".")
+                .parse::<rust_decimal::Decimal>()
+                .unwrap();
         }
     }
     assert_eq!(ids.len() as u64, expect["valid"].as_u64().unwrap());
-    assert!(ids.windows(2).all(|w| w[0] < w[1]), "keyset paging returns rows in key order, none twice");
-    assert_eq!(total.to_string(), total_pg, "amounts survive the round trip exactly");
+    assert!(
+        ids.windows(2).all(|w| w[0] < w[1]),
+        "keyset paging returns rows in key order, none twice"
+    );
+    assert_eq!(
+        total.to_string(),
+        total_pg,
+        "amounts survive the round trip exactly"
+    );
     assert!(!dir.path().join("export.csv.partial").exists());
 }

@@ -71,24 +71,6 @@ impl Check for SinkConfig {
     }
 }
 
-impl SourceConfig {
-    fn connection(&self) -> Option<&str> {
-        match self {
-            SourceConfig::Sql(c) => Some(&c.connection),
-            _ => None,
-        }
-    }
-}
-
-impl SinkConfig {
-    fn connection(&self) -> Option<&str> {
-        match self {
-            SinkConfig::Sql(c) => Some(&c.connection),
-            _ => None,
-        }
-    }
-}
-
 /// Loads a pipeline file and checks it against the connections file: every problem of both
 /// is reported with file, line and column.
 pub fn load(path: &Path, connections: &ConnectionsFile) -> Result<(Pipeline, Node)> {
@@ -98,7 +80,8 @@ pub fn load(path: &Path, connections: &ConnectionsFile) -> Result<(Pipeline, Nod
     let mut problems = Vec::new();
     if let Ok(root) = snodo_core::config::yaml::parse(&text) {
         for section in ["source", "sink"] {
-            if let Some(n) = snodo_core::config::yaml::node_at(&root, &[section, "sql", "connection"])
+            if let Some(n) =
+                snodo_core::config::yaml::node_at(&root, &[section, "sql", "connection"])
                 && let snodo_core::config::yaml::NodeKind::Str(name) = &n.kind
                 && let Err(e) = connections.get(name)
             {
@@ -108,11 +91,19 @@ pub fn load(path: &Path, connections: &ConnectionsFile) -> Result<(Pipeline, Nod
     }
     match snodo_core::config::parse_pipeline::<SourceConfig, SinkConfig>(&text, path) {
         Ok(ok) if problems.is_empty() => Ok(ok),
-        Ok(_) => Err(Error::Config { file: path.to_path_buf(), problems }),
-        Err(Error::Config { problems: mut more, .. }) => {
+        Ok(_) => Err(Error::Config {
+            file: path.to_path_buf(),
+            problems,
+        }),
+        Err(Error::Config {
+            problems: mut more, ..
+        }) => {
             more.append(&mut problems);
             more.sort_by_key(|p| (p.location.line, p.location.column));
-            Err(Error::Config { file: path.to_path_buf(), problems: more })
+            Err(Error::Config {
+                file: path.to_path_buf(),
+                problems: more,
+            })
         }
         Err(other) => Err(other),
     }
@@ -133,7 +124,12 @@ pub fn lint(path: &Path, connections: &ConnectionsFile) -> Vec<Problem> {
 
 /// Turns a loaded pipeline into a runnable plan: connections opened, steps compiled, code
 /// tables loaded.
-pub async fn plan(path: &Path, pipeline: &Pipeline, connections: &ConnectionsFile, dry_run: bool) -> Result<Plan> {
+pub async fn plan(
+    path: &Path,
+    pipeline: &Pipeline,
+    connections: &ConnectionsFile,
+    dry_run: bool,
+) -> Result<Plan> {
     let bytes = std::fs::read(path).map_err(|e| Error::io("reading", path, e))?;
     let file_sha256 = hex::encode(Sha256::digest(&bytes));
     let open = |name: &str| -> Result<snodo_core::config::ConnectionConfig> {
@@ -146,8 +142,14 @@ pub async fn plan(path: &Path, pipeline: &Pipeline, connections: &ConnectionsFil
             let db = Db::connect(&open(&c.connection)?, 2).await?;
             let query = match (&c.query, &c.query_file) {
                 (Some(q), _) => q.clone(),
-                (None, Some(f)) => std::fs::read_to_string(f).map_err(|e| Error::io("reading", f, e))?,
-                (None, None) => return Err(Error::Other("source.sql needs `query` or `query_file`".into())),
+                (None, Some(f)) => {
+                    std::fs::read_to_string(f).map_err(|e| Error::io("reading", f, e))?
+                }
+                (None, None) => {
+                    return Err(Error::Other(
+                        "source.sql needs `query` or `query_file`".into(),
+                    ));
+                }
             };
             Box::new(SqlSource::new(c, db, query, &c.connection))
         }
@@ -197,4 +199,3 @@ pub async fn plan(path: &Path, pipeline: &Pipeline, connections: &ConnectionsFil
         ctx,
     })
 }
-

@@ -97,7 +97,10 @@ pub trait Sink: Send {
         checkpoint: &'a SavedCheckpoint,
     ) -> BoxFuture<'a, Result<Vec<String>>>;
     /// Marks the checkpoint done and publishes what was written (renames a file into place).
-    fn finish<'a>(&'a mut self, checkpoint: &'a SavedCheckpoint) -> BoxFuture<'a, Result<Vec<Artifact>>>;
+    fn finish<'a>(
+        &'a mut self,
+        checkpoint: &'a SavedCheckpoint,
+    ) -> BoxFuture<'a, Result<Vec<Artifact>>>;
 }
 
 /// A sink that writes nothing: `--dry-run`. Checkpoints are not saved either, so a dry
@@ -112,7 +115,10 @@ impl Sink for DryRunSink {
     fn describe(&self) -> String {
         format!("dry run (would write to {})", self.target)
     }
-    fn open<'a>(&'a mut self, _pipeline: &'a str) -> BoxFuture<'a, Result<Option<SavedCheckpoint>>> {
+    fn open<'a>(
+        &'a mut self,
+        _pipeline: &'a str,
+    ) -> BoxFuture<'a, Result<Option<SavedCheckpoint>>> {
         Box::pin(async { Ok(None) })
     }
     fn begin<'a>(&'a mut self, _resume: Option<&'a SavedCheckpoint>) -> BoxFuture<'a, Result<()>> {
@@ -125,7 +131,10 @@ impl Sink for DryRunSink {
     ) -> BoxFuture<'a, Result<Vec<String>>> {
         Box::pin(async move { Ok(records.iter().map(|_| String::new()).collect()) })
     }
-    fn finish<'a>(&'a mut self, _checkpoint: &'a SavedCheckpoint) -> BoxFuture<'a, Result<Vec<Artifact>>> {
+    fn finish<'a>(
+        &'a mut self,
+        _checkpoint: &'a SavedCheckpoint,
+    ) -> BoxFuture<'a, Result<Vec<Artifact>>> {
         Box::pin(async { Ok(Vec::new()) })
     }
 }

@@ -5,7 +5,9 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 
 use crate::config::ConnectionConfig;
 use crate::error::{Error, Result};
@@ -29,7 +31,8 @@ impl Db {
                 if let Some(dir) = std::path::Path::new(path).parent()
                     && !dir.as_os_str().is_empty()
                 {
-                    std::fs::create_dir_all(dir).map_err(|e| Error::io("creating directory", dir, e))?;
+                    std::fs::create_dir_all(dir)
+                        .map_err(|e| Error::io("creating directory", dir, e))?;
                 }
                 let opts = SqliteConnectOptions::from_str(&format!("sqlite://{path}"))
                     .map_err(|e| Error::db(&what, e))?
@@ -45,7 +48,9 @@ impl Db {
                 Ok(Db::Sqlite(pool))
             }
             ConnectionConfig::Postgres { .. } => {
-                let url = cfg.url().map_err(|e| Error::Other(format!("{what}: {e}")))?;
+                let url = cfg
+                    .url()
+                    .map_err(|e| Error::Other(format!("{what}: {e}")))?;
                 let opts = PgConnectOptions::from_str(&url)
                     .map_err(|e| Error::db(&what, e))?
                     .application_name("snodo");
@@ -77,5 +82,8 @@ pub fn quote_ident(name: &str) -> String {
 
 /// Quotes a possibly schema-qualified table name (`schema.table`).
 pub fn quote_table(name: &str) -> String {
-    name.split('.').map(quote_ident).collect::<Vec<_>>().join(".")
+    name.split('.')
+        .map(quote_ident)
+        .collect::<Vec<_>>()
+        .join(".")
 }

@@ -17,7 +17,7 @@
 use std::str::FromStr;
 
 use chrono::{Datelike, NaiveDate, NaiveDateTime};
-use rhai::{Dynamic, Engine, EvalAltResult, ImmutableString, Scope, AST};
+use rhai::{AST, Dynamic, Engine, EvalAltResult, ImmutableString, Scope};
 use rust_decimal::Decimal;
 
 use crate::record::Record;
@@ -65,7 +65,10 @@ fn text_of(v: &Dynamic) -> Option<String> {
     if v.is_unit() {
         None
     } else if v.is_string() {
-        v.clone().into_immutable_string().ok().map(|s| s.to_string())
+        v.clone()
+            .into_immutable_string()
+            .ok()
+            .map(|s| s.to_string())
     } else {
         Some(v.to_string())
     }
@@ -176,7 +179,10 @@ impl ExprEngine {
                 v
             }
         });
-        e.register_fn("coalesce", |a: Dynamic, b: Dynamic| if a.is_unit() { b } else { a });
+        e.register_fn(
+            "coalesce",
+            |a: Dynamic, b: Dynamic| if a.is_unit() { b } else { a },
+        );
         e.register_fn("coalesce", |a: Dynamic, b: Dynamic, c: Dynamic| {
             if !a.is_unit() {
                 a
@@ -189,7 +195,9 @@ impl ExprEngine {
 
         // Numbers: exact decimals only.
         e.register_fn("decimal", |v: Dynamic| to_decimal(v, DecimalStyle::DOT));
-        e.register_fn("decimal_it", |v: Dynamic| to_decimal(v, DecimalStyle::ITALIAN));
+        e.register_fn("decimal_it", |v: Dynamic| {
+            to_decimal(v, DecimalStyle::ITALIAN)
+        });
         e.register_fn("int", |v: Dynamic| -> FnResult {
             if let Ok(i) = v.as_int() {
                 return Ok(Dynamic::from_int(i));
@@ -216,11 +224,15 @@ impl ExprEngine {
         e.register_type_with_name::<NaiveDateTime>("datetime");
         e.register_fn("date", |v: Dynamic, fmt: &str| to_date(v, fmt));
         e.register_fn("datetime", |v: Dynamic, fmt: &str| to_datetime(v, fmt));
-        e.register_fn("to_string", |d: &mut NaiveDate| d.format("%Y-%m-%d").to_string());
+        e.register_fn("to_string", |d: &mut NaiveDate| {
+            d.format("%Y-%m-%d").to_string()
+        });
         e.register_fn("to_string", |d: &mut NaiveDateTime| {
             d.format("%Y-%m-%dT%H:%M:%S").to_string()
         });
-        e.register_fn("format", |d: NaiveDate, fmt: &str| d.format(fmt).to_string());
+        e.register_fn("format", |d: NaiveDate, fmt: &str| {
+            d.format(fmt).to_string()
+        });
         e.register_fn("year", |d: NaiveDate| d.year() as i64);
         e.register_fn("month", |d: NaiveDate| d.month() as i64);
         e.register_fn("day", |d: NaiveDate| d.day() as i64);
@@ -282,7 +294,9 @@ impl ExprEngine {
                 .map(|s| Dynamic::from(ImmutableString::from(s)))
                 .unwrap_or(Dynamic::UNIT)
         });
-        e.register_fn("mask", |v: Dynamic| on_text(v, |s| crate::mask::mask_keep(s, 1, 0)));
+        e.register_fn("mask", |v: Dynamic| {
+            on_text(v, |s| crate::mask::mask_keep(s, 1, 0))
+        });
 
         ExprEngine { engine: e }
     }
@@ -303,6 +317,20 @@ impl ExprEngine {
         let mut scope = Scope::with_capacity(record.values.len());
         for (name, value) in record.iter() {
             scope.push_dynamic(identifier(name), to_dynamic(value));
+        }
+        scope
+    }
+
+    /// Builds the scope with only the fields at `indices` (see [`referenced_fields`]):
+    /// converting every field of a wide record for an expression that reads two of them
+    /// would dominate the cost of a `map` step.
+    pub fn scope_with(&self, record: &Record, indices: &[usize]) -> Scope<'static> {
+        let mut scope = Scope::with_capacity(indices.len());
+        let names = record.schema.names();
+        for &i in indices {
+            if let (Some(name), Some(value)) = (names.get(i), record.values.get(i)) {
+                scope.push_dynamic(identifier(name), to_dynamic(value));
+            }
         }
         scope
     }
@@ -332,11 +360,38 @@ fn describe(e: &EvalAltResult) -> String {
     }
 }
 
+/// Positions of the schema fields whose variable name appears as a word in any of the
+/// expressions. Over-inclusion (a word inside a string literal) only costs a conversion;
+/// a field that is really used is never left out.
+pub fn referenced_fields(sources: &[&str], schema: &crate::record::Schema) -> Vec<usize> {
+    let mut words = std::collections::HashSet::new();
+    for src in sources {
+        for w in src.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+            if !w.is_empty() {
+                words.insert(w);
+            }
+        }
+    }
+    schema
+        .names()
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| words.contains(identifier(n).as_str()))
+        .map(|(i, _)| i)
+        .collect()
+}
+
 /// Field name → Rhai variable name.
 pub fn identifier(name: &str) -> String {
     let mut s: String = name
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     if s.is_empty() || s.as_bytes()[0].is_ascii_digit() {
         s.insert(0, '_');
@@ -379,13 +434,20 @@ pub fn from_dynamic(d: Dynamic) -> Value {
         return Value::Decimal(x);
     }
     if d.is_string() {
-        return Value::Str(d.into_immutable_string().map(|s| s.to_string()).unwrap_or_default());
+        return Value::Str(
+            d.into_immutable_string()
+                .map(|s| s.to_string())
+                .unwrap_or_default(),
+        );
     }
     if let Ok(c) = d.as_char() {
         return Value::Str(c.to_string());
     }
     if d.is::<NaiveDate>() {
-        return d.try_cast::<NaiveDate>().map(Value::Date).unwrap_or(Value::Null);
+        return d
+            .try_cast::<NaiveDate>()
+            .map(Value::Date)
+            .unwrap_or(Value::Null);
     }
     if d.is::<NaiveDateTime>() {
         return d
@@ -456,10 +518,19 @@ mod tests {
 
     #[test]
     fn text_functions_pass_null_through() {
-        let r = rec(&[("cf", Value::Str("  rssmra80a01d969x ".into())), ("n", Value::Null)]);
-        assert_eq!(eval("upper(trim(cf))", &r).unwrap(), Value::Str("RSSMRA80A01D969X".into()));
+        let r = rec(&[
+            ("cf", Value::Str("  rssmra80a01d969x ".into())),
+            ("n", Value::Null),
+        ]);
+        assert_eq!(
+            eval("upper(trim(cf))", &r).unwrap(),
+            Value::Str("RSSMRA80A01D969X".into())
+        );
         assert_eq!(eval("upper(trim(n))", &r).unwrap(), Value::Null);
-        assert_eq!(eval("coalesce(n, \"x\")", &r).unwrap(), Value::Str("x".into()));
+        assert_eq!(
+            eval("coalesce(n, \"x\")", &r).unwrap(),
+            Value::Str("x".into())
+        );
     }
 
     #[test]
@@ -469,7 +540,10 @@ mod tests {
             eval("date(d, \"%d/%m/%Y\")", &r).unwrap(),
             Value::Date(NaiveDate::from_ymd_opt(2024, 2, 29).unwrap())
         );
-        assert_eq!(eval("date(d, \"%d/%m/%Y\") < ymd(2025, 1, 1)", &r).unwrap(), Value::Bool(true));
+        assert_eq!(
+            eval("date(d, \"%d/%m/%Y\") < ymd(2025, 1, 1)", &r).unwrap(),
+            Value::Bool(true)
+        );
         let bad = rec(&[("d", Value::Str("31/02/1980".into()))]);
         let e = eval("date(d, \"%d/%m/%Y\")", &bad).unwrap_err();
         assert!(e.contains("31/02/1980") && e.contains("%d/%m/%Y"), "{e}");
@@ -479,10 +553,12 @@ mod tests {
     fn sandbox_has_no_statements_or_unbounded_work() {
         let e = ExprEngine::new();
         assert!(e.compile("let x = 1; x").is_err());
-        assert!(e.compile("eval(\"1\")").is_err() || {
-            let x = e.compile("eval(\"1\")").unwrap();
-            e.eval(&x, &mut Scope::new()).is_err()
-        });
+        assert!(
+            e.compile("eval(\"1\")").is_err() || {
+                let x = e.compile("eval(\"1\")").unwrap();
+                e.eval(&x, &mut Scope::new()).is_err()
+            }
+        );
         // A huge string is refused by the size limit, not allowed to eat memory.
         let x = e.compile("\"x\".pad(2000000, 'y')").unwrap();
         assert!(e.eval(&x, &mut Scope::new()).is_err());

@@ -215,8 +215,7 @@ const SCHEMA_PG: &str = "CREATE TABLE IF NOT EXISTS flow_log (
     hash TEXT NOT NULL)";
 const INDEX: &str = "CREATE INDEX IF NOT EXISTS flow_log_run ON flow_log (run_id, kind)";
 const INDEX_KIND: &str = "CREATE INDEX IF NOT EXISTS flow_log_kind ON flow_log (kind, seq)";
-const INSERT: &str =
-    "INSERT INTO flow_log (seq, ts, run_id, kind, body, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7)";
+const INSERT: &str = "INSERT INTO flow_log (seq, ts, run_id, kind, body, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7)";
 const HEAD: &str = "SELECT seq, hash FROM flow_log ORDER BY seq DESC LIMIT 1";
 const SELECT: &str = "SELECT seq, ts, run_id, kind, body, prev_hash, hash FROM flow_log";
 
@@ -244,7 +243,10 @@ impl FlowLog {
         match &db {
             Db::Sqlite(p) => {
                 for s in [SCHEMA_SQLITE, INDEX, INDEX_KIND] {
-                    sqlx::query(s).execute(p).await.map_err(|e| Error::db(ctx, e))?;
+                    sqlx::query(s)
+                        .execute(p)
+                        .await
+                        .map_err(|e| Error::db(ctx, e))?;
                 }
             }
             Db::Postgres(p) => {
@@ -255,7 +257,10 @@ impl FlowLog {
                     .await
                     .map_err(|e| Error::db(ctx, e))?;
                 for s in [SCHEMA_PG, INDEX, INDEX_KIND] {
-                    sqlx::query(s).execute(&mut *tx).await.map_err(|e| Error::db(ctx, e))?;
+                    sqlx::query(s)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(|e| Error::db(ctx, e))?;
                 }
                 tx.commit().await.map_err(|e| Error::db(ctx, e))?;
             }
@@ -282,8 +287,14 @@ impl FlowLog {
             Db::Sqlite(p) => {
                 // IMMEDIATE takes the write lock before reading the head, so two processes
                 // appending at once cannot both chain to the same previous entry.
-                let mut tx = p.begin_with("BEGIN IMMEDIATE").await.map_err(|e| Error::db(ctx, e))?;
-                let head = sqlx::query(HEAD).fetch_optional(&mut *tx).await.map_err(|e| Error::db(ctx, e))?;
+                let mut tx = p
+                    .begin_with("BEGIN IMMEDIATE")
+                    .await
+                    .map_err(|e| Error::db(ctx, e))?;
+                let head = sqlx::query(HEAD)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(|e| Error::db(ctx, e))?;
                 let (mut seq, mut prev): (i64, String) = head
                     .map(|r| (r.get::<i64, _>(0), r.get::<String, _>(1)))
                     .unwrap_or((0, GENESIS.to_string()));
@@ -311,7 +322,10 @@ impl FlowLog {
                     .execute(&mut *tx)
                     .await
                     .map_err(|e| Error::db(ctx, e))?;
-                let head = sqlx::query(HEAD).fetch_optional(&mut *tx).await.map_err(|e| Error::db(ctx, e))?;
+                let head = sqlx::query(HEAD)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(|e| Error::db(ctx, e))?;
                 let (mut seq, mut prev): (i64, String) = head
                     .map(|r| (r.get::<i64, _>(0), r.get::<String, _>(1)))
                     .unwrap_or((0, GENESIS.to_string()));
@@ -371,7 +385,10 @@ impl FlowLog {
         let mut last_seq = 0i64;
         loop {
             let page = self
-                .query(format!("{SELECT} WHERE seq > {last_seq} ORDER BY seq LIMIT 5000"), &[])
+                .query(
+                    format!("{SELECT} WHERE seq > {last_seq} ORDER BY seq LIMIT 5000"),
+                    &[],
+                )
                 .await?;
             if page.is_empty() {
                 break;
@@ -415,7 +432,10 @@ impl FlowLog {
     /// The newest runs first.
     pub async fn runs(&self, limit: u32) -> Result<Vec<RunInfo>> {
         let started = self
-            .query(format!("{SELECT} WHERE kind = 'run_started' ORDER BY seq DESC LIMIT {limit}"), &[])
+            .query(
+                format!("{SELECT} WHERE kind = 'run_started' ORDER BY seq DESC LIMIT {limit}"),
+                &[],
+            )
             .await?;
         let mut out = Vec::with_capacity(started.len());
         for s in started {
@@ -426,11 +446,16 @@ impl FlowLog {
 
     async fn run_info(&self, started: StoredEntry) -> Result<RunInfo> {
         let Entry::RunStarted(st) = started.entry()? else {
-            return Err(Error::Other(format!("entry {} is not a run start", started.seq)));
+            return Err(Error::Other(format!(
+                "entry {} is not a run start",
+                started.seq
+            )));
         };
         let fin = self
             .query(
-                format!("{SELECT} WHERE run_id = $1 AND kind = 'run_finished' ORDER BY seq DESC LIMIT 1"),
+                format!(
+                    "{SELECT} WHERE run_id = $1 AND kind = 'run_finished' ORDER BY seq DESC LIMIT 1"
+                ),
                 &[&started.run_id],
             )
             .await?;
@@ -448,11 +473,16 @@ impl FlowLog {
     /// One run, or an error naming the id that was not found.
     pub async fn run(&self, run_id: &str) -> Result<RunInfo> {
         let s = self
-            .query(format!("{SELECT} WHERE run_id = $1 AND kind = 'run_started' LIMIT 1"), &[run_id])
+            .query(
+                format!("{SELECT} WHERE run_id = $1 AND kind = 'run_started' LIMIT 1"),
+                &[run_id],
+            )
             .await?;
         match s.into_iter().next() {
             Some(s) => self.run_info(s).await,
-            None => Err(Error::Other(format!("no run `{run_id}` in the flow log; `snodo runs` lists them"))),
+            None => Err(Error::Other(format!(
+                "no run `{run_id}` in the flow log; `snodo runs` lists them"
+            ))),
         }
     }
 
@@ -511,6 +541,9 @@ mod tests {
         let base = entry_hash(1, "t", "r", "k", "{}", GENESIS);
         assert_ne!(base, entry_hash(2, "t", "r", "k", "{}", GENESIS));
         assert_ne!(base, entry_hash(1, "t", "r", "k", "{ }", GENESIS));
-        assert_ne!(entry_hash(1, "ab", "c", "k", "", ""), entry_hash(1, "a", "bc", "k", "", ""));
+        assert_ne!(
+            entry_hash(1, "ab", "c", "k", "", ""),
+            entry_hash(1, "a", "bc", "k", "", "")
+        );
     }
 }

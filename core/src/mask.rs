@@ -97,8 +97,12 @@ mod tests {
 
     #[test]
     fn codice_fiscale_is_masked_everywhere() {
-        assert_eq!(mask_cf("RSSMRA80A01D969X"), format!("RSS{}X", "*".repeat(12)));
-        let t = redact_text("persona rssmra80a01d969x già presente; IBAN IT60X0542811101000000123456");
+        assert_eq!(
+            mask_cf("RSSMRA80A01D969X"),
+            format!("RSS{}X", "*".repeat(12))
+        );
+        let t =
+            redact_text("persona rssmra80a01d969x già presente; IBAN IT60X0542811101000000123456");
         assert!(!t.to_uppercase().contains("RSSMRA80A01D969X"), "{t}");
         assert!(!t.contains("0542811101000000123456"), "{t}");
         assert!(t.contains("rss"), "{t}");

@@ -17,7 +17,7 @@ use crate::config::pipeline::{Limit, Then};
 use crate::error::{Error, Result};
 use crate::flowlog::{Entry, FlowLog, Lineage, RunFinished, RunStarted};
 use crate::record::Batch;
-use crate::steps::{self, Step, StepCounts, StepContext};
+use crate::steps::{self, Step, StepContext, StepCounts};
 
 /// Batches in flight between two stages: enough to keep both cores busy, small enough that
 /// memory does not depend on input size.
@@ -195,7 +195,17 @@ pub async fn run(mut plan: Plan, log: &FlowLog, opts: RunOptions) -> Result<RunS
         dry_run: opts.dry_run,
     };
 
-    let outcome = pump(&mut plan, log, &opts, &mut summary, from, fingerprint, base_read, base_written).await;
+    let outcome = pump(
+        &mut plan,
+        log,
+        &opts,
+        &mut summary,
+        from,
+        fingerprint,
+        base_read,
+        base_written,
+    )
+    .await;
 
     summary.seconds = started.elapsed().as_secs_f64();
     match outcome {
@@ -223,7 +233,12 @@ pub async fn run(mut plan: Plan, log: &FlowLog, opts: RunOptions) -> Result<RunS
         p.finish();
     }
 
-    let mut tail: Vec<Entry> = summary.artifacts.iter().cloned().map(Entry::Artifact).collect();
+    let mut tail: Vec<Entry> = summary
+        .artifacts
+        .iter()
+        .cloned()
+        .map(Entry::Artifact)
+        .collect();
     tail.push(Entry::RunFinished(RunFinished {
         status: summary.status.clone(),
         read: summary.read,
@@ -318,14 +333,24 @@ async fn pump(
         summary.filtered += batch.filtered;
         summary.rejected += batch.rejects.len() as u64;
         for r in &batch.rejects {
-            *summary.rejected_by_reason.entry(r.code.clone()).or_default() += 1;
+            *summary
+                .rejected_by_reason
+                .entry(r.code.clone())
+                .or_default() += 1;
         }
 
-        let exceeded = plan.limit.exceeded(summary.rejected, summary.read, MIN_SAMPLE);
+        let exceeded = plan
+            .limit
+            .exceeded(summary.rejected, summary.read, MIN_SAMPLE);
         if exceeded && plan.then == Then::Fail {
             log.append(
                 &summary.run_id,
-                &batch.rejects.iter().cloned().map(Entry::Reject).collect::<Vec<_>>(),
+                &batch
+                    .rejects
+                    .iter()
+                    .cloned()
+                    .map(Entry::Reject)
+                    .collect::<Vec<_>>(),
             )
             .await?;
             summary.status = "rejects_over_limit".into();
@@ -358,7 +383,11 @@ async fn pump(
                     .iter()
                     .zip(keys)
                     .map(|(r, k)| {
-                        let src = r.position.key.clone().unwrap_or_else(|| r.position.record.to_string());
+                        let src = r
+                            .position
+                            .key
+                            .clone()
+                            .unwrap_or_else(|| r.position.record.to_string());
                         (src, k)
                     })
                     .collect(),

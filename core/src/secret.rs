@@ -97,10 +97,7 @@ pub enum SecretSource<'a> {
 pub fn parse_reference(s: &str) -> Option<SecretSource<'_>> {
     let inner = s.trim().strip_prefix("${")?.strip_suffix('}')?;
     if let Some(name) = inner.strip_prefix("env:") {
-        let ok = !name.is_empty()
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        let ok = !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
         return ok.then_some(SecretSource::Env(name));
     }
     if let Some(path) = inner.strip_prefix("file:") {
@@ -139,13 +136,22 @@ mod tests {
 
     #[test]
     fn references_parse_and_literals_do_not() {
-        assert_eq!(parse_reference("${env:PG_PASSWORD}"), Some(SecretSource::Env("PG_PASSWORD")));
-        assert_eq!(parse_reference("${file:/run/secrets/x}"), Some(SecretSource::File("/run/secrets/x")));
+        assert_eq!(
+            parse_reference("${env:PG_PASSWORD}"),
+            Some(SecretSource::Env("PG_PASSWORD"))
+        );
+        assert_eq!(
+            parse_reference("${file:/run/secrets/x}"),
+            Some(SecretSource::File("/run/secrets/x"))
+        );
         assert_eq!(parse_reference("hunter2"), None);
         assert_eq!(parse_reference("${env:}"), None);
         let e = SecretRef("hunter2-literal".into()).resolve().unwrap_err();
         assert!(!e.contains("hunter2"), "{e}");
-        assert_eq!(format!("{:?}", SecretRef("hunter2-literal".into())), "SecretRef(***)");
+        assert_eq!(
+            format!("{:?}", SecretRef("hunter2-literal".into())),
+            "SecretRef(***)"
+        );
     }
 
     #[test]
@@ -153,9 +159,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("s");
         std::fs::write(&p, "S3cr3t-Value-xyz\n").unwrap();
-        let s = SecretRef(format!("${{file:{}}}", p.display())).resolve().unwrap();
+        let s = SecretRef(format!("${{file:{}}}", p.display()))
+            .resolve()
+            .unwrap();
         assert_eq!(s.expose(), "S3cr3t-Value-xyz");
         assert_eq!(format!("{s:?} {s}"), "*** ***");
-        assert_eq!(redact("password=S3cr3t-Value-xyz failed"), "password=*** failed");
+        assert_eq!(
+            redact("password=S3cr3t-Value-xyz failed"),
+            "password=*** failed"
+        );
     }
 }

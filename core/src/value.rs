@@ -39,9 +39,7 @@ pub enum Value {
 }
 
 /// The type of a value, as written in pipeline files (`type: decimal`).
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema, Hash,
-)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema, Hash)]
 #[serde(rename_all = "lowercase")]
 pub enum ValueType {
     /// Text.
@@ -210,9 +208,9 @@ impl Value {
             "decimal" => Value::Decimal(Decimal::from_str(text?).ok()?),
             "string" => Value::Str(text?.to_string()),
             "date" => Value::Date(NaiveDate::parse_from_str(text?, "%Y-%m-%d").ok()?),
-            "datetime" => Value::DateTime(
-                NaiveDateTime::parse_from_str(text?, "%Y-%m-%dT%H:%M:%S%.f").ok()?,
-            ),
+            "datetime" => {
+                Value::DateTime(NaiveDateTime::parse_from_str(text?, "%Y-%m-%dT%H:%M:%S%.f").ok()?)
+            }
             "bytes" => Value::Bytes(hex::decode(text?).ok()?),
             _ => return None,
         })
@@ -330,9 +328,12 @@ pub fn parse_datetime(text: &str, format: &str) -> Result<NaiveDateTime, String>
 
 /// Parses an integer, allowing surrounding spaces.
 pub fn parse_int(text: &str) -> Result<i64, String> {
-    text.trim()
-        .parse::<i64>()
-        .map_err(|_| format!("`{}` is not an integer", crate::mask::redact_text(text.trim())))
+    text.trim().parse::<i64>().map_err(|_| {
+        format!(
+            "`{}` is not an integer",
+            crate::mask::redact_text(text.trim())
+        )
+    })
 }
 
 /// Parses a boolean as legacy systems write it: `1/0`, `S/N` (sì/no), `true/false`, `Y/N`.
@@ -340,7 +341,9 @@ pub fn parse_bool(text: &str) -> Result<bool, String> {
     match text.trim().to_ascii_lowercase().as_str() {
         "1" | "s" | "si" | "sì" | "y" | "yes" | "true" | "t" => Ok(true),
         "0" | "n" | "no" | "false" | "f" => Ok(false),
-        other => Err(format!("`{other}` is not a boolean (expected S/N, 1/0, true/false)")),
+        other => Err(format!(
+            "`{other}` is not a boolean (expected S/N, 1/0, true/false)"
+        )),
     }
 }
 
@@ -351,15 +354,25 @@ mod tests {
     #[test]
     fn italian_decimals_parse_exactly() {
         let it = DecimalStyle::ITALIAN;
-        assert_eq!(parse_decimal("12.345,67", it).unwrap().to_string(), "12345.67");
+        assert_eq!(
+            parse_decimal("12.345,67", it).unwrap().to_string(),
+            "12345.67"
+        );
         assert_eq!(parse_decimal("850,00", it).unwrap().to_string(), "850.00");
         assert_eq!(parse_decimal("0,50", it).unwrap().to_string(), "0.50");
         assert_eq!(parse_decimal("-1.000", it).unwrap().to_string(), "-1000");
         assert_eq!(parse_decimal(" 7 ", it).unwrap().to_string(), "7");
-        for bad in ["12,34,5", "abc", "1.23,4.5", "12.34,5", "", ",", "1,", "1..000"] {
+        for bad in [
+            "12,34,5", "abc", "1.23,4.5", "12.34,5", "", ",", "1,", "1..000",
+        ] {
             assert!(parse_decimal(bad, it).is_err(), "{bad} accepted");
         }
-        assert_eq!(parse_decimal("1234.5", DecimalStyle::DOT).unwrap().to_string(), "1234.5");
+        assert_eq!(
+            parse_decimal("1234.5", DecimalStyle::DOT)
+                .unwrap()
+                .to_string(),
+            "1234.5"
+        );
         assert!(parse_decimal("1,5", DecimalStyle::DOT).is_err());
     }
 
@@ -380,16 +393,25 @@ mod tests {
             Value::Decimal(Decimal::from_str("12.50").unwrap()),
             Value::Str("00118".into()),
             Value::Date(NaiveDate::from_ymd_opt(2024, 2, 29).unwrap()),
-            Value::DateTime(NaiveDate::from_ymd_opt(2024, 2, 29).unwrap().and_hms_opt(10, 1, 2).unwrap()),
+            Value::DateTime(
+                NaiveDate::from_ymd_opt(2024, 2, 29)
+                    .unwrap()
+                    .and_hms_opt(10, 1, 2)
+                    .unwrap(),
+            ),
             Value::Null,
         ] {
-            assert_eq!(Value::from_tagged_json(&v.to_tagged_json()), Some(v.clone()));
+            assert_eq!(
+                Value::from_tagged_json(&v.to_tagged_json()),
+                Some(v.clone())
+            );
         }
     }
 
     #[test]
     fn json_numbers_keep_their_digits() {
-        let j: serde_json::Value = serde_json::from_str(r#"{"a": 0.1, "b": 12345678901234567.89}"#).unwrap();
+        let j: serde_json::Value =
+            serde_json::from_str(r#"{"a": 0.1, "b": 12345678901234567.89}"#).unwrap();
         let v = Value::from_json(&j);
         let Value::Map(m) = v else { panic!() };
         assert_eq!(m["a"], Value::Decimal(Decimal::from_str("0.1").unwrap()));

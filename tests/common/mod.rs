@@ -15,7 +15,10 @@ pub fn root() -> PathBuf {
 /// A `snodo` command with the given connections file, run from the repository root.
 pub fn snodo(config: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_snodo"));
-    c.current_dir(root()).arg("--config").arg(config).env_remove("SNODO_CONFIG");
+    c.current_dir(root())
+        .arg("--config")
+        .arg(config)
+        .env_remove("SNODO_CONFIG");
     c
 }
 
@@ -83,10 +86,28 @@ impl PgDb {
     /// Runs SQL with psql and returns the unaligned output.
     pub fn psql(&self, sql: &str) -> String {
         let out = Command::new("psql")
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres", "-d", &self.name, "-At", "-v", "ON_ERROR_STOP=1", "-c", sql])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                &self.name,
+                "-At",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-c",
+                sql,
+            ])
             .output()
             .expect("psql");
-        assert!(out.status.success(), "psql failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "psql failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 }
@@ -101,14 +122,25 @@ fn pg_bindir() -> PathBuf {
         }
     }
     let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .map(|rd| rd.flatten().map(|e| e.path().join("bin")).filter(|p| p.join("initdb").exists()).collect())
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.path().join("bin"))
+                .filter(|p| p.join("initdb").exists())
+                .collect()
+        })
         .unwrap_or_default();
     found.sort();
-    found.pop().expect("PostgreSQL server binaries (initdb, pg_ctl) not found; install the postgresql package")
+    found.pop().expect(
+        "PostgreSQL server binaries (initdb, pg_ctl) not found; install the postgresql package",
+    )
 }
 
 fn is_root() -> bool {
-    Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false)
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
 }
 
 fn as_postgres(bin: &Path, args: &[&str]) -> Command {
@@ -158,7 +190,9 @@ pub fn pg_cluster() -> &'static PgCluster {
             data = data.display(),
             dir = dir.display(),
         );
-        Command::new("sh").arg("-c").arg(stop).spawn().unwrap();
+        // Deliberately not waited for: it must outlive this process.
+        #[allow(clippy::zombie_processes)]
+        let _watchdog = Command::new("sh").arg("-c").arg(stop).spawn().unwrap();
         PgCluster { port, dir, bin }
     })
 }
@@ -166,8 +200,14 @@ pub fn pg_cluster() -> &'static PgCluster {
 /// A fresh database in the shared cluster.
 pub fn pg_db(name: &str) -> PgDb {
     let c = pg_cluster();
-    let db = PgDb { port: c.port, name: name.to_string() };
-    let admin = PgDb { port: c.port, name: "postgres".into() };
+    let db = PgDb {
+        port: c.port,
+        name: name.to_string(),
+    };
+    let admin = PgDb {
+        port: c.port,
+        name: "postgres".into(),
+    };
     admin.psql(&format!("DROP DATABASE IF EXISTS {name}"));
     admin.psql(&format!("CREATE DATABASE {name}"));
     db
@@ -175,29 +215,58 @@ pub fn pg_db(name: &str) -> PgDb {
 
 /// Generates a legacy CSV with the project's generator; returns the file and its
 /// expectations (counts of valid and bad rows by kind).
-pub fn generate_csv(dir: &Path, rows: u64, seed: u64, bad_rate: &str) -> (PathBuf, serde_json::Value) {
+pub fn generate_csv(
+    dir: &Path,
+    rows: u64,
+    seed: u64,
+    bad_rate: &str,
+) -> (PathBuf, serde_json::Value) {
     let out = dir.join(format!("legacy_{rows}_{seed}.csv"));
     let expect = dir.join(format!("legacy_{rows}_{seed}.expect.json"));
     let st = Command::new("python3")
         .arg(root().join("scripts/gen_legacy_csv.py"))
-        .args(["--rows", &rows.to_string(), "--seed", &seed.to_string(), "--bad-rate", bad_rate])
+        .args([
+            "--rows",
+            &rows.to_string(),
+            "--seed",
+            &seed.to_string(),
+            "--bad-rate",
+            bad_rate,
+        ])
         .arg("--out")
         .arg(&out)
         .arg("--expect")
         .arg(&expect)
         .output()
         .expect("python3");
-    assert!(st.status.success(), "generator: {}", String::from_utf8_lossy(&st.stderr));
+    assert!(
+        st.status.success(),
+        "generator: {}",
+        String::from_utf8_lossy(&st.stderr)
+    );
     let e: serde_json::Value = serde_json::from_slice(&std::fs::read(&expect).unwrap()).unwrap();
     (out, e)
 }
 
 /// Writes the shipped example pipeline with its source path and sink connection replaced.
-pub fn example_pipeline(dir: &Path, name: &str, csv: &Path, sink_connection: &str, extra: &str) -> PathBuf {
-    let text = std::fs::read_to_string(root().join("pipelines/esempio/assistiti_csv_sqlite.yaml")).unwrap();
+pub fn example_pipeline(
+    dir: &Path,
+    name: &str,
+    csv: &Path,
+    sink_connection: &str,
+    extra: &str,
+) -> PathBuf {
+    let text = std::fs::read_to_string(root().join("pipelines/esempio/assistiti_csv_sqlite.yaml"))
+        .unwrap();
     let text = text
-        .replace("path: tests/fixtures/csv/assistiti_legacy.csv", &format!("path: {}", csv.display()))
-        .replace("connection: store", &format!("connection: {sink_connection}"))
+        .replace(
+            "path: tests/fixtures/csv/assistiti_legacy.csv",
+            &format!("path: {}", csv.display()),
+        )
+        .replace(
+            "connection: store",
+            &format!("connection: {sink_connection}"),
+        )
         .replace("pipeline: esempio-assistiti", &format!("pipeline: {name}"));
     let p = dir.join(format!("{name}.yaml"));
     std::fs::write(&p, format!("{text}{extra}")).unwrap();

@@ -40,7 +40,11 @@ fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
 fn sync_dir(path: &Path) {
     // Makes the rename itself durable; failure only weakens durability, so it is ignored.
     if let Some(dir) = path.parent() {
-        let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
         if let Ok(d) = File::open(dir) {
             let _ = d.sync_all();
         }
@@ -119,17 +123,21 @@ impl OutputFile {
             .map_err(|e| Error::io("creating", &self.partial, e))?;
         let (bytes, rows) = match resume {
             Some(_) => {
-                let raw = std::fs::read(&self.checkpoint).map_err(|e| Error::io("reading", &self.checkpoint, e))?;
-                let cp: FileCheckpoint = serde_json::from_slice(&raw)
-                    .map_err(|e| Error::Other(format!("checkpoint `{}`: {e}", self.checkpoint.display())))?;
+                let raw = std::fs::read(&self.checkpoint)
+                    .map_err(|e| Error::io("reading", &self.checkpoint, e))?;
+                let cp: FileCheckpoint = serde_json::from_slice(&raw).map_err(|e| {
+                    Error::Other(format!("checkpoint `{}`: {e}", self.checkpoint.display()))
+                })?;
                 (cp.bytes, cp.rows)
             }
             None => (0, 0),
         };
         // Whatever was appended after the last checkpoint belongs to a batch that will be
         // written again: cut it off.
-        file.set_len(bytes).map_err(|e| Error::io("truncating", &self.partial, e))?;
-        file.seek(SeekFrom::Start(bytes)).map_err(|e| Error::io("seeking", &self.partial, e))?;
+        file.set_len(bytes)
+            .map_err(|e| Error::io("truncating", &self.partial, e))?;
+        file.seek(SeekFrom::Start(bytes))
+            .map_err(|e| Error::io("seeking", &self.partial, e))?;
         self.file = Some(file);
         self.bytes = bytes;
         self.rows = rows;
@@ -142,8 +150,10 @@ impl OutputFile {
             .file
             .as_mut()
             .ok_or_else(|| Error::Other("output file written before begin()".into()))?;
-        file.write_all(data).map_err(|e| Error::io("writing", &self.partial, e))?;
-        file.sync_data().map_err(|e| Error::io("syncing", &self.partial, e))?;
+        file.write_all(data)
+            .map_err(|e| Error::io("writing", &self.partial, e))?;
+        file.sync_data()
+            .map_err(|e| Error::io("syncing", &self.partial, e))?;
         self.bytes += data.len() as u64;
         self.rows += rows;
         self.save_checkpoint(saved)
@@ -159,7 +169,8 @@ impl OutputFile {
         let tmp = with_suffix(&self.checkpoint, ".tmp");
         let body = serde_json::to_vec_pretty(&cp).map_err(|e| Error::Other(e.to_string()))?;
         let mut f = File::create(&tmp).map_err(|e| Error::io("creating", &tmp, e))?;
-        f.write_all(&body).map_err(|e| Error::io("writing", &tmp, e))?;
+        f.write_all(&body)
+            .map_err(|e| Error::io("writing", &tmp, e))?;
         f.sync_all().map_err(|e| Error::io("syncing", &tmp, e))?;
         std::fs::rename(&tmp, &self.checkpoint).map_err(|e| Error::io("renaming", &tmp, e))?;
         sync_dir(&self.checkpoint);
@@ -169,9 +180,11 @@ impl OutputFile {
     /// Publishes the file: renames it into place and records the checkpoint as done.
     pub fn finish(&mut self, saved: &SavedCheckpoint) -> Result<Artifact> {
         if let Some(f) = self.file.take() {
-            f.sync_all().map_err(|e| Error::io("syncing", &self.partial, e))?;
+            f.sync_all()
+                .map_err(|e| Error::io("syncing", &self.partial, e))?;
         }
-        std::fs::rename(&self.partial, &self.path).map_err(|e| Error::io("renaming", &self.partial, e))?;
+        std::fs::rename(&self.partial, &self.path)
+            .map_err(|e| Error::io("renaming", &self.partial, e))?;
         sync_dir(&self.path);
         self.save_checkpoint(saved)?;
         let (size, sha256) = hash_file(&self.path)?;
@@ -192,7 +205,9 @@ pub fn hash_file(path: &Path) -> Result<(u64, String)> {
     let mut buf = vec![0u8; 1 << 16];
     let mut size = 0u64;
     loop {
-        let n = f.read(&mut buf).map_err(|e| Error::io("reading", path, e))?;
+        let n = f
+            .read(&mut buf)
+            .map_err(|e| Error::io("reading", path, e))?;
         if n == 0 {
             break;
         }

@@ -100,7 +100,11 @@ impl Check for SqlSinkConfig {
             ));
         }
         if self.table.trim().is_empty() {
-            out.push(problem(deepest(node, &["sql", "table"]), &format!("{path}.sql.table"), "`table` is empty"));
+            out.push(problem(
+                deepest(node, &["sql", "table"]),
+                &format!("{path}.sql.table"),
+                "`table` is empty",
+            ));
         }
     }
 }

@@ -15,7 +15,8 @@ const CHECKPOINT_DDL: &str = "CREATE TABLE IF NOT EXISTS _snodo_checkpoint (
     state TEXT NOT NULL,
     updated_at TEXT NOT NULL)";
 const CHECKPOINT_GET: &str = "SELECT state FROM _snodo_checkpoint WHERE pipeline = $1";
-const CHECKPOINT_PUT: &str = "INSERT INTO _snodo_checkpoint (pipeline, state, updated_at) VALUES ($1, $2, $3)
+const CHECKPOINT_PUT: &str =
+    "INSERT INTO _snodo_checkpoint (pipeline, state, updated_at) VALUES ($1, $2, $3)
     ON CONFLICT (pipeline) DO UPDATE SET state = EXCLUDED.state, updated_at = EXCLUDED.updated_at";
 
 /// SQLite allows 32766 bound parameters per statement; stay well below.
@@ -49,7 +50,10 @@ impl SqlSink {
     }
 
     fn ctx(&self, what: &str) -> String {
-        format!("{what} table `{}` on connection `{}`", self.cfg.table, self.connection)
+        format!(
+            "{what} table `{}` on connection `{}`",
+            self.cfg.table, self.connection
+        )
     }
 
     async fn existing_columns(&mut self) -> Result<Vec<String>> {
@@ -96,7 +100,9 @@ impl SqlSink {
                     self.cfg.table, self.connection
                 )));
             }
-            let Some(first) = records.first() else { return Ok(()) };
+            let Some(first) = records.first() else {
+                return Ok(());
+            };
             let dialect = self.db.dialect();
             let mut defs = Vec::new();
             for (i, name) in first.schema.names().iter().enumerate() {
@@ -106,7 +112,11 @@ impl SqlSink {
                         .find_map(|r| r.values.get(i).and_then(Value::value_type))
                         .unwrap_or(ValueType::String)
                 });
-                defs.push(format!("{} {}", quote_ident(name), values::sql_type(ty, dialect)));
+                defs.push(format!(
+                    "{} {}",
+                    quote_ident(name),
+                    values::sql_type(ty, dialect)
+                ));
             }
             let keys: Vec<String> = self.cfg.key.iter().map(|k| quote_ident(k)).collect();
             let ddl = format!(
@@ -117,8 +127,14 @@ impl SqlSink {
             );
             let ctx = self.ctx("creating");
             match &self.db {
-                Db::Sqlite(p) => sqlx::query(sqlx::AssertSqlSafe(ddl)).execute(p).await.map(|_| ()),
-                Db::Postgres(p) => sqlx::query(sqlx::AssertSqlSafe(ddl)).execute(p).await.map(|_| ()),
+                Db::Sqlite(p) => sqlx::query(sqlx::AssertSqlSafe(ddl))
+                    .execute(p)
+                    .await
+                    .map(|_| ()),
+                Db::Postgres(p) => sqlx::query(sqlx::AssertSqlSafe(ddl))
+                    .execute(p)
+                    .await
+                    .map(|_| ()),
             }
             .map_err(|e| Error::db(&ctx, e))?;
             cols = self.existing_columns().await?;
@@ -162,7 +178,12 @@ impl SqlSink {
             .cfg
             .key
             .iter()
-            .map(|k| format!("{k}={}", r.get(k).and_then(Value::to_text).unwrap_or_default()))
+            .map(|k| {
+                format!(
+                    "{k}={}",
+                    r.get(k).and_then(Value::to_text).unwrap_or_default()
+                )
+            })
             .collect();
         format!("{}:{}", self.cfg.table, parts.join(","))
     }
@@ -177,14 +198,23 @@ impl SqlSink {
         if sets.is_empty() {
             format!("ON CONFLICT ({}) DO NOTHING", keys.join(", "))
         } else {
-            format!("ON CONFLICT ({}) DO UPDATE SET {}", keys.join(", "), sets.join(", "))
+            format!(
+                "ON CONFLICT ({}) DO UPDATE SET {}",
+                keys.join(", "),
+                sets.join(", ")
+            )
         }
     }
 
     async fn write_sqlite(&mut self, records: &[Record], state: &str, now: &str) -> Result<()> {
-        let Db::Sqlite(pool) = &self.db else { return Err(dialect_mismatch()) };
+        let Db::Sqlite(pool) = &self.db else {
+            return Err(dialect_mismatch());
+        };
         let ctx = self.ctx("writing to");
-        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(|e| Error::db(&ctx, e))?;
+        let mut tx = pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(|e| Error::db(&ctx, e))?;
         // Records of one batch normally share a schema; group runs of the same schema.
         let mut start = 0;
         while start < records.len() {
@@ -193,14 +223,21 @@ impl SqlSink {
             self.check_fields(&names)?;
             let per_stmt = (SQLITE_MAX_PARAMS / names.len().max(1)).max(1);
             let mut end = start;
-            while end < records.len() && end - start < per_stmt && std::sync::Arc::ptr_eq(&records[end].schema, &schema) {
+            while end < records.len()
+                && end - start < per_stmt
+                && std::sync::Arc::ptr_eq(&records[end].schema, &schema)
+            {
                 end += 1;
             }
             let row = format!("({})", vec!["?"; names.len()].join(", "));
             let sql = format!(
                 "INSERT INTO {} ({}) VALUES {} {}",
                 quote_table(&self.cfg.table),
-                names.iter().map(|n| quote_ident(n)).collect::<Vec<_>>().join(", "),
+                names
+                    .iter()
+                    .map(|n| quote_ident(n))
+                    .collect::<Vec<_>>()
+                    .join(", "),
                 vec![row.as_str(); end - start].join(", "),
                 self.update_clause(&names)
             );
@@ -226,7 +263,9 @@ impl SqlSink {
 
     async fn write_pg(&mut self, records: &[Record], state: &str, now: &str) -> Result<()> {
         let ctx = self.ctx("writing to");
-        let Db::Postgres(pool) = &self.db else { return Err(dialect_mismatch()) };
+        let Db::Postgres(pool) = &self.db else {
+            return Err(dialect_mismatch());
+        };
         if self.pg.is_none() {
             self.pg = Some(pool.acquire().await.map_err(|e| Error::db(&ctx, e))?);
         }
@@ -235,17 +274,30 @@ impl SqlSink {
             let ddl = format!(
                 "CREATE TEMP TABLE IF NOT EXISTS snodo_staging (LIKE {target} INCLUDING DEFAULTS, _snodo_ord BIGINT) ON COMMIT DELETE ROWS"
             );
-            let conn = self.pg.as_mut().map(|c| &mut **c).ok_or_else(|| Error::Other("no connection".into()))?;
-            sqlx::query(sqlx::AssertSqlSafe(ddl)).execute(&mut *conn).await.map_err(|e| Error::db(&ctx, e))?;
+            let conn = self
+                .pg
+                .as_deref_mut()
+                .ok_or_else(|| Error::Other("no connection".into()))?;
+            sqlx::query(sqlx::AssertSqlSafe(ddl))
+                .execute(&mut *conn)
+                .await
+                .map_err(|e| Error::db(&ctx, e))?;
             self.staging_ready = true;
         }
-        let names: Vec<String> = records.first().map(|r| r.schema.names().to_vec()).unwrap_or_default();
+        let names: Vec<String> = records
+            .first()
+            .map(|r| r.schema.names().to_vec())
+            .unwrap_or_default();
         if !records.is_empty() {
             self.check_fields(&names)?;
         }
         let update = self.update_clause(&names);
         let keys: Vec<String> = self.cfg.key.iter().map(|k| quote_ident(k)).collect();
-        let col_list = names.iter().map(|n| quote_ident(n)).collect::<Vec<_>>().join(", ");
+        let col_list = names
+            .iter()
+            .map(|n| quote_ident(n))
+            .collect::<Vec<_>>()
+            .join(", ");
 
         // Encode the batch before taking the connection: COPY text format, one line per
         // record, with the record's position in the batch so that the last of several
@@ -260,11 +312,20 @@ impl SqlSink {
             data.push(b'\n');
         }
 
-        let conn = self.pg.as_mut().map(|c| &mut **c).ok_or_else(|| Error::Other("no connection".into()))?;
-        let mut tx = sqlx::Connection::begin(conn).await.map_err(|e| Error::db(&ctx, e))?;
+        let conn = self
+            .pg
+            .as_deref_mut()
+            .ok_or_else(|| Error::Other("no connection".into()))?;
+        let mut tx = sqlx::Connection::begin(conn)
+            .await
+            .map_err(|e| Error::db(&ctx, e))?;
         if !records.is_empty() {
-            let copy = format!("COPY snodo_staging ({col_list}, _snodo_ord) FROM STDIN (FORMAT text)");
-            let mut c = tx.copy_in_raw(&copy).await.map_err(|e| Error::db(&ctx, e))?;
+            let copy =
+                format!("COPY snodo_staging ({col_list}, _snodo_ord) FROM STDIN (FORMAT text)");
+            let mut c = tx
+                .copy_in_raw(&copy)
+                .await
+                .map_err(|e| Error::db(&ctx, e))?;
             for chunk in data.chunks(1 << 20) {
                 c.send(chunk).await.map_err(|e| Error::db(&ctx, e))?;
             }
@@ -328,7 +389,10 @@ impl Sink for SqlSink {
             let ctx = format!("reading the checkpoint on connection `{}`", self.connection);
             let row = match &self.db {
                 Db::Sqlite(p) => {
-                    sqlx::query(CHECKPOINT_DDL).execute(p).await.map_err(|e| Error::db(&ctx, e))?;
+                    sqlx::query(CHECKPOINT_DDL)
+                        .execute(p)
+                        .await
+                        .map_err(|e| Error::db(&ctx, e))?;
                     sqlx::query(CHECKPOINT_GET)
                         .bind(pipeline)
                         .fetch_optional(p)
@@ -337,7 +401,10 @@ impl Sink for SqlSink {
                         .map(|r| r.get::<String, _>(0))
                 }
                 Db::Postgres(p) => {
-                    sqlx::query(CHECKPOINT_DDL).execute(p).await.map_err(|e| Error::db(&ctx, e))?;
+                    sqlx::query(CHECKPOINT_DDL)
+                        .execute(p)
+                        .await
+                        .map_err(|e| Error::db(&ctx, e))?;
                     sqlx::query(CHECKPOINT_GET)
                         .bind(pipeline)
                         .fetch_optional(p)
@@ -372,7 +439,10 @@ impl Sink for SqlSink {
         })
     }
 
-    fn finish<'a>(&'a mut self, checkpoint: &'a SavedCheckpoint) -> BoxFuture<'a, Result<Vec<Artifact>>> {
+    fn finish<'a>(
+        &'a mut self,
+        checkpoint: &'a SavedCheckpoint,
+    ) -> BoxFuture<'a, Result<Vec<Artifact>>> {
         Box::pin(async move {
             self.save(&[], checkpoint).await?;
             Ok(Vec::new())

@@ -1,12 +1,12 @@
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
+use sha2::{Digest, Sha256};
 use snodo_core::component::{Source, SourceContext};
 use snodo_core::db::{Db, quote_ident};
 use snodo_core::error::{Error, Result};
 use snodo_core::record::{Batch, Checkpoint, Record, Schema, SourcePosition};
 use snodo_core::value::Value;
-use sha2::{Digest, Sha256};
 use sqlx::{Column, Row};
 use tokio::sync::mpsc;
 
@@ -48,17 +48,30 @@ impl SqlSource {
     /// `SELECT * FROM (query) q [WHERE (order cols) > (params)] ORDER BY … LIMIT n`.
     /// Row-value comparison works on both PostgreSQL and SQLite (3.15+).
     fn page_sql(&self, after: bool, limit: usize) -> String {
-        let cols: Vec<String> = self.order.iter().map(|c| format!("q.{}", quote_ident(c))).collect();
+        let cols: Vec<String> = self
+            .order
+            .iter()
+            .map(|c| format!("q.{}", quote_ident(c)))
+            .collect();
         let mut sql = format!("SELECT * FROM ({}) AS q", self.query);
         if after {
             let params: Vec<String> = (1..=cols.len()).map(|i| format!("${i}")).collect();
-            sql.push_str(&format!(" WHERE ({}) > ({})", cols.join(", "), params.join(", ")));
+            sql.push_str(&format!(
+                " WHERE ({}) > ({})",
+                cols.join(", "),
+                params.join(", ")
+            ));
         }
         sql.push_str(&format!(" ORDER BY {} LIMIT {limit}", cols.join(", ")));
         sql
     }
 
-    async fn read_all(self, from: Option<Checkpoint>, ctx: SourceContext, tx: mpsc::Sender<Batch>) -> Result<()> {
+    async fn read_all(
+        self,
+        from: Option<Checkpoint>,
+        ctx: SourceContext,
+        tx: mpsc::Sender<Batch>,
+    ) -> Result<()> {
         let mut after: Option<Vec<Value>> = from.as_ref().and_then(|c| {
             c.get("after")?
                 .as_array()?
@@ -121,7 +134,10 @@ impl SqlSource {
             }
             let n = rows.len();
             seq += 1;
-            let mut batch = Batch { seq, ..Default::default() };
+            let mut batch = Batch {
+                seq,
+                ..Default::default()
+            };
             for (names, vals) in rows {
                 if schema.is_none() {
                     let find = |c: &String| {
@@ -148,7 +164,12 @@ impl SqlSource {
                 batch.records.push(Record {
                     schema: schema.clone().unwrap_or_default(),
                     values: vals,
-                    position: SourcePosition { record: record_no, line: None, byte: None, key: Some(key) },
+                    position: SourcePosition {
+                        record: record_no,
+                        line: None,
+                        byte: None,
+                        key: Some(key),
+                    },
                 });
             }
             batch.read = n as u64;

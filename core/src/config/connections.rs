@@ -121,7 +121,11 @@ impl ConnectionsFile {
                 format!(
                     "unknown connection `{}`; defined: {}",
                     fl.connection,
-                    file.connections.keys().cloned().collect::<Vec<_>>().join(", ")
+                    file.connections
+                        .keys()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             ));
         }
@@ -230,7 +234,9 @@ mod tests {
     #[test]
     fn literal_password_is_a_lint_error_that_does_not_echo_it() {
         let text = "connections:\n  pg:\n    postgres:\n      host: h\n      database: d\n      user: u\n      password: hunter2-literal\n";
-        let err = ConnectionsFile::parse(text, Path::new("snodo.yaml")).unwrap_err().to_string();
+        let err = ConnectionsFile::parse(text, Path::new("snodo.yaml"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("snodo.yaml:7:"), "{err}");
         assert!(err.contains("connections.pg.postgres.password"), "{err}");
         assert!(!err.contains("hunter2"), "{err}");
@@ -245,6 +251,10 @@ mod tests {
         let c = f.get("pg").unwrap();
         assert_eq!(c.url().unwrap(), "postgres://u:p%40ss%20w0rd%21@h:5432/d");
         assert!(!c.describe().contains("p@ss"));
-        assert!(f.get("nope").unwrap_err().contains("defined in the connections file: pg"));
+        assert!(
+            f.get("nope")
+                .unwrap_err()
+                .contains("defined in the connections file: pg")
+        );
     }
 }

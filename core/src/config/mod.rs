@@ -156,14 +156,17 @@ where
         .flatten();
 
     let source: Option<S> = match child(&root, "source") {
-        Some(n) => section::<S>(n, "source", &mut problems).inspect(|s| s.check(n, "source", &mut problems)),
+        Some(n) => section::<S>(n, "source", &mut problems)
+            .inspect(|s| s.check(n, "source", &mut problems)),
         None => {
             missing("source", &mut problems);
             None
         }
     };
     let sink: Option<K> = match child(&root, "sink") {
-        Some(n) => section::<K>(n, "sink", &mut problems).inspect(|s| s.check(n, "sink", &mut problems)),
+        Some(n) => {
+            section::<K>(n, "sink", &mut problems).inspect(|s| s.check(n, "sink", &mut problems))
+        }
         None => {
             missing("sink", &mut problems);
             None
@@ -209,7 +212,11 @@ where
     if let (Some(b), Some(n)) = (batch_size, child(&root, "batch_size"))
         && !(1..=1_000_000).contains(&b)
     {
-        problems.push(problem(n, "batch_size", "batch_size must be between 1 and 1000000"));
+        problems.push(problem(
+            n,
+            "batch_size",
+            "batch_size must be between 1 and 1000000",
+        ));
     }
 
     problems.sort_by_key(|p| (p.location.line, p.location.column));

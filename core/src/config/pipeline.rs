@@ -276,7 +276,8 @@ impl Limit {
         match *self {
             Limit::Count(n) => rejected > n,
             Limit::PartsPerMillion(ppm) => {
-                read >= min_sample && (rejected as u128) * 1_000_000 > (ppm as u128) * (read as u128)
+                read >= min_sample
+                    && (rejected as u128) * 1_000_000 > (ppm as u128) * (read as u128)
             }
         }
     }
@@ -300,7 +301,11 @@ impl Check for StepConfig {
         match self {
             StepConfig::Map(fields) => {
                 if fields.is_empty() {
-                    out.push(problem(node, path, "`map` needs at least one `field: expression`"));
+                    out.push(problem(
+                        node,
+                        path,
+                        "`map` needs at least one `field: expression`",
+                    ));
                 }
                 for (field, src) in fields {
                     if let Err(e) = engine.compile(src) {
@@ -311,7 +316,11 @@ impl Check for StepConfig {
             }
             StepConfig::Filter(src) => {
                 if let Err(e) = engine.compile(src) {
-                    out.push(problem(deepest(node, &[kind]), &format!("{path}.{kind}"), e));
+                    out.push(problem(
+                        deepest(node, &[kind]),
+                        &format!("{path}.{kind}"),
+                        e,
+                    ));
                 }
             }
             StepConfig::Validate(rules) => {
@@ -380,7 +389,10 @@ mod tests {
         assert_eq!(l, Limit::PartsPerMillion(5000));
         assert!(!l.exceeded(5, 1000, 100));
         assert!(l.exceeded(6, 1000, 100));
-        assert!(!l.exceeded(6, 10, 100), "below the sample size a percentage does not trip");
+        assert!(
+            !l.exceeded(6, 10, 100),
+            "below the sample size a percentage does not trip"
+        );
         assert!(RejectLimit::Count(0).parse().unwrap().exceeded(1, 1, 0));
         assert!(RejectLimit::Text("abc".into()).parse().is_err());
         assert!(RejectLimit::Text("150%".into()).parse().is_err());

@@ -9,13 +9,22 @@ pub struct Filter {
     label: String,
     expr: Expr,
     ctx: StepContext,
+    used: Option<(std::sync::Arc<crate::record::Schema>, Vec<usize>)>,
 }
 
 impl Filter {
     /// Compiles the condition.
     pub fn new(label: String, src: &str, ctx: StepContext) -> Result<Self> {
-        let expr = ctx.engine.compile(src).map_err(|e| config_error(&label, e))?;
-        Ok(Filter { label, expr, ctx })
+        let expr = ctx
+            .engine
+            .compile(src)
+            .map_err(|e| config_error(&label, e))?;
+        Ok(Filter {
+            label,
+            expr,
+            ctx,
+            used: None,
+        })
     }
 }
 
@@ -27,7 +36,15 @@ impl Step for Filter {
     fn apply(&mut self, records: Vec<Record>, batch: &mut Batch) -> Vec<Record> {
         let mut out = Vec::with_capacity(records.len());
         for rec in records {
-            let mut scope = self.ctx.engine.scope_for(&rec);
+            let used = match &self.used {
+                Some((s, u)) if std::sync::Arc::ptr_eq(s, &rec.schema) => u.clone(),
+                _ => {
+                    let u = crate::expr::referenced_fields(&[self.expr.source()], &rec.schema);
+                    self.used = Some((rec.schema.clone(), u.clone()));
+                    u
+                }
+            };
+            let mut scope = self.ctx.engine.scope_with(&rec, &used);
             match self.ctx.engine.eval(&self.expr, &mut scope) {
                 Ok(Value::Bool(true)) => out.push(rec),
                 Ok(Value::Bool(false)) | Ok(Value::Null) => batch.filtered += 1,

@@ -24,7 +24,14 @@ impl Lookup {
     /// Loads the table.
     pub fn new(label: String, cfg: &LookupConfig, ctx: StepContext) -> Result<Self> {
         let at = format!("{label}.table");
-        let delim = cfg.delimiter.as_deref().unwrap_or(",").as_bytes().first().copied().unwrap_or(b',');
+        let delim = cfg
+            .delimiter
+            .as_deref()
+            .unwrap_or(",")
+            .as_bytes()
+            .first()
+            .copied()
+            .unwrap_or(b',');
         let mut rdr = csv::ReaderBuilder::new()
             .delimiter(delim)
             .from_path(&cfg.table)
@@ -36,9 +43,19 @@ impl Lookup {
         let col = |name: &Option<String>, default: usize| -> Result<usize> {
             match name {
                 None if headers.len() > default => Ok(default),
-                None => Err(config_error(&at, format!("`{}` needs at least two columns", cfg.table))),
+                None => Err(config_error(
+                    &at,
+                    format!("`{}` needs at least two columns", cfg.table),
+                )),
                 Some(n) => headers.iter().position(|h| h == n).ok_or_else(|| {
-                    config_error(&at, format!("`{}` has no column `{n}` (columns: {})", cfg.table, headers.iter().collect::<Vec<_>>().join(", ")))
+                    config_error(
+                        &at,
+                        format!(
+                            "`{}` has no column `{n}` (columns: {})",
+                            cfg.table,
+                            headers.iter().collect::<Vec<_>>().join(", ")
+                        ),
+                    )
                 }),
             }
         };
@@ -103,7 +120,12 @@ impl Step for Lookup {
                         self.key,
                         crate::mask::redact_text(code.as_deref().unwrap_or(""))
                     );
-                    batch.rejects.push(self.ctx.reject(&self.label, format!("lookup.{}", self.key), reason, &rec));
+                    batch.rejects.push(self.ctx.reject(
+                        &self.label,
+                        format!("lookup.{}", self.key),
+                        reason,
+                        &rec,
+                    ));
                     continue;
                 }
             };

@@ -14,8 +14,12 @@ pub struct Map {
     ctx: StepContext,
     /// The output schema for the last input schema seen: sources emit one schema per run,
     /// so this is computed once, not once per record.
-    cache: Option<(Arc<Schema>, Arc<Schema>, Vec<usize>)>,
+    cache: Option<Layout>,
 }
+
+/// For one input schema: the output schema, where each target goes, and which input
+/// fields the expressions read.
+type Layout = (Arc<Schema>, Arc<Schema>, Vec<usize>, Vec<usize>);
 
 impl Map {
     /// Compiles the expressions.
@@ -37,11 +41,12 @@ impl Map {
         })
     }
 
-    fn layout(&mut self, input: &Arc<Schema>) -> (Arc<Schema>, Vec<usize>) {
-        if let Some((i, o, idx)) = &self.cache
+    /// Output schema, target positions and the input fields the expressions read.
+    fn layout(&mut self, input: &Arc<Schema>) -> (Arc<Schema>, Vec<usize>, Vec<usize>) {
+        if let Some((i, o, idx, used)) = &self.cache
             && Arc::ptr_eq(i, input)
         {
-            return (o.clone(), idx.clone());
+            return (o.clone(), idx.clone(), used.clone());
         }
         let mut names = input.names().to_vec();
         let mut idx = Vec::with_capacity(self.targets.len());
@@ -55,8 +60,10 @@ impl Map {
             }
         }
         let out = Schema::new(names);
-        self.cache = Some((input.clone(), out.clone(), idx.clone()));
-        (out, idx)
+        let sources: Vec<&str> = self.targets.iter().map(|(_, e)| e.source()).collect();
+        let used = crate::expr::referenced_fields(&sources, input);
+        self.cache = Some((input.clone(), out.clone(), idx.clone(), used.clone()));
+        (out, idx, used)
     }
 }
 
@@ -68,8 +75,8 @@ impl Step for Map {
     fn apply(&mut self, records: Vec<Record>, batch: &mut Batch) -> Vec<Record> {
         let mut out = Vec::with_capacity(records.len());
         for mut rec in records {
-            let (schema, idx) = self.layout(&rec.schema);
-            let mut scope = self.ctx.engine.scope_for(&rec);
+            let (schema, idx, used) = self.layout(&rec.schema);
+            let mut scope = self.ctx.engine.scope_with(&rec, &used);
             let mut results = Vec::with_capacity(self.targets.len());
             let mut failure = None;
             for (field, expr) in &self.targets {
@@ -82,10 +89,16 @@ impl Step for Map {
                 }
             }
             if let Some((field, e)) = failure {
-                let reason = format!("field `{field}` = `{}`: {e}", expr_src(&self.targets, &field));
-                batch
-                    .rejects
-                    .push(self.ctx.reject(&self.label, format!("map.{field}"), reason, &rec));
+                let reason = format!(
+                    "field `{field}` = `{}`: {e}",
+                    expr_src(&self.targets, &field)
+                );
+                batch.rejects.push(self.ctx.reject(
+                    &self.label,
+                    format!("map.{field}"),
+                    reason,
+                    &rec,
+                ));
                 continue;
             }
             rec.values.resize(schema.len(), crate::value::Value::Null);

@@ -27,7 +27,11 @@ pub struct Validate {
 
 impl Validate {
     /// Compiles patterns and loads code lists.
-    pub fn new(label: String, rules: &IndexMap<String, FieldRule>, ctx: StepContext) -> Result<Self> {
+    pub fn new(
+        label: String,
+        rules: &IndexMap<String, FieldRule>,
+        ctx: StepContext,
+    ) -> Result<Self> {
         let mut compiled = Vec::with_capacity(rules.len());
         for (field, rule) in rules {
             let at = format!("{label}.{field}");
@@ -42,7 +46,8 @@ impl Validate {
                     .map_err(|e| config_error(&at, format!("code list `{file}`: {e}")))?;
                 let set = allowed.get_or_insert_with(HashSet::new);
                 for row in rdr.records() {
-                    let row = row.map_err(|e| config_error(&at, format!("code list `{file}`: {e}")))?;
+                    let row =
+                        row.map_err(|e| config_error(&at, format!("code list `{file}`: {e}")))?;
                     if let Some(code) = row.get(0) {
                         set.insert(code.trim().to_string());
                     }
@@ -78,7 +83,10 @@ fn check(r: &CompiledRule, record: &Record, broken: &mut Vec<(String, String)>) 
     let value = record.get(f).unwrap_or(&Value::Null);
     if value.is_missing() {
         if r.rule.required {
-            broken.push((format!("required.{f}"), format!("`{f}` is required but empty")));
+            broken.push((
+                format!("required.{f}"),
+                format!("`{f}` is required but empty"),
+            ));
         }
         return;
     }
@@ -99,12 +107,18 @@ fn check(r: &CompiledRule, record: &Record, broken: &mut Vec<(String, String)>) 
     if let Some(min) = r.rule.min_length
         && len < min
     {
-        broken.push((format!("length.{f}"), format!("`{f}` has {len} characters, at least {min} required")));
+        broken.push((
+            format!("length.{f}"),
+            format!("`{f}` has {len} characters, at least {min} required"),
+        ));
     }
     if let Some(max) = r.rule.max_length
         && len > max
     {
-        broken.push((format!("length.{f}"), format!("`{f}` has {len} characters, at most {max} allowed")));
+        broken.push((
+            format!("length.{f}"),
+            format!("`{f}` has {len} characters, at most {max} allowed"),
+        ));
     }
     if let Some(re) = &r.pattern
         && !re.is_match(&text)
@@ -119,23 +133,35 @@ fn check(r: &CompiledRule, record: &Record, broken: &mut Vec<(String, String)>) 
     {
         broken.push((
             format!("code_list.{f}"),
-            format!("`{f}` = `{}` is not in the code list", crate::mask::redact_text(text.trim())),
+            format!(
+                "`{f}` = `{}` is not in the code list",
+                crate::mask::redact_text(text.trim())
+            ),
         ));
     }
     if r.rule.codice_fiscale
         && let Err(e) = codice_fiscale::validate_any(&text)
     {
-        broken.push((format!("codice_fiscale.{f}"), format!("`{f}` is not a valid codice fiscale: {e}")));
+        broken.push((
+            format!("codice_fiscale.{f}"),
+            format!("`{f}` is not a valid codice fiscale: {e}"),
+        ));
     }
     if r.rule.partita_iva
         && let Err(e) = partita_iva::validate(&text)
     {
-        broken.push((format!("partita_iva.{f}"), format!("`{f}` is not a valid partita IVA: {e}")));
+        broken.push((
+            format!("partita_iva.{f}"),
+            format!("`{f}` is not a valid partita IVA: {e}"),
+        ));
     }
     if r.rule.iban
         && let Err(e) = iban::validate(&text)
     {
-        broken.push((format!("iban.{f}"), format!("`{f}` is not a valid IBAN: {e}")));
+        broken.push((
+            format!("iban.{f}"),
+            format!("`{f}` is not a valid IBAN: {e}"),
+        ));
     }
     if let Some(date_field) = &r.rule.belfiore_at {
         let code = text.trim().to_uppercase();
@@ -182,11 +208,16 @@ impl Step for Validate {
                 out.push(rec);
             } else {
                 let code = broken[0].0.clone();
-                let reason = broken.iter().map(|b| b.1.as_str()).collect::<Vec<_>>().join("; ");
-                batch.rejects.push(self.ctx.reject(&self.label, code, reason, &rec));
+                let reason = broken
+                    .iter()
+                    .map(|b| b.1.as_str())
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                batch
+                    .rejects
+                    .push(self.ctx.reject(&self.label, code, reason, &rec));
             }
         }
         out
     }
 }
-

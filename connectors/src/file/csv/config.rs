@@ -162,7 +162,13 @@ pub(crate) fn single_byte(s: &str) -> Option<u8> {
     (s.len() == 1 && s.is_ascii()).then(|| s.as_bytes()[0])
 }
 
-pub(crate) fn check_single(node: &Node, path: &str, key: &str, value: &str, out: &mut Vec<Problem>) {
+pub(crate) fn check_single(
+    node: &Node,
+    path: &str,
+    key: &str,
+    value: &str,
+    out: &mut Vec<Problem>,
+) {
     if single_byte(value).is_none() {
         out.push(problem(
             deepest(node, &["csv", key]),
@@ -177,7 +183,10 @@ impl CsvSourceConfig {
     pub fn decimal_style(&self) -> DecimalStyle {
         DecimalStyle {
             decimal: self.decimal_separator.chars().next().unwrap_or('.'),
-            thousands: self.thousands_separator.as_deref().and_then(|s| s.chars().next()),
+            thousands: self
+                .thousands_separator
+                .as_deref()
+                .and_then(|s| s.chars().next()),
         }
     }
 }
@@ -186,7 +195,13 @@ impl Check for CsvSourceConfig {
     fn check(&self, node: &Node, path: &str, out: &mut Vec<Problem>) {
         check_single(node, path, "delimiter", &self.delimiter, out);
         check_single(node, path, "quote", &self.quote, out);
-        check_single(node, path, "decimal_separator", &self.decimal_separator, out);
+        check_single(
+            node,
+            path,
+            "decimal_separator",
+            &self.decimal_separator,
+            out,
+        );
         if let Some(t) = &self.thousands_separator {
             check_single(node, path, "thousands_separator", t, out);
             if t == &self.decimal_separator {
@@ -208,7 +223,10 @@ impl Check for CsvSourceConfig {
             out.push(problem(
                 deepest(node, &["csv", "path"]),
                 &format!("{path}.csv.path"),
-                format!("file `{}` not found (paths are relative to the working directory)", self.path),
+                format!(
+                    "file `{}` not found (paths are relative to the working directory)",
+                    self.path
+                ),
             ));
         }
     }
@@ -217,6 +235,12 @@ impl Check for CsvSourceConfig {
 impl Check for CsvSinkConfig {
     fn check(&self, node: &Node, path: &str, out: &mut Vec<Problem>) {
         check_single(node, path, "delimiter", &self.delimiter, out);
-        check_single(node, path, "decimal_separator", &self.decimal_separator, out);
+        check_single(
+            node,
+            path,
+            "decimal_separator",
+            &self.decimal_separator,
+            out,
+        );
     }
 }

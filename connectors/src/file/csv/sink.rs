@@ -29,7 +29,11 @@ impl CsvSink {
             Value::Null => String::new(),
             Value::Decimal(d) => {
                 let s = d.to_string();
-                if self.cfg.decimal_separator == "." { s } else { s.replace('.', &self.cfg.decimal_separator) }
+                if self.cfg.decimal_separator == "." {
+                    s
+                } else {
+                    s.replace('.', &self.cfg.decimal_separator)
+                }
             }
             Value::Date(d) => d.format(&self.cfg.date_format).to_string(),
             other => other.to_text().unwrap_or_default(),
@@ -49,7 +53,10 @@ impl CsvSink {
         let columns = match &self.columns {
             Some(c) => c.clone(),
             None => {
-                let c: Vec<String> = records.first().map(|r| r.schema.names().to_vec()).unwrap_or_default();
+                let c: Vec<String> = records
+                    .first()
+                    .map(|r| r.schema.names().to_vec())
+                    .unwrap_or_default();
                 self.columns = Some(c.clone());
                 c
             }
@@ -62,7 +69,10 @@ impl CsvSink {
             for c in &columns {
                 buf.clear();
                 self.cfg.encoding.encode(c, &mut buf).map_err(|ch| {
-                    Error::Input(format!("column name `{c}` has `{ch}`, which {:?} cannot represent", self.cfg.encoding))
+                    Error::Input(format!(
+                        "column name `{c}` has `{ch}`, which {:?} cannot represent",
+                        self.cfg.encoding
+                    ))
                 })?;
                 fields.push(buf.clone());
             }
@@ -85,7 +95,8 @@ impl CsvSink {
             }
             w.write_record(&fields).map_err(csv_err)?;
         }
-        w.into_inner().map_err(|e| Error::Other(format!("encoding CSV: {e}")))
+        w.into_inner()
+            .map_err(|e| Error::Other(format!("encoding CSV: {e}")))
     }
 }
 
@@ -117,7 +128,10 @@ impl Sink for CsvSink {
         })
     }
 
-    fn finish<'a>(&'a mut self, checkpoint: &'a SavedCheckpoint) -> BoxFuture<'a, Result<Vec<Artifact>>> {
+    fn finish<'a>(
+        &'a mut self,
+        checkpoint: &'a SavedCheckpoint,
+    ) -> BoxFuture<'a, Result<Vec<Artifact>>> {
         Box::pin(async move {
             if self.out.is_empty() && self.cfg.header {
                 // No records at all: still publish a file with just the header, so the

@@ -47,29 +47,44 @@ struct Reader {
 
 impl Reader {
     /// Converts one raw row into a record or a reject.
-    fn convert(&self, raw: &csv::ByteRecord, pos: SourcePosition) -> std::result::Result<Record, Reject> {
+    fn convert(
+        &self,
+        raw: &csv::ByteRecord,
+        pos: SourcePosition,
+    ) -> std::result::Result<Record, Box<Reject>> {
         let n = self.schema.len();
         let reject = |code: &str, reason: String, values: Vec<Value>| {
             let rec = Record {
                 schema: if values.len() == n {
                     self.schema.clone()
                 } else {
-                    Schema::new((0..values.len()).map(|i| format!("field_{}", i + 1)).collect())
+                    Schema::new(
+                        (0..values.len())
+                            .map(|i| format!("field_{}", i + 1))
+                            .collect(),
+                    )
                 },
                 values,
                 position: pos.clone(),
             };
-            Reject {
+            Box::new(Reject {
                 step: "source".into(),
                 code: code.into(),
                 reason: mask::redact_text(&reason),
                 position: pos.clone(),
                 payload: mask::masked_payload(&rec, &self.personal),
-            }
+            })
         };
         let lossy = |raw: &csv::ByteRecord| -> Vec<Value> {
             raw.iter()
-                .map(|f| Value::Str(self.cfg.encoding.decode(f).unwrap_or_else(|_| String::from_utf8_lossy(f).into_owned())))
+                .map(|f| {
+                    Value::Str(
+                        self.cfg
+                            .encoding
+                            .decode(f)
+                            .unwrap_or_else(|_| String::from_utf8_lossy(f).into_owned()),
+                    )
+                })
                 .collect()
         };
         if raw.len() != n {
@@ -112,7 +127,11 @@ impl Reader {
                     ));
                 }
             };
-            let text = if self.cfg.trim { text.trim().to_string() } else { text };
+            let text = if self.cfg.trim {
+                text.trim().to_string()
+            } else {
+                text
+            };
             if text.is_empty() {
                 values.push(Value::Null);
                 continue;
@@ -121,7 +140,9 @@ impl Reader {
                 ColumnType::String => Ok(Value::Str(text)),
                 ColumnType::Int => value::parse_int(&text).map(Value::Int),
                 ColumnType::Decimal => value::parse_decimal(&text, self.style).map(Value::Decimal),
-                ColumnType::Date => value::parse_date(&text, &self.cfg.date_format).map(Value::Date),
+                ColumnType::Date => {
+                    value::parse_date(&text, &self.cfg.date_format).map(Value::Date)
+                }
                 ColumnType::Datetime => {
                     value::parse_datetime(&text, &self.cfg.datetime_format).map(Value::DateTime)
                 }
@@ -163,7 +184,12 @@ fn position_from(c: &Checkpoint) -> Option<csv::Position> {
 }
 
 impl CsvSource {
-    fn read_all(self, from: Option<Checkpoint>, ctx: SourceContext, tx: mpsc::Sender<Batch>) -> Result<()> {
+    fn read_all(
+        self,
+        from: Option<Checkpoint>,
+        ctx: SourceContext,
+        tx: mpsc::Sender<Batch>,
+    ) -> Result<()> {
         let cfg = self.cfg;
         let path = self.path;
         let open = || File::open(&path).map_err(|e| Error::io("opening", &path, e));
@@ -171,7 +197,10 @@ impl CsvSource {
         let quote = single_byte(&cfg.quote).unwrap_or(b'"');
         let builder = || {
             let mut b = csv::ReaderBuilder::new();
-            b.delimiter(delimiter).quote(quote).has_headers(false).flexible(true);
+            b.delimiter(delimiter)
+                .quote(quote)
+                .has_headers(false)
+                .flexible(true);
             b
         };
         let mut rdr = builder().from_reader(BufReader::with_capacity(1 << 16, open()?));
@@ -187,7 +216,11 @@ impl CsvSource {
             }
             header_lines = 1;
             for (i, f) in head.iter().enumerate() {
-                let f = if i == 0 { f.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(f) } else { f };
+                let f = if i == 0 {
+                    f.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(f)
+                } else {
+                    f
+                };
                 let name = cfg.encoding.decode(f).map_err(|_| {
                     Error::Input(format!(
                         "the header of `{}` is not valid UTF-8; set `encoding: windows-1252` if it comes from Windows",
@@ -244,9 +277,12 @@ impl CsvSource {
                 let mut p = csv::Position::new();
                 p.set_line(1);
                 let mut probe = [0u8; 3];
-                let bom = std::io::Read::read(&mut File::open(&path).map_err(|e| Error::io("opening", &path, e))?, &mut probe)
-                    .map(|n| n == 3 && probe == [0xEF, 0xBB, 0xBF])
-                    .unwrap_or(false);
+                let bom = std::io::Read::read(
+                    &mut File::open(&path).map_err(|e| Error::io("opening", &path, e))?,
+                    &mut probe,
+                )
+                .map(|n| n == 3 && probe == [0xEF, 0xBB, 0xBF])
+                .unwrap_or(false);
                 if bom {
                     p.set_byte(3);
                     r.seek(p).map_err(read_err)?;
@@ -290,7 +326,7 @@ impl CsvSource {
                 total += 1;
                 match reader.convert(&raw, pos) {
                     Ok(r) => batch.records.push(r),
-                    Err(rej) => batch.rejects.push(rej),
+                    Err(rej) => batch.rejects.push(*rej),
                 }
             }
             let pos = rdr.position().clone();
@@ -333,4 +369,3 @@ impl Source for CsvSource {
         })
     }
 }
-

@@ -65,7 +65,10 @@ impl Check for JsonlSourceConfig {
             out.push(problem(
                 deepest(node, &["jsonl", "path"]),
                 &format!("{path}.jsonl.path"),
-                format!("file `{}` not found (paths are relative to the working directory)", self.path),
+                format!(
+                    "file `{}` not found (paths are relative to the working directory)",
+                    self.path
+                ),
             ));
         }
     }
@@ -86,7 +89,12 @@ impl JsonlSource {
         JsonlSource { cfg }
     }
 
-    fn read_all(self, from: Option<Checkpoint>, ctx: SourceContext, tx: mpsc::Sender<Batch>) -> Result<()> {
+    fn read_all(
+        self,
+        from: Option<Checkpoint>,
+        ctx: SourceContext,
+        tx: mpsc::Sender<Batch>,
+    ) -> Result<()> {
         let path = PathBuf::from(&self.cfg.path);
         let mut file = File::open(&path).map_err(|e| Error::io("opening", &path, e))?;
         let (mut byte, mut line_no) = match &from {
@@ -96,7 +104,8 @@ impl JsonlSource {
             ),
             None => (0, 0),
         };
-        file.seek(SeekFrom::Start(byte)).map_err(|e| Error::io("seeking", &path, e))?;
+        file.seek(SeekFrom::Start(byte))
+            .map_err(|e| Error::io("seeking", &path, e))?;
         let mut rdr = BufReader::with_capacity(1 << 16, file);
         let mut schema: Option<Arc<Schema>> = None;
         let mut buf = Vec::new();
@@ -104,7 +113,10 @@ impl JsonlSource {
         let mut total = 0u64;
         loop {
             seq += 1;
-            let mut batch = Batch { seq, ..Default::default() };
+            let mut batch = Batch {
+                seq,
+                ..Default::default()
+            };
             let mut done = false;
             while batch.read < ctx.batch_size as u64 {
                 if ctx.limit.is_some_and(|l| total >= l) {
@@ -128,7 +140,12 @@ impl JsonlSource {
                 }
                 batch.read += 1;
                 total += 1;
-                let pos = SourcePosition { record: line_no, line: Some(line_no), byte: Some(start), key: None };
+                let pos = SourcePosition {
+                    record: line_no,
+                    line: Some(line_no),
+                    byte: Some(start),
+                    key: None,
+                };
                 let bad = |code: &str, reason: String, pos: SourcePosition| Reject {
                     step: "source".into(),
                     code: code.into(),
@@ -139,16 +156,20 @@ impl JsonlSource {
                 if n > self.cfg.max_line_length {
                     batch.rejects.push(bad(
                         "oversized_field",
-                        format!("line is {n} bytes, more than max_line_length {}", self.cfg.max_line_length),
+                        format!(
+                            "line is {n} bytes, more than max_line_length {}",
+                            self.cfg.max_line_length
+                        ),
                         pos,
                     ));
                     continue;
                 }
                 match serde_json::from_slice::<serde_json::Value>(text) {
                     Ok(serde_json::Value::Object(obj)) => {
-                        let same = schema
-                            .as_ref()
-                            .is_some_and(|s| s.len() == obj.len() && s.names().iter().zip(obj.keys()).all(|(a, b)| a == b));
+                        let same = schema.as_ref().is_some_and(|s| {
+                            s.len() == obj.len()
+                                && s.names().iter().zip(obj.keys()).all(|(a, b)| a == b)
+                        });
                         if !same {
                             schema = Some(Schema::new(obj.keys().cloned().collect()));
                         }
@@ -161,7 +182,10 @@ impl JsonlSource {
                     }
                     Ok(other) => batch.rejects.push(bad(
                         "malformed_row",
-                        format!("line {line_no} holds a JSON {} instead of an object", json_kind(&other)),
+                        format!(
+                            "line {line_no} holds a JSON {} instead of an object",
+                            json_kind(&other)
+                        ),
                         pos,
                     )),
                     Err(e) => batch.rejects.push(bad(
@@ -203,7 +227,11 @@ fn trim_line(buf: &[u8]) -> &[u8] {
 }
 
 /// Reads one line, keeping at most `max + 1` bytes of it; returns the full line length.
-fn read_line_bounded(r: &mut impl BufRead, out: &mut Vec<u8>, max: usize) -> std::io::Result<usize> {
+fn read_line_bounded(
+    r: &mut impl BufRead,
+    out: &mut Vec<u8>,
+    max: usize,
+) -> std::io::Result<usize> {
     let mut total = 0;
     loop {
         let available = r.fill_buf()?;
@@ -245,7 +273,9 @@ impl Source for JsonlSource {
         Box::pin(async move {
             tokio::task::spawn_blocking(move || me.read_all(from, ctx, tx))
                 .await
-                .map_err(|e| Error::Other(format!("the JSON-lines reader stopped unexpectedly: {e}")))?
+                .map_err(|e| {
+                    Error::Other(format!("the JSON-lines reader stopped unexpectedly: {e}"))
+                })?
         })
     }
 }
@@ -259,7 +289,10 @@ pub struct JsonlSink {
 impl JsonlSink {
     /// Builds the sink.
     pub fn new(cfg: JsonlSinkConfig) -> Self {
-        JsonlSink { out: OutputFile::new(&cfg.path, &cfg.destination), cfg }
+        JsonlSink {
+            out: OutputFile::new(&cfg.path, &cfg.destination),
+            cfg,
+        }
     }
 }
 
@@ -282,14 +315,20 @@ impl Sink for JsonlSink {
             let first = self.out.rows();
             let mut data = Vec::with_capacity(records.len() * 256);
             for r in records {
-                serde_json::to_writer(&mut data, &r.to_json()).map_err(|e| Error::Other(format!("encoding JSON: {e}")))?;
+                serde_json::to_writer(&mut data, &r.to_json())
+                    .map_err(|e| Error::Other(format!("encoding JSON: {e}")))?;
                 data.push(b'\n');
             }
             self.out.append(&data, records.len() as u64, checkpoint)?;
-            Ok((1..=records.len() as u64).map(|i| format!("{}#{}", self.cfg.path, first + i)).collect())
+            Ok((1..=records.len() as u64)
+                .map(|i| format!("{}#{}", self.cfg.path, first + i))
+                .collect())
         })
     }
-    fn finish<'a>(&'a mut self, checkpoint: &'a SavedCheckpoint) -> BoxFuture<'a, Result<Vec<Artifact>>> {
+    fn finish<'a>(
+        &'a mut self,
+        checkpoint: &'a SavedCheckpoint,
+    ) -> BoxFuture<'a, Result<Vec<Artifact>>> {
         Box::pin(async move { Ok(vec![self.out.finish(checkpoint)?]) })
     }
 }

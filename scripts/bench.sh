@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# The input has no malformed rows, because psql \copy cannot skip them (snodo would reject
+# them); validation still runs on every row.
+#
+# Benchmark: legacy CSV → validation + mapping → PostgreSQL, against `psql \copy` of the
+# same file into a staging table (no validation at all). Reports rows/s and snodo's peak RSS.
+#
+#   scripts/bench.sh                 # 1M and 4M rows
+#   ROWS="200000" scripts/bench.sh   # quicker
+#
+# Results go to standard output as a Markdown table; docs/benchmarks.md records them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export SQLX_OFFLINE=true
+ROWS=${ROWS:-"1000000 4000000"}
+WORK=${WORK:-$(mktemp -d /tmp/snodo-bench.XXXXXX)}
+cargo build --release --quiet
+BIN=$PWD/target/release/snodo
+
+# Throwaway PostgreSQL cluster (initdb refuses root: run it as the postgres user).
+PGBIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+PGDIR=$WORK/pg
+mkdir -p "$PGDIR"
+as_pg() { if [ "$(id -u)" = 0 ]; then chown -R postgres:postgres "$PGDIR"; runuser -u postgres -- "$@"; else "$@"; fi; }
+as_pg "$PGBIN/initdb" -D "$PGDIR/data" -A trust -U postgres --no-sync >/dev/null
+as_pg "$PGBIN/pg_ctl" -D "$PGDIR/data" -o "-p $PORT -k $PGDIR -c listen_addresses=127.0.0.1" -l "$PGDIR/log" -w start >/dev/null
+trap 'as_pg "$PGBIN/pg_ctl" -D "$PGDIR/data" -m fast stop >/dev/null 2>&1 || true' EXIT
+PSQL="psql -h 127.0.0.1 -p $PORT -U postgres -v ON_ERROR_STOP=1 -qAt"
+
+cat > "$WORK/snodo.yaml" <<YAML
+connections:
+  pg:
+    postgres: { host: 127.0.0.1, port: $PORT, database: bench, user: postgres }
+  flowlog:
+    sqlite: { path: $WORK/flowlog.db }
+flow_log: { connection: flowlog }
+YAML
+
+echo "| rows | snodo s | snodo rows/s | snodo peak RSS MB | psql \\copy s | psql rows/s | ratio |"
+echo "|---:|---:|---:|---:|---:|---:|---:|"
+for n in $ROWS; do
+  csv=$WORK/legacy_$n.csv
+  [ -f "$csv" ] || python3 scripts/gen_legacy_csv.py --rows "$n" --seed 1 --bad-rate 0 --out "$csv" >/dev/null
+  $PSQL -d postgres -c "DROP DATABASE IF EXISTS bench" -c "CREATE DATABASE bench"
+  sed -e "s#path: tests/fixtures/csv/assistiti_legacy.csv#path: $csv#" \
+      -e "s#connection: store#connection: pg#" \
+      -e "s#pipeline: esempio-assistiti#pipeline: bench-$n#" \
+      pipelines/esempio/assistiti_csv_sqlite.yaml > "$WORK/p.yaml"
+  /usr/bin/time -f "%e %M" -o "$WORK/time" "$BIN" --config "$WORK/snodo.yaml" run "$WORK/p.yaml" --json > "$WORK/summary.json"
+  read -r secs kb < "$WORK/time"
+  written=$(python3 -c "import json; print(json.load(open('$WORK/summary.json'))['read'])")
+
+  # The same file through psql \copy into an all-text staging table (what a DBA would do).
+  cols=$(head -1 "$csv" | tr ';' '\n' | sed 's/.*/"&" text/' | paste -sd, -)
+  $PSQL -d bench -c "CREATE UNLOGGED TABLE staging ($cols)"
+  start=$(date +%s.%N)
+  $PSQL -d bench -c "\\copy staging FROM '$csv' WITH (FORMAT csv, DELIMITER ';', HEADER true, ENCODING 'WIN1252')"
+  end=$(date +%s.%N)
+  psecs=$(python3 -c "print(round($end - $start, 2))")
+  python3 - "$n" "$secs" "$kb" "$psecs" "$written" <<'PY'
+import sys
+n, secs, kb, psecs, written = int(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5])
+print(f"| {n:,} | {secs:.1f} | {written/secs:,.0f} | {kb/1024:.0f} | {psecs:.1f} | {n/psecs:,.0f} | {secs/psecs:.2f}× |")
+PY
+done
