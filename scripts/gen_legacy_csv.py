@@ -249,27 +249,6 @@ BANK_ABI = (
     "06175", "06175", "06175", "03069", "03069", "03069", "02008", "02008", "05034",
     "07601", "07601", "03032", "01030", "05387", "03015", "03062", "08487", "05696",
 )
-#: "IT00" already expanded, appended after the BBAN when computing the check digits.
-_IT00_DIGITS = iban_digits("IT00")
-
-
-def iban_prefixes() -> tuple[tuple[str, int], ...]:
-    """All (CIN + ABI) prefixes with their contribution to the IBAN mod-97 remainder.
-
-    The rearranged IBAN number is ``CIN(2 digits) ABI(5) CAB(5) ACCOUNT(12) 182900`` ("IT00"
-    expanded); it is a sum of parts times powers of ten, so its remainder is the sum of the
-    parts' remainders. Precomputing the prefix part leaves two multiplications per row
-    instead of a 30-digit string-to-int conversion.
-    """
-    shift = 10 ** (5 + 12 + len(_IT00_DIGITS))
-    return tuple((cin + abi, int(iban_digits(cin) + abi) * shift % 97)
-                 for cin in CHECK_LETTERS for abi in BANK_ABI)
-
-
-IBAN_PREFIXES = iban_prefixes()
-IBAN_CAB_FACTOR = 10 ** (12 + len(_IT00_DIGITS)) % 97
-IBAN_ACCOUNT_FACTOR = 10 ** len(_IT00_DIGITS) % 97
-IBAN_TAIL = int(_IT00_DIGITS) % 97
 
 
 # ---------------------------------------------------------------------------------------------
@@ -306,6 +285,14 @@ def load_comuni(path: Path) -> dict[str, tuple[tuple[int, int], ...]]:
     Rows whose code is not a proper ``A999`` Belfiore code (the 28 ``ND`` rows) are ignored.
     """
     base = BIRTH_FIRST.toordinal()
+    day_of: dict[str, int] = {}  # ISO date -> day offset; few distinct dates, many rows
+
+    def day_offset(iso: str) -> int:
+        offset = day_of.get(iso)
+        if offset is None:
+            offset = day_of[iso] = dt.date.fromisoformat(iso).toordinal() - base
+        return offset
+
     raw: dict[str, list[tuple[int, int]]] = {}
     belfiore = re.compile(r"[A-Z]\d{3}")
     with path.open(encoding="utf-8-sig", newline="") as fh:
@@ -315,11 +302,9 @@ def load_comuni(path: Path) -> dict[str, tuple[tuple[int, int], ...]]:
                                   ("DATAISTITUZIONE", "DATACESSAZIONE", "CODCATASTALE"))
         for row in reader:
             code = row[i_code]
-            if not belfiore.fullmatch(code):
-                continue
-            start = dt.date.fromisoformat(row[i_start]).toordinal() - base
-            end = dt.date.fromisoformat(row[i_end]).toordinal() - base
-            raw.setdefault(code, []).append((start, end))
+            if belfiore.fullmatch(code):
+                raw.setdefault(code, []).append((day_offset(row[i_start]),
+                                                 day_offset(row[i_end])))
     return {code: merge_intervals(raw[code]) for code in sorted(raw)}
 
 
@@ -713,15 +698,16 @@ class DayTable:
         text, cf_m, cf_f, sum_m, sum_f, years = [], [], [], [], [], []
         for y in range(BIRTH_FIRST.year, BIRTH_LAST.year + 1):
             for m in range(1, 13):
+                month_days = range(1, calendar.monthrange(y, m)[1] + 1)
                 yym = f"{y % 100:02d}{MONTH_LETTERS[m - 1]}"
+                mm_yyyy = f"/{m:02d}/{y}"
                 common = year_sum[y] + month_sum[m - 1]
-                for d in range(1, calendar.monthrange(y, m)[1] + 1):
-                    text.append(f"{d:02d}/{m:02d}/{y}")
-                    cf_m.append(f"{yym}{d:02d}")
-                    cf_f.append(f"{yym}{d + 40}")
-                    sum_m.append(common + day_sum[d])
-                    sum_f.append(common + day_sum[d + 40])
-                    years.append(y)
+                text.extend([TWO_DIGITS[d] + mm_yyyy for d in month_days])
+                cf_m.extend([yym + TWO_DIGITS[d] for d in month_days])
+                cf_f.extend([f"{yym}{d + 40}" for d in month_days])
+                sum_m.extend([common + day_sum[d] for d in month_days])
+                sum_f.extend([common + day_sum[d + 40] for d in month_days])
+                years.extend([y] * len(month_days))
         self.count = len(text)
         self.text = tuple(text)
         self.cf_male, self.cf_female = tuple(cf_m), tuple(cf_f)
@@ -815,7 +801,7 @@ class RowFactory:
                 elif max(lo, first_year) <= min(hi, last_year):
                     partial.append((code, lo, hi))
         shared = tuple(always)
-        return tuple(shared + tuple(code for code, lo, hi in partial if lo <= year <= hi)
+        return tuple(shared + tuple([code for code, lo, hi in partial if lo <= year <= hi])
                      for year in range(first_year, last_year + 1))
 
     def _build_name_pools(self) -> None:
@@ -933,21 +919,21 @@ class RowFactory:
         return format_amount(cents), days.text[first + int(rnd() * (days.count - first))]
 
     def iban(self) -> str:
-        """A syntactically valid Italian IBAN (mod-97 check digits right, CIN random), or ''.
+        """A valid Italian IBAN, or ''.
 
-        Layout: IT, 2 check digits, CIN letter, ABI (5), CAB (5), account (12) = 27 chars.
+        Layout: IT, 2 check digits, CIN letter, ABI (5), CAB (5), account (12) = 27 chars. The
+        CIN is the national check letter over ABI + CAB + account, computed with the same
+        odd/even tables as the codice fiscale check character; banks reject an IBAN whose
+        CIN is wrong even when the mod-97 digits are right, and so does snodo.
         """
         rnd = self.rnd
         if rnd() < P_IBAN_EMPTY:
             return ""
-        prefix, prefix_mod = IBAN_PREFIXES[int(rnd() * len(IBAN_PREFIXES))]
-        cab = int(rnd() * 100_000)
-        account = int(rnd() * 1_000_000_000_000)
-        check = 98 - (prefix_mod + cab * IBAN_CAB_FACTOR + account * IBAN_ACCOUNT_FACTOR
-                      + IBAN_TAIL) % 97
-        # str(10**k + n)[1:] zero-pads n to k digits, cheaper than a format spec.
-        return (f"IT{TWO_DIGITS[check]}{prefix}{str(100_000 + cab)[1:]}"
-                f"{str(1_000_000_000_000 + account)[1:]}")
+        abi = BANK_ABI[int(rnd() * len(BANK_ABI))]
+        bban_tail = f"{abi}{str(100_000 + int(rnd() * 100_000))[1:]}{str(1_000_000_000_000 + int(rnd() * 1_000_000_000_000))[1:]}"
+        cin = CHECK_LETTERS[cf_partial_sum(bban_tail, 1) % 26]
+        bban = cin + bban_tail
+        return f"IT{iban_check_digits('IT', bban)}{bban}"
 
     def phone(self) -> str:
         """Italian phone number in one of the formats operators type, or '' (~12 %)."""
@@ -964,13 +950,13 @@ class RowFactory:
 
     # -- rows ---------------------------------------------------------------------------------
 
-    def person(self, row_id: int, *, force_cf: bool = False, place_valid: bool = True):
-        """A valid row as a list of CSV fields, plus what defects need to know.
+    def person(self, row_id: int, *, force_cf: bool = False,
+               place_valid: bool = True) -> list[str]:
+        """A valid row as a list of CSV fields.
 
-        Returns ``(fields, info)`` where ``info = (birth_day, check_sum)``. ``force_cf``
-        disables the empty-CF case (bad rows must carry a CF); ``place_valid=False`` draws a
-        comune NOT valid at the birth date (and builds the CF with it) for the
-        ``birthplace_not_valid_at_birth`` defect.
+        ``force_cf`` disables the empty-CF and omocodia cases (bad rows carry a plain CF);
+        ``place_valid=False`` draws a comune NOT valid at the birth date (and builds the CF
+        with it) for the ``birthplace_not_valid_at_birth`` defect.
         """
         rnd, days = self.rnd, self.days
         day = int(rnd() * days.count)
@@ -1005,24 +991,25 @@ class RowFactory:
             place, citizenship, indirizzo, cap, residenza, isee, data_isee, self.iban(),
             self.phone(), note,
         ]
-        return fields, (day, check_sum)
+        return fields
 
     def bad_row(self, row_id: int, kind: str) -> list[str]:
         """A row with exactly one defect of ``kind`` (everything else valid)."""
         if kind == "birthplace_not_valid_at_birth":
-            return self.person(row_id, force_cf=True, place_valid=False)[0]
-        fields, (day, check_sum) = self.person(row_id, force_cf=True)
+            return self.person(row_id, force_cf=True, place_valid=False)
+        fields = self.person(row_id, force_cf=True)
         rnd = self.rnd
         if kind == "invalid_date":
             pattern = INVALID_DATE_PATTERNS[int(rnd() * len(INVALID_DATE_PATTERNS))]
-            fields[5] = pattern.format(y=self.days.year[day])
+            fields[5] = pattern.format(y=fields[5][-4:])
         elif kind == "invalid_decimal":
-            if not fields[11]:  # give it a date, so the amount is the only problem
-                fields[12] = self.days.text[max(day, self.days.isee_first)]
+            if not fields[11]:  # give it a date (never before birth): only the amount is wrong
+                fields[12] = self.days.text[-1]
             fields[11] = INVALID_DECIMALS[int(rnd() * len(INVALID_DECIMALS))]
         elif kind == "bad_cf_check":
-            wrong = (check_sum + 1 + int(rnd() * 25)) % 26
-            fields[3] = fields[3][:15] + CHECK_LETTERS[wrong]
+            cf = fields[3]
+            wrong = (CHECK_LETTERS.index(cf[15]) + 1 + int(rnd() * 25)) % 26
+            fields[3] = cf[:15] + CHECK_LETTERS[wrong]
         elif kind == "missing_required":
             fields[1] = ""
         elif kind == "malformed_row":
@@ -1190,7 +1177,7 @@ def generate(out, rows: int, seed: int, bad_rate: float, encoding: str,
                 bad_ids[next_kind].append(row_id)
             next_bad, next_kind = next(schedule, (-1, None))
         else:
-            fields = person(row_id)[0]
+            fields = person(row_id)
         batch.append(";".join(fields))
         if len(batch) >= 2000:
             batch.append("")

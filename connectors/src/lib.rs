@@ -48,6 +48,11 @@ pub enum SinkConfig {
     Sql(SqlSinkConfig),
 }
 
+/// Records per batch when the pipeline does not say: large enough that per-batch costs
+/// (a transaction, a COPY, an fsync) are amortised, small enough that the batches in
+/// flight stay a few megabytes.
+pub const DEFAULT_BATCH_SIZE: usize = 2000;
+
 /// A pipeline file with snodo's connectors.
 pub type Pipeline = PipelineFile<SourceConfig, SinkConfig>;
 
@@ -179,7 +184,9 @@ pub async fn plan(
         engine: Arc::new(ExprEngine::new()),
         personal: Arc::new(pipeline.personal.clone()),
     };
-    let steps = steps::build(&pipeline.steps, &ctx)?;
+    let steps = (0..snodo_core::runtime::default_workers())
+        .map(|_| steps::build(&pipeline.steps, &ctx))
+        .collect::<Result<Vec<_>>>()?;
     let limit = pipeline
         .on_error
         .reject_limit
@@ -195,7 +202,7 @@ pub async fn plan(
         limit,
         limit_text: pipeline.on_error.reject_limit.to_string(),
         then: pipeline.on_error.then,
-        batch_size: pipeline.batch_size.unwrap_or(5000),
+        batch_size: pipeline.batch_size.unwrap_or(DEFAULT_BATCH_SIZE),
         ctx,
     })
 }

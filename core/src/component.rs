@@ -89,13 +89,16 @@ pub trait Sink: Send {
     /// Called once before the first write: `resume` is the checkpoint the run continues
     /// from, `None` to start from scratch (a file sink then discards any partial output).
     fn begin<'a>(&'a mut self, resume: Option<&'a SavedCheckpoint>) -> BoxFuture<'a, Result<()>>;
-    /// Writes `records` and saves `checkpoint` atomically. Returns the target key of each
-    /// record, in order, for lineage.
+    /// The key each record will have in the target (`assistito:id_anagrafica=42`,
+    /// `out/x.csv#17`), for lineage. Called before `write`, so that lineage is logged
+    /// before the data it describes is committed.
+    fn keys(&self, records: &[Record]) -> Vec<String>;
+    /// Writes `records` and saves `checkpoint` atomically.
     fn write<'a>(
         &'a mut self,
         records: &'a [Record],
         checkpoint: &'a SavedCheckpoint,
-    ) -> BoxFuture<'a, Result<Vec<String>>>;
+    ) -> BoxFuture<'a, Result<()>>;
     /// Marks the checkpoint done and publishes what was written (renames a file into place).
     fn finish<'a>(
         &'a mut self,
@@ -124,12 +127,15 @@ impl Sink for DryRunSink {
     fn begin<'a>(&'a mut self, _resume: Option<&'a SavedCheckpoint>) -> BoxFuture<'a, Result<()>> {
         Box::pin(async { Ok(()) })
     }
+    fn keys(&self, records: &[Record]) -> Vec<String> {
+        vec![String::new(); records.len()]
+    }
     fn write<'a>(
         &'a mut self,
-        records: &'a [Record],
+        _records: &'a [Record],
         _checkpoint: &'a SavedCheckpoint,
-    ) -> BoxFuture<'a, Result<Vec<String>>> {
-        Box::pin(async move { Ok(records.iter().map(|_| String::new()).collect()) })
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async { Ok(()) })
     }
     fn finish<'a>(
         &'a mut self,

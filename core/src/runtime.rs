@@ -1,4 +1,9 @@
-//! Runs a pipeline: source task → steps thread → sink, connected by bounded channels.
+//! Runs a pipeline: source task → step workers → sink, connected by bounded channels.
+//!
+//! The steps are CPU-bound, so batches are dealt round-robin to one worker thread per core
+//! (each with its own instances of the steps) and collected in the same round-robin order:
+//! the sink sees batches in source order without a reordering buffer, which keeps
+//! checkpoints monotonic.
 //!
 //! Per batch, in this order: rejects and lineage go to the flow log, then the sink commits
 //! the records together with the source checkpoint. A crash before the commit means the
@@ -19,9 +24,18 @@ use crate::flowlog::{Entry, FlowLog, Lineage, RunFinished, RunStarted};
 use crate::record::Batch;
 use crate::steps::{self, Step, StepContext, StepCounts};
 
+/// How many step workers to run: one per core, at most four (beyond that the source or
+/// the sink is the bottleneck).
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 4)
+}
+
 /// Batches in flight between two stages: enough to keep both cores busy, small enough that
 /// memory does not depend on input size.
-const CHANNEL_DEPTH: usize = 4;
+const CHANNEL_DEPTH: usize = 2;
 
 /// Percentages are judged once this many records have been read.
 const MIN_SAMPLE: u64 = 1000;
@@ -56,8 +70,8 @@ pub struct Plan {
     pub file_sha256: String,
     /// The source.
     pub source: Box<dyn Source>,
-    /// The steps.
-    pub steps: Vec<Box<dyn Step>>,
+    /// The steps, one independent set per worker thread (at least one set).
+    pub steps: Vec<Vec<Box<dyn Step>>>,
     /// The sink.
     pub sink: Box<dyn Sink>,
     /// Reject limit.
@@ -183,6 +197,9 @@ pub async fn run(mut plan: Plan, log: &FlowLog, opts: RunOptions) -> Result<RunS
         rejected_by_reason: BTreeMap::new(),
         steps: plan
             .steps
+            .first()
+            .map(|s| s.as_slice())
+            .unwrap_or_default()
             .iter()
             .map(|s| StepCounts {
                 step: s.label().to_string(),
@@ -273,7 +290,6 @@ async fn pump(
     let src_desc = source.describe();
     let sink_desc = plan.sink.describe();
     let (tx_src, mut rx_src) = mpsc::channel::<Batch>(CHANNEL_DEPTH);
-    let (tx_steps, mut rx_steps) = mpsc::channel::<(Batch, Vec<StepCounts>)>(CHANNEL_DEPTH);
     let sctx = SourceContext {
         batch_size: plan.batch_size,
         limit: opts.limit,
@@ -281,25 +297,47 @@ async fn pump(
     };
     let source_task = tokio::spawn(source.run(from.clone(), sctx, tx_src));
 
-    // The steps are CPU-bound: they get a thread of their own so that the source parser
-    // and the sink's database I/O run beside them.
-    let mut steps = std::mem::take(&mut plan.steps);
-    let step_labels: Vec<String> = steps.iter().map(|s| s.label().to_string()).collect();
-    let steps_thread = tokio::task::spawn_blocking(move || {
-        while let Some(mut batch) = rx_src.blocking_recv() {
-            let mut counts: Vec<StepCounts> = step_labels
-                .iter()
-                .map(|l| StepCounts {
-                    step: l.clone(),
-                    ..Default::default()
-                })
-                .collect();
-            steps::run_all(&mut steps, &mut batch, &mut counts);
-            if tx_steps.blocking_send((batch, counts)).is_err() {
+    let worker_steps = std::mem::take(&mut plan.steps);
+    let step_labels: Vec<String> = worker_steps
+        .first()
+        .map(|w| w.iter().map(|s| s.label().to_string()).collect())
+        .unwrap_or_default();
+    let mut to_workers = Vec::new();
+    let mut from_workers = Vec::new();
+    let mut worker_threads = Vec::new();
+    for mut steps in worker_steps {
+        let (tx_in, mut rx_in) = mpsc::channel::<Batch>(1);
+        let (tx_out, rx_out) = mpsc::channel::<(Batch, Vec<StepCounts>)>(1);
+        let labels = step_labels.clone();
+        worker_threads.push(tokio::task::spawn_blocking(move || {
+            while let Some(mut batch) = rx_in.blocking_recv() {
+                let mut counts: Vec<StepCounts> = labels
+                    .iter()
+                    .map(|l| StepCounts {
+                        step: l.clone(),
+                        ..Default::default()
+                    })
+                    .collect();
+                steps::run_all(&mut steps, &mut batch, &mut counts);
+                if tx_out.blocking_send((batch, counts)).is_err() {
+                    break;
+                }
+            }
+        }));
+        to_workers.push(tx_in);
+        from_workers.push(rx_out);
+    }
+    let n_workers = to_workers.len().max(1);
+    let dealer = tokio::spawn(async move {
+        let mut k = 0usize;
+        while let Some(batch) = rx_src.recv().await {
+            if to_workers[k % n_workers].send(batch).await.is_err() {
                 break;
             }
+            k += 1;
         }
     });
+    let mut next_worker = 0usize;
 
     let mut last = SavedCheckpoint {
         fingerprint,
@@ -314,7 +352,12 @@ async fn pump(
     tokio::pin!(ctrl_c);
     loop {
         let next = tokio::select! {
-            b = rx_steps.recv() => b,
+            b = async {
+                match from_workers.get_mut(next_worker % n_workers) {
+                    Some(rx) => rx.recv().await,
+                    None => None,
+                }
+            } => b,
             _ = &mut ctrl_c => {
                 summary.status = "interrupted".into();
                 summary.error = Some("interrupted by the user; run again to resume".into());
@@ -323,6 +366,7 @@ async fn pump(
             }
         };
         let Some((batch, counts)) = next else { break };
+        next_worker += 1;
         for (total, c) in summary.steps.iter_mut().zip(counts) {
             total.input += c.input;
             total.output += c.output;
@@ -371,10 +415,13 @@ async fn pump(
             records_written: last.records_written + batch.records.len() as u64,
             ..last.clone()
         };
-        let keys = plan.sink.write(&batch.records, &checkpoint).await?;
-
+        // Rejects and lineage are logged before the records are committed: if the run dies
+        // in between, the next run re-reads the batch and logs it again, and readers of the
+        // log de-duplicate by source position. The other order could lose lineage of
+        // committed records.
         let mut entries: Vec<Entry> = batch.rejects.into_iter().map(Entry::Reject).collect();
         if !opts.dry_run && !batch.records.is_empty() {
+            let keys = plan.sink.keys(&batch.records);
             entries.push(Entry::Lineage(Lineage {
                 source: src_desc.clone(),
                 target: sink_desc.clone(),
@@ -393,10 +440,8 @@ async fn pump(
                     .collect(),
             }));
         }
-        // Rejects and lineage are logged after the commit only in the sense of order of
-        // calls; a crash between the two re-reads the batch in the next run, whose entries
-        // are de-duplicated by position when read back.
         log.append(&summary.run_id, &entries).await?;
+        plan.sink.write(&batch.records, &checkpoint).await?;
 
         summary.written += batch.records.len() as u64;
         last = checkpoint;
@@ -408,11 +453,14 @@ async fn pump(
             p.update(summary.read, batch.bytes_read);
         }
     }
-    drop(rx_steps);
+    drop(from_workers);
+    dealer.abort();
     let source_result = source_task
         .await
         .map_err(|e| Error::Other(format!("the source task stopped unexpectedly: {e}")))?;
-    let _ = steps_thread.await;
+    for w in worker_threads {
+        let _ = w.await;
+    }
     if stopped_early {
         return Ok(None);
     }

@@ -428,15 +428,16 @@ impl Sink for SqlSink {
         Box::pin(async { Ok(()) })
     }
 
+    fn keys(&self, records: &[Record]) -> Vec<String> {
+        records.iter().map(|r| self.target_key(r)).collect()
+    }
+
     fn write<'a>(
         &'a mut self,
         records: &'a [Record],
         checkpoint: &'a SavedCheckpoint,
-    ) -> BoxFuture<'a, Result<Vec<String>>> {
-        Box::pin(async move {
-            self.save(records, checkpoint).await?;
-            Ok(records.iter().map(|r| self.target_key(r)).collect())
-        })
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(self.save(records, checkpoint))
     }
 
     fn finish<'a>(

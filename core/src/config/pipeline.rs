@@ -54,7 +54,7 @@ pub struct PipelineFile<S, K> {
     /// listed here or not.
     #[serde(default)]
     pub personal: Vec<String>,
-    /// Records per batch (default 5000). A batch is the unit of commit and checkpoint.
+    /// Records per batch (default 2000). A batch is the unit of commit and checkpoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch_size: Option<usize>,
 }

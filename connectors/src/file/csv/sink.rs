@@ -113,18 +113,22 @@ impl Sink for CsvSink {
         Box::pin(async move { self.out.begin(resume) })
     }
 
+    fn keys(&self, records: &[Record]) -> Vec<String> {
+        let first = self.out.rows();
+        (1..=records.len() as u64)
+            .map(|i| format!("{}#{}", self.cfg.path, first + i))
+            .collect()
+    }
+
     fn write<'a>(
         &'a mut self,
         records: &'a [Record],
         checkpoint: &'a SavedCheckpoint,
-    ) -> BoxFuture<'a, Result<Vec<String>>> {
+    ) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
-            let first = self.out.rows();
             let data = self.encode(records)?;
             self.out.append(&data, records.len() as u64, checkpoint)?;
-            Ok((1..=records.len() as u64)
-                .map(|i| format!("{}#{}", self.cfg.path, first + i))
-                .collect())
+            Ok(())
         })
     }
 

@@ -306,13 +306,19 @@ impl Sink for JsonlSink {
     fn begin<'a>(&'a mut self, resume: Option<&'a SavedCheckpoint>) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move { self.out.begin(resume) })
     }
+    fn keys(&self, records: &[Record]) -> Vec<String> {
+        let first = self.out.rows();
+        (1..=records.len() as u64)
+            .map(|i| format!("{}#{}", self.cfg.path, first + i))
+            .collect()
+    }
+
     fn write<'a>(
         &'a mut self,
         records: &'a [Record],
         checkpoint: &'a SavedCheckpoint,
-    ) -> BoxFuture<'a, Result<Vec<String>>> {
+    ) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
-            let first = self.out.rows();
             let mut data = Vec::with_capacity(records.len() * 256);
             for r in records {
                 serde_json::to_writer(&mut data, &r.to_json())
@@ -320,9 +326,7 @@ impl Sink for JsonlSink {
                 data.push(b'\n');
             }
             self.out.append(&data, records.len() as u64, checkpoint)?;
-            Ok((1..=records.len() as u64)
-                .map(|i| format!("{}#{}", self.cfg.path, first + i))
-                .collect())
+            Ok(())
         })
     }
     fn finish<'a>(
