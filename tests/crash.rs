@@ -92,7 +92,7 @@ fn crash_and_compare(
     let mut rng = Lcg(seed);
     let mut kills = 0;
     for _ in 0..4 {
-        let ms = 150 + rng.next_ms(full_ms.max(300));
+        let ms = full_ms / 4 + rng.next_ms(full_ms.max(300));
         if run_and_kill(&cfg, &crashy, ms) {
             kills += 1;
         }
@@ -107,6 +107,29 @@ fn crash_and_compare(
         state(dir.path(), "crashy"),
         expected,
         "state after {kills} kills differs from the uninterrupted run"
+    );
+
+    // At least one run really resumed from a checkpoint (a kill after the first commit),
+    // otherwise only "start from scratch" would have been tested.
+    let runs = run({
+        let mut c = snodo(&cfg);
+        c.args(["runs", "--json", "--limit", "100"]);
+        c
+    });
+    let runs: Vec<serde_json::Value> = serde_json::from_slice(&runs.stdout).unwrap();
+    let resumed = runs
+        .iter()
+        .filter(|r| {
+            r["started"]["pipeline"]
+                .as_str()
+                .unwrap()
+                .ends_with("crashy")
+        })
+        .filter(|r| !r["started"]["resumed_from"].is_null())
+        .count();
+    assert!(
+        resumed >= 1,
+        "no run resumed from a checkpoint; the {kills} kills all came before the first commit"
     );
 
     // The flow log of all this is intact.
