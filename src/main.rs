@@ -85,7 +85,8 @@ enum Command {
         /// Read and transform, but write nothing and save no checkpoint.
         #[arg(long)]
         dry_run: bool,
-        /// Stop after this many records.
+        /// Stop after this many records, as if interrupted: what was read is committed
+        /// and the next run continues after it (files are published only by a complete run).
         #[arg(long)]
         limit: Option<u64>,
         /// Print the run summary as JSON on standard output.
@@ -225,6 +226,7 @@ fn print_summary(s: &RunSummary) {
         "succeeded" => "succeeded",
         "rejects_over_limit" => "FAILED: too many rejects",
         "interrupted" => "interrupted",
+        "limited" => "stopped at --limit (the next run continues from here)",
         _ => "FAILED",
     };
     println!(

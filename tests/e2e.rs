@@ -227,3 +227,122 @@ fn csv_to_postgres_and_back_to_csv() {
     );
     assert!(!dir.path().join("export.csv.partial").exists());
 }
+
+/// The published JSON Schemas are exactly what the config structs generate: docs and
+/// editor completion cannot drift from the code.
+#[test]
+fn published_schemas_match_the_config_structs() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = connections(dir.path(), None);
+    for (args, file) in [
+        (vec!["schema"], "specs/pipeline.schema.json"),
+        (
+            vec!["schema", "--connections"],
+            "specs/connections.schema.json",
+        ),
+    ] {
+        let out = run({
+            let mut c = snodo(&cfg);
+            c.args(&args);
+            c
+        });
+        assert!(out.status.success());
+        let published = std::fs::read_to_string(root().join(file)).unwrap();
+        assert_eq!(
+            stdout(&out),
+            published,
+            "{file} is stale: regenerate it with `snodo {}` > {file}",
+            args.join(" ")
+        );
+    }
+    let schema: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("specs/pipeline.schema.json")).unwrap(),
+    )
+    .unwrap();
+    let text = schema.to_string();
+    for needle in [
+        "reject_limit",
+        "belfiore_at",
+        "decimal_separator",
+        "create_table",
+        "cursor",
+    ] {
+        assert!(text.contains(needle), "schema lacks {needle}");
+    }
+}
+
+/// SQLite → JSON lines with a cursor: the second run reads only what changed; `--dry-run`
+/// writes nothing and moves no checkpoint; `--limit` stops early and the next run resumes.
+#[test]
+fn sqlite_source_is_incremental_and_dry_run_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = connections(dir.path(), None);
+    let db = dir.path().join("store.db");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let exec = |sql: &str| {
+        rt.block_on(async {
+            let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}?mode=rwc", db.display()))
+                .await
+                .unwrap();
+            sqlx::query(sqlx::AssertSqlSafe(sql.to_string()))
+                .execute(&pool)
+                .await
+                .unwrap();
+            pool.close().await;
+        })
+    };
+    exec(
+        "CREATE TABLE evento (id INTEGER PRIMARY KEY, codice TEXT, importo TEXT, aggiornato TEXT)",
+    );
+    for i in 1..=25 {
+        exec(&format!(
+            "INSERT INTO evento VALUES ({i}, 'E{i:03}', '{i}.50', '2026-01-{:02}')",
+            i % 28 + 1
+        ));
+    }
+    let out_path = dir.path().join("eventi.jsonl");
+    let p = dir.path().join("inc.yaml");
+    std::fs::write(
+        &p,
+        format!(
+            "pipeline: eventi-incrementali\nsource:\n  sql:\n    connection: store\n    query: SELECT id, codice, importo, aggiornato FROM evento\n    key: [id]\n    cursor: aggiornato\nsteps:\n  - map:\n      importo: decimal(importo)\nsink:\n  jsonl: {{ path: {} }}\nbatch_size: 7\n",
+            out_path.display()
+        ),
+    )
+    .unwrap();
+    let go = |extra: &[&str]| -> serde_json::Value {
+        let out = run({
+            let mut c = snodo(&cfg);
+            c.arg("run").arg(&p).arg("--json").args(extra);
+            c
+        });
+        assert_eq!(out.status.code(), Some(0));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let dry = go(&["--dry-run"]);
+    assert_eq!(dry["read"], 25);
+    assert!(!out_path.exists(), "a dry run writes nothing");
+
+    let first = go(&["--limit", "10"]);
+    assert_eq!(first["read"], 10);
+    let rest = go(&[]);
+    assert_eq!(
+        rest["read"], 15,
+        "the run after --limit resumes after the 10th record"
+    );
+    assert!(rest["resumed_from"].is_string());
+    let lines = std::fs::read_to_string(&out_path).unwrap();
+    assert_eq!(lines.lines().count(), 25);
+    assert!(lines.contains("\"importo\":1.50"), "{lines}");
+
+    exec("INSERT INTO evento VALUES (26, 'E026', '9.99', '2026-02-01')");
+    exec("UPDATE evento SET codice = 'E003-bis', aggiornato = '2026-02-02' WHERE id = 3");
+    let inc = go(&[]);
+    assert_eq!(inc["read"], 2, "only the new and the changed row: {inc}");
+    let lines = std::fs::read_to_string(&out_path).unwrap();
+    assert_eq!(lines.lines().count(), 2);
+    assert!(lines.contains("E003-bis") && lines.contains("E026"));
+}

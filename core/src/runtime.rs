@@ -93,7 +93,8 @@ pub struct RunSummary {
     pub run_id: String,
     /// Pipeline name.
     pub pipeline: String,
-    /// `succeeded`, `failed`, `interrupted`.
+    /// `succeeded`, `limited` (stopped by `--limit`; the next run continues),
+    /// `rejects_over_limit`, `failed`, `interrupted`.
     pub status: String,
     /// The run this one resumed.
     pub resumed_from: Option<String>,
@@ -123,7 +124,7 @@ impl RunSummary {
     /// The exit code documented in the README.
     pub fn exit_code(&self) -> i32 {
         match self.status.as_str() {
-            "succeeded" => 0,
+            "succeeded" | "limited" => 0,
             "rejects_over_limit" => 4,
             "interrupted" => 130,
             _ => 1,
@@ -465,6 +466,12 @@ async fn pump(
         return Ok(None);
     }
     source_result?;
+    if opts.limit.is_some_and(|l| summary.read >= l) {
+        // `--limit` stops like an interruption: what was read is committed, the output is
+        // not published, and the next run continues after the last record read.
+        summary.status = "limited".into();
+        return Ok(None);
+    }
     if summary.status == "rejects_over_limit" {
         summary.error = Some(
             Error::RejectLimit {
