@@ -144,3 +144,27 @@ fn flow_log_on_postgres_verifies_and_detects_tampering() {
     pg.psql("UPDATE flow_log SET body = replace(body, 'esempio-assistiti', 'altro') WHERE seq = 1");
     assert_eq!(verify(&cfg), Some(5));
 }
+
+/// A first batch with no surviving records (all filtered) must not fix the CSV sink's
+/// columns to nothing: the header and every later row are still written in full.
+#[test]
+fn csv_sink_survives_an_empty_first_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = connections(dir.path(), None);
+    let input = dir.path().join("in.csv");
+    std::fs::write(&input, "id,nome,attivo\n1,A,N\n2,B,N\n3,C,S\n4,D,S\n5,E,N\n").unwrap();
+    let out = dir.path().join("out.csv");
+    let p = dir.path().join("p.yaml");
+    std::fs::write(
+        &p,
+        format!(
+            "pipeline: empty-first\nsource:\n  csv: {{ path: {}, types: {{ attivo: bool }} }}\nsteps:\n  - filter: attivo\nsink:\n  csv: {{ path: {} }}\nbatch_size: 2\n",
+            input.display(),
+            out.display()
+        ),
+    )
+    .unwrap();
+    let s = run_json(&cfg, &p);
+    assert_eq!(s["written"], 2);
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "id,nome,attivo\n3,C,true\n4,D,true\n");
+}

@@ -164,3 +164,17 @@ fn removing_the_newest_entries_is_caught_with_the_noted_head() {
     let (code, text) = verify(&cfg, &["--expect-head", &head]);
     assert_eq!(code, 5, "{text}");
 }
+
+#[test]
+fn an_entry_forged_before_the_chain_is_detected() {
+    let (dir, cfg) = populated_log();
+    sql(
+        &dir.path().join("flowlog.db"),
+        &[
+            "INSERT INTO flow_log (seq, ts, run_id, kind, body, prev_hash, hash) SELECT -1, ts, run_id, kind, body, prev_hash, hash FROM flow_log WHERE seq = 1",
+        ],
+    );
+    let (code, text) = verify(&cfg, &[]);
+    assert_eq!(code, 5, "{text}");
+    assert!(text.contains("out of sequence"), "{text}");
+}

@@ -62,6 +62,10 @@ pub struct SavedCheckpoint {
     pub records_read: u64,
     /// Records written to the sink from the start of the input up to `position`.
     pub records_written: u64,
+    /// Records rejected from the start of the input up to `position`: a resumed run judges
+    /// the reject limit on the whole input, as an uninterrupted run would.
+    #[serde(default)]
+    pub records_rejected: u64,
 }
 
 /// A file or object a run produced, recorded in the flow log.

@@ -71,7 +71,7 @@ impl Error {
     pub fn db(context: impl Into<String>, err: impl std::fmt::Display) -> Self {
         Error::Database {
             context: context.into(),
-            message: crate::secret::redact(&err.to_string()),
+            message: crate::mask::redact_text(&err.to_string()),
         }
     }
 

@@ -158,7 +158,8 @@ impl ExprEngine {
         e.register_fn("pad_left", |v: Dynamic, n: i64, c: char| {
             on_text(v, |s| {
                 let len = s.chars().count();
-                let n = n.max(0) as usize;
+                // Bounded like every other string in the sandbox.
+                let n = n.clamp(0, 1 << 16) as usize;
                 let mut out: String = std::iter::repeat_n(c, n.saturating_sub(len)).collect();
                 out.push_str(s);
                 out
@@ -243,7 +244,8 @@ impl ExprEngine {
                 .ok_or_else(|| err(format!("{y}-{m}-{d} is not a calendar date")))
         });
         e.register_fn("add_days", |d: NaiveDate, n: i64| -> FnResult {
-            d.checked_add_signed(chrono::Duration::days(n))
+            chrono::TimeDelta::try_days(n)
+                .and_then(|delta| d.checked_add_signed(delta))
                 .map(Dynamic::from)
                 .ok_or_else(|| err("date out of range"))
         });

@@ -382,7 +382,9 @@ impl FlowLog {
             head_hash: GENESIS.into(),
             problems: Vec::new(),
         };
-        let mut last_seq = 0i64;
+        // Start below any sequence number, so that rows forged with `seq <= 0` are read
+        // (and reported, since the chain starts at 1) rather than skipped.
+        let mut last_seq = i64::MIN;
         loop {
             let page = self
                 .query(
@@ -395,7 +397,12 @@ impl FlowLog {
             }
             for e in &page {
                 v.entries += 1;
-                if e.seq != v.head_seq + 1 {
+                if e.seq <= v.head_seq {
+                    v.problems.push(format!(
+                        "entry {} is out of sequence (the chain starts at 1 and only grows): a forged or moved entry",
+                        e.seq
+                    ));
+                } else if e.seq != v.head_seq + 1 {
                     v.problems.push(format!(
                         "entry {} follows entry {}: entries {}..{} are missing",
                         e.seq,

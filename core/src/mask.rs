@@ -80,6 +80,35 @@ pub fn masked_payload(record: &Record, personal: &[String]) -> serde_json::Value
     serde_json::Value::Object(map)
 }
 
+/// Removes the values of `personal` fields of `record` from a message about it (a reason
+/// such as "`31/02/1980` is not a valid date" would otherwise carry a birth date).
+pub fn scrub_personal(text: &str, record: &Record, personal: &[String]) -> String {
+    let mut out = redact_text(text);
+    for (name, value) in record.iter() {
+        if !personal.iter().any(|p| p == name) {
+            continue;
+        }
+        if let Some(t) = value.to_text() {
+            let t = t.trim();
+            if t.chars().count() >= 2 && out.contains(t) {
+                out = out.replace(t, &mask_keep(t, 1, 0));
+            }
+        }
+    }
+    out
+}
+
+/// Every value masked, for records whose fields cannot be named (a malformed row: the
+/// field count does not match the header, so `personal` cannot be applied by name).
+pub fn masked_all(record: &Record) -> serde_json::Value {
+    serde_json::Value::Object(
+        record
+            .iter()
+            .map(|(k, v)| (k.to_string(), mask_value(v)))
+            .collect(),
+    )
+}
+
 /// Scrubs every string inside a JSON value.
 pub fn scrub_json(j: serde_json::Value) -> serde_json::Value {
     use serde_json::Value as J;

@@ -132,6 +132,14 @@ impl RunSummary {
     }
 }
 
+/// Counts carried over from the runs a resumed run continues.
+#[derive(Clone, Copy, Debug, Default)]
+struct Totals {
+    read: u64,
+    written: u64,
+    rejected: u64,
+}
+
 /// A new run id: sortable by time, unique enough across processes on one machine.
 pub fn new_run_id() -> String {
     let now = chrono::Utc::now();
@@ -147,17 +155,20 @@ pub async fn run(mut plan: Plan, log: &FlowLog, opts: RunOptions) -> Result<RunS
 
     let saved = plan.sink.open(&plan.name).await?;
     let fingerprint = plan.source.fingerprint();
-    let (from, resumed_from, base_read, base_written) = match &saved {
+    let (from, resumed_from, base) = match &saved {
         Some(s) if s.fingerprint == fingerprint && !s.done => (
             Some(s.position.clone()),
             Some(s.run_id.clone()),
-            s.records_read,
-            s.records_written,
+            Totals {
+                read: s.records_read,
+                written: s.records_written,
+                rejected: s.records_rejected,
+            },
         ),
         Some(s) if s.fingerprint == fingerprint && plan.source.incremental() => {
-            (Some(s.position.clone()), None, 0, 0)
+            (Some(s.position.clone()), None, Totals::default())
         }
-        _ => (None, None, 0, 0),
+        _ => (None, None, Totals::default()),
     };
     let resume = saved.as_ref().filter(|_| resumed_from.is_some());
     plan.sink.begin(resume).await?;
@@ -213,17 +224,7 @@ pub async fn run(mut plan: Plan, log: &FlowLog, opts: RunOptions) -> Result<RunS
         dry_run: opts.dry_run,
     };
 
-    let outcome = pump(
-        &mut plan,
-        log,
-        &opts,
-        &mut summary,
-        from,
-        fingerprint,
-        base_read,
-        base_written,
-    )
-    .await;
+    let outcome = pump(&mut plan, log, &opts, &mut summary, from, fingerprint, base).await;
 
     summary.seconds = started.elapsed().as_secs_f64();
     match outcome {
@@ -236,7 +237,7 @@ pub async fn run(mut plan: Plan, log: &FlowLog, opts: RunOptions) -> Result<RunS
             }
             Err(e) => {
                 summary.status = "failed".into();
-                summary.error = Some(e.to_string());
+                summary.error = Some(crate::mask::redact_text(&e.to_string()));
             }
         },
         Ok(None) => {}
@@ -244,7 +245,7 @@ pub async fn run(mut plan: Plan, log: &FlowLog, opts: RunOptions) -> Result<RunS
             if summary.status == "running" {
                 summary.status = "failed".into();
             }
-            summary.error = Some(e.to_string());
+            summary.error = Some(crate::mask::redact_text(&e.to_string()));
         }
     }
     if let Some(p) = &opts.progress {
@@ -284,8 +285,7 @@ async fn pump(
     summary: &mut RunSummary,
     from: Option<serde_json::Value>,
     fingerprint: String,
-    base_read: u64,
-    base_written: u64,
+    base: Totals,
 ) -> Result<Option<SavedCheckpoint>> {
     let source = std::mem::replace(&mut plan.source, Box::new(NoSource));
     let src_desc = source.describe();
@@ -345,8 +345,9 @@ async fn pump(
         position: from.unwrap_or(serde_json::Value::Null),
         done: false,
         run_id: summary.run_id.clone(),
-        records_read: base_read,
-        records_written: base_written,
+        records_read: base.read,
+        records_written: base.written,
+        records_rejected: base.rejected,
     };
     let mut stopped_early = false;
     let ctrl_c = tokio::signal::ctrl_c();
@@ -384,9 +385,11 @@ async fn pump(
                 .or_default() += 1;
         }
 
-        let exceeded = plan
-            .limit
-            .exceeded(summary.rejected, summary.read, MIN_SAMPLE);
+        let exceeded = plan.limit.exceeded(
+            base.rejected + summary.rejected,
+            base.read + summary.read,
+            MIN_SAMPLE,
+        );
         if exceeded && plan.then == Then::Fail {
             log.append(
                 &summary.run_id,
@@ -414,6 +417,7 @@ async fn pump(
             position: batch.checkpoint.clone(),
             records_read: last.records_read + batch.read,
             records_written: last.records_written + batch.records.len() as u64,
+            records_rejected: last.records_rejected + batch.rejects.len() as u64,
             ..last.clone()
         };
         // Rejects and lineage are logged before the records are committed: if the run dies
@@ -459,14 +463,24 @@ async fn pump(
     let source_result = source_task
         .await
         .map_err(|e| Error::Other(format!("the source task stopped unexpectedly: {e}")))?;
+    // A worker that died (a panic in a step) closes its channel exactly like the end of
+    // the input would: it must fail the run, never let a truncated output be published.
+    let mut worker_failure = None;
     for w in worker_threads {
-        let _ = w.await;
+        if let Err(e) = w.await {
+            worker_failure = Some(Error::Other(format!(
+                "a step worker stopped unexpectedly ({e}); nothing after the last committed batch was written. This is a bug: please report it with the run id"
+            )));
+        }
     }
     if stopped_early {
         return Ok(None);
     }
+    if let Some(e) = worker_failure {
+        return Err(e);
+    }
     source_result?;
-    if opts.limit.is_some_and(|l| summary.read >= l) {
+    if summary.status == "running" && opts.limit.is_some_and(|l| summary.read >= l) {
         // `--limit` stops like an interruption: what was read is committed, the output is
         // not published, and the next run continues after the last record read.
         summary.status = "limited".into();

@@ -105,6 +105,18 @@ impl OutputFile {
                         cp.pipeline
                     )));
                 }
+                // Killed between saving the final checkpoint and the rename: finish the
+                // publication now rather than resume into a file that no longer exists.
+                if cp.saved.done && self.partial.exists() {
+                    let len = std::fs::metadata(&self.partial)
+                        .map(|m| m.len())
+                        .unwrap_or(0);
+                    if len == cp.bytes {
+                        std::fs::rename(&self.partial, &self.path)
+                            .map_err(|e| Error::io("renaming", &self.partial, e))?;
+                        sync_dir(&self.path);
+                    }
+                }
                 Ok(Some(cp.saved))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -132,6 +144,20 @@ impl OutputFile {
             }
             None => (0, 0),
         };
+        let actual = file
+            .metadata()
+            .map_err(|e| Error::io("reading", &self.partial, e))?
+            .len();
+        if actual < bytes {
+            // Never pad with zeros: a partial file shorter than its checkpoint was removed or
+            // truncated by someone else, and its content cannot be trusted.
+            return Err(Error::Other(format!(
+                "`{}` has {actual} bytes but its checkpoint says {bytes}: the partial output was changed outside snodo; \
+                 delete it and `{}` to write the output from scratch",
+                self.partial.display(),
+                self.checkpoint.display()
+            )));
+        }
         // Whatever was appended after the last checkpoint belongs to a batch that will be
         // written again: cut it off.
         file.set_len(bytes)
@@ -183,10 +209,12 @@ impl OutputFile {
             f.sync_all()
                 .map_err(|e| Error::io("syncing", &self.partial, e))?;
         }
+        // The `done` checkpoint goes first: a kill before the rename is completed by the next
+        // `open`; the other order would leave a checkpoint pointing at a vanished partial.
+        self.save_checkpoint(saved)?;
         std::fs::rename(&self.partial, &self.path)
             .map_err(|e| Error::io("renaming", &self.partial, e))?;
         sync_dir(&self.path);
-        self.save_checkpoint(saved)?;
         let (size, sha256) = hash_file(&self.path)?;
         Ok(Artifact {
             path: self.path.display().to_string(),

@@ -188,24 +188,6 @@ impl SqlSink {
         format!("{}:{}", self.cfg.table, parts.join(","))
     }
 
-    fn update_clause(&self, names: &[String]) -> String {
-        let sets: Vec<String> = names
-            .iter()
-            .filter(|n| !self.cfg.key.contains(n))
-            .map(|n| format!("{0} = EXCLUDED.{0}", quote_ident(n)))
-            .collect();
-        let keys: Vec<String> = self.cfg.key.iter().map(|k| quote_ident(k)).collect();
-        if sets.is_empty() {
-            format!("ON CONFLICT ({}) DO NOTHING", keys.join(", "))
-        } else {
-            format!(
-                "ON CONFLICT ({}) DO UPDATE SET {}",
-                keys.join(", "),
-                sets.join(", ")
-            )
-        }
-    }
-
     async fn write_sqlite(&mut self, records: &[Record], state: &str, now: &str) -> Result<()> {
         let Db::Sqlite(pool) = &self.db else {
             return Err(dialect_mismatch());
@@ -239,7 +221,7 @@ impl SqlSink {
                     .collect::<Vec<_>>()
                     .join(", "),
                 vec![row.as_str(); end - start].join(", "),
-                self.update_clause(&names)
+                update_clause(&self.cfg.key, &names)
             );
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
             for r in &records[start..end] {
@@ -270,9 +252,12 @@ impl SqlSink {
             self.pg = Some(pool.acquire().await.map_err(|e| Error::db(&ctx, e))?);
         }
         let target = quote_table(&self.cfg.table);
-        if !self.staging_ready {
+        if !self.staging_ready && !records.is_empty() {
+            // Built from the target's columns but with none of its constraints, defaults
+            // or identity: the staging table only carries what the batch says.
             let ddl = format!(
-                "CREATE TEMP TABLE IF NOT EXISTS snodo_staging (LIKE {target} INCLUDING DEFAULTS, _snodo_ord BIGINT) ON COMMIT DELETE ROWS"
+                "CREATE TEMP TABLE IF NOT EXISTS snodo_staging ON COMMIT DELETE ROWS AS \
+                 SELECT *, NULL::bigint AS _snodo_ord FROM {target} WITH NO DATA"
             );
             let conn = self
                 .pg
@@ -284,34 +269,36 @@ impl SqlSink {
                 .map_err(|e| Error::db(&ctx, e))?;
             self.staging_ready = true;
         }
-        let names: Vec<String> = records
-            .first()
-            .map(|r| r.schema.names().to_vec())
-            .unwrap_or_default();
-        if !records.is_empty() {
-            self.check_fields(&names)?;
-        }
-        let update = self.update_clause(&names);
-        let keys: Vec<String> = self.cfg.key.iter().map(|k| quote_ident(k)).collect();
-        let col_list = names
-            .iter()
-            .map(|n| quote_ident(n))
-            .collect::<Vec<_>>()
-            .join(", ");
 
-        // Encode the batch before taking the connection: COPY text format, one line per
-        // record, with the record's position in the batch so that the last of several
-        // records with the same key wins, as it would with row-by-row upserts.
-        let mut data = Vec::with_capacity(records.len() * 128);
-        for (ord, r) in records.iter().enumerate() {
-            for name in &names {
-                values::copy_text(r.get(name).unwrap_or(&Value::Null), &mut data);
-                data.push(b'\t');
+        // Records of a batch normally share one schema; a source whose records differ
+        // (JSON lines with optional keys) is written in runs of equal schema, so that a
+        // field absent from a record is never turned into a NULL in the table.
+        let mut groups: Vec<(Vec<String>, Vec<u8>)> = Vec::new();
+        let mut start = 0;
+        while start < records.len() {
+            let schema = records[start].schema.clone();
+            let mut end = start;
+            while end < records.len() && std::sync::Arc::ptr_eq(&records[end].schema, &schema) {
+                end += 1;
             }
-            data.extend_from_slice(ord.to_string().as_bytes());
-            data.push(b'\n');
+            let names = schema.names().to_vec();
+            self.check_fields(&names)?;
+            // COPY text format, one line per record, with the record's position so that
+            // the last of several records with the same key wins, as row-by-row upserts would.
+            let mut data = Vec::with_capacity((end - start) * 256);
+            for (ord, r) in records[start..end].iter().enumerate() {
+                for v in &r.values {
+                    values::copy_text(v, &mut data);
+                    data.push(b'\t');
+                }
+                data.extend_from_slice(ord.to_string().as_bytes());
+                data.push(b'\n');
+            }
+            groups.push((names, data));
+            start = end;
         }
 
+        let keys: Vec<String> = self.cfg.key.iter().map(|k| quote_ident(k)).collect();
         let conn = self
             .pg
             .as_deref_mut()
@@ -319,7 +306,19 @@ impl SqlSink {
         let mut tx = sqlx::Connection::begin(conn)
             .await
             .map_err(|e| Error::db(&ctx, e))?;
-        if !records.is_empty() {
+        let several = groups.len() > 1;
+        for (names, data) in &groups {
+            let col_list = names
+                .iter()
+                .map(|n| quote_ident(n))
+                .collect::<Vec<_>>()
+                .join(", ");
+            if several {
+                sqlx::query("TRUNCATE snodo_staging")
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| Error::db(&ctx, e))?;
+            }
             let copy =
                 format!("COPY snodo_staging ({col_list}, _snodo_ord) FROM STDIN (FORMAT text)");
             let mut c = tx
@@ -332,18 +331,18 @@ impl SqlSink {
             c.finish().await.map_err(|e| Error::db(&ctx, e))?;
             let upsert = format!(
                 "INSERT INTO {target} ({col_list}) SELECT DISTINCT ON ({k}) {col_list} FROM snodo_staging ORDER BY {k}, _snodo_ord DESC {update}",
-                k = keys.join(", ")
+                k = keys.join(", "),
+                update = update_clause(&self.cfg.key, names)
             );
+            let table = &self.cfg.table;
+            let key_list = self.cfg.key.join(", ");
             sqlx::query(sqlx::AssertSqlSafe(upsert))
                 .execute(&mut *tx)
                 .await
                 .map_err(|e| {
-                    let msg = e.to_string();
-                    if msg.contains("no unique or exclusion constraint") {
+                    if e.to_string().contains("no unique or exclusion constraint") {
                         Error::Input(format!(
-                            "table `{}` has no primary key or unique constraint on ({}); the sink's `key` must match one",
-                            self.cfg.table,
-                            self.cfg.key.join(", ")
+                            "table `{table}` has no primary key or unique constraint on ({key_list}); the sink's `key` must match one"
                         ))
                     } else {
                         Error::db(&ctx, e)
@@ -371,6 +370,26 @@ impl SqlSink {
             Db::Sqlite(_) => self.write_sqlite(records, &state, &now).await,
             Db::Postgres(_) => self.write_pg(records, &state, &now).await,
         }
+    }
+}
+
+/// `ON CONFLICT (key) DO UPDATE SET` every non-key column (or `DO NOTHING` when the
+/// record has only key columns).
+fn update_clause(key: &[String], names: &[String]) -> String {
+    let sets: Vec<String> = names
+        .iter()
+        .filter(|n| !key.contains(n))
+        .map(|n| format!("{0} = EXCLUDED.{0}", quote_ident(n)))
+        .collect();
+    let keys: Vec<String> = key.iter().map(|k| quote_ident(k)).collect();
+    if sets.is_empty() {
+        format!("ON CONFLICT ({}) DO NOTHING", keys.join(", "))
+    } else {
+        format!(
+            "ON CONFLICT ({}) DO UPDATE SET {}",
+            keys.join(", "),
+            sets.join(", ")
+        )
     }
 }
 

@@ -53,7 +53,9 @@ impl SqlSource {
             .iter()
             .map(|c| format!("q.{}", quote_ident(c)))
             .collect();
-        let mut sql = format!("SELECT * FROM ({}) AS q", self.query);
+        // The newline keeps a trailing `-- comment` in the user's query from swallowing
+        // the closing parenthesis.
+        let mut sql = format!("SELECT * FROM ({}\n) AS q", self.query);
         if after {
             let params: Vec<String> = (1..=cols.len()).map(|i| format!("${i}")).collect();
             sql.push_str(&format!(
@@ -160,7 +162,16 @@ impl SqlSource {
                     .map(|(name, &i)| format!("{name}={}", vals[i].to_text().unwrap_or_default()))
                     .collect::<Vec<_>>()
                     .join(",");
-                after = Some(order_idx.iter().map(|&i| vals[i].clone()).collect());
+                let next: Vec<Value> = order_idx.iter().map(|&i| vals[i].clone()).collect();
+                if let Some(pos) = next.iter().position(Value::is_null) {
+                    // `(a, b) > (NULL, …)` is never true: paging would silently stop here.
+                    return Err(Error::Input(format!(
+                        "the source query returned NULL in `{}` (record {record_no}), which orders the pages; \
+                         filter such rows out or COALESCE the column in the query",
+                        self.order[pos]
+                    )));
+                }
+                after = Some(next);
                 batch.records.push(Record {
                     schema: schema.clone().unwrap_or_default(),
                     values: vals,

@@ -52,7 +52,7 @@ impl StepContext {
         Reject {
             step: step.to_string(),
             code,
-            reason: mask::redact_text(&reason),
+            reason: mask::scrub_personal(&reason, record, &self.personal),
             position: record.position.clone(),
             payload: mask::masked_payload(record, &self.personal),
         }

@@ -195,6 +195,8 @@ impl Check for CsvSourceConfig {
     fn check(&self, node: &Node, path: &str, out: &mut Vec<Problem>) {
         check_single(node, path, "delimiter", &self.delimiter, out);
         check_single(node, path, "quote", &self.quote, out);
+        check_format(node, path, "date_format", &self.date_format, out);
+        check_format(node, path, "datetime_format", &self.datetime_format, out);
         check_single(
             node,
             path,
@@ -242,5 +244,16 @@ impl Check for CsvSinkConfig {
             &self.decimal_separator,
             out,
         );
+        check_format(node, path, "date_format", &self.date_format, out);
+    }
+}
+
+fn check_format(node: &Node, path: &str, key: &str, value: &str, out: &mut Vec<Problem>) {
+    if let Err(e) = snodo_core::value::DateFormat::new(value) {
+        out.push(problem(
+            deepest(node, &["csv", key]),
+            &format!("{path}.csv.{key}"),
+            e,
+        ));
     }
 }

@@ -50,17 +50,15 @@ impl CsvSink {
             .delimiter(delimiter)
             .terminator(terminator)
             .from_writer(Vec::with_capacity(records.len() * 128));
-        let columns = match &self.columns {
-            Some(c) => c.clone(),
-            None => {
-                let c: Vec<String> = records
-                    .first()
-                    .map(|r| r.schema.names().to_vec())
-                    .unwrap_or_default();
-                self.columns = Some(c.clone());
-                c
+        // Columns come from the configuration or from the first record ever written; a
+        // batch with no records (all rejected or filtered) must not fix them to nothing.
+        if self.columns.is_none() {
+            match records.first() {
+                Some(r) => self.columns = Some(r.schema.names().to_vec()),
+                None => return Ok(Vec::new()),
             }
-        };
+        }
+        let columns = self.columns.clone().unwrap_or_default();
         let mut buf = Vec::new();
         let mut fields: Vec<Vec<u8>> = Vec::with_capacity(columns.len());
         let csv_err = |e: csv::Error| Error::Other(format!("encoding CSV: {e}"));
@@ -137,9 +135,9 @@ impl Sink for CsvSink {
         checkpoint: &'a SavedCheckpoint,
     ) -> BoxFuture<'a, Result<Vec<Artifact>>> {
         Box::pin(async move {
-            if self.out.is_empty() && self.cfg.header {
-                // No records at all: still publish a file with just the header, so the
-                // consumer sees an empty delivery rather than a missing one.
+            if self.out.is_empty() && self.cfg.header && self.columns.is_some() {
+                // No records at all but known columns: publish a file with just the header,
+                // so the consumer sees an empty delivery rather than a missing one.
                 let data = self.encode(&[])?;
                 self.out.append(&data, 0, checkpoint)?;
             }

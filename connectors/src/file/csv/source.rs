@@ -38,6 +38,8 @@ struct Column {
 
 struct Reader {
     cfg: CsvSourceConfig,
+    date_format: value::DateFormat,
+    datetime_format: value::DateFormat,
     schema: Arc<Schema>,
     columns: Vec<Column>,
     style: DecimalStyle,
@@ -67,12 +69,21 @@ impl Reader {
                 values,
                 position: pos.clone(),
             };
+            let named = rec.values.len() == n;
             Box::new(Reject {
                 step: "source".into(),
                 code: code.into(),
-                reason: mask::redact_text(&reason),
+                reason: if named {
+                    mask::scrub_personal(&reason, &rec, &self.personal)
+                } else {
+                    mask::redact_text(&reason)
+                },
                 position: pos.clone(),
-                payload: mask::masked_payload(&rec, &self.personal),
+                payload: if named {
+                    mask::masked_payload(&rec, &self.personal)
+                } else {
+                    mask::masked_all(&rec)
+                },
             })
         };
         let lossy = |raw: &csv::ByteRecord| -> Vec<Value> {
@@ -140,12 +151,8 @@ impl Reader {
                 ColumnType::String => Ok(Value::Str(text)),
                 ColumnType::Int => value::parse_int(&text).map(Value::Int),
                 ColumnType::Decimal => value::parse_decimal(&text, self.style).map(Value::Decimal),
-                ColumnType::Date => {
-                    value::parse_date(&text, &self.cfg.date_format).map(Value::Date)
-                }
-                ColumnType::Datetime => {
-                    value::parse_datetime(&text, &self.cfg.datetime_format).map(Value::DateTime)
-                }
+                ColumnType::Date => self.date_format.date(&text).map(Value::Date),
+                ColumnType::Datetime => self.datetime_format.datetime(&text).map(Value::DateTime),
                 ColumnType::Bool => value::parse_bool(&text).map(Value::Bool),
             };
             match converted {
@@ -257,6 +264,8 @@ impl CsvSource {
             })
             .collect();
         let reader = Reader {
+            date_format: value::DateFormat::new(&cfg.date_format).map_err(Error::Input)?,
+            datetime_format: value::DateFormat::new(&cfg.datetime_format).map_err(Error::Input)?,
             style: cfg.decimal_style(),
             schema: Schema::new(names),
             columns,
