@@ -152,7 +152,11 @@ fn csv_sink_survives_an_empty_first_batch() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = connections(dir.path(), None);
     let input = dir.path().join("in.csv");
-    std::fs::write(&input, "id,nome,attivo\n1,A,N\n2,B,N\n3,C,S\n4,D,S\n5,E,N\n").unwrap();
+    std::fs::write(
+        &input,
+        "id,nome,attivo\n1,A,N\n2,B,N\n3,C,S\n4,D,S\n5,E,N\n",
+    )
+    .unwrap();
     let out = dir.path().join("out.csv");
     let p = dir.path().join("p.yaml");
     std::fs::write(
@@ -166,5 +170,8 @@ fn csv_sink_survives_an_empty_first_batch() {
     .unwrap();
     let s = run_json(&cfg, &p);
     assert_eq!(s["written"], 2);
-    assert_eq!(std::fs::read_to_string(&out).unwrap(), "id,nome,attivo\n3,C,true\n4,D,true\n");
+    assert_eq!(
+        std::fs::read_to_string(&out).unwrap(),
+        "id,nome,attivo\n3,C,true\n4,D,true\n"
+    );
 }

@@ -50,12 +50,12 @@ fn readme_example_loads_the_fixture_into_sqlite() {
     );
 
     // What landed is exact: amounts as decimals (no float), CAPs with their leading zero.
-    let db = rusqlite_like_query(
+    let db = sqlite_query(
         &dir.path().join("store.db"),
         "SELECT count(*) FROM assistito",
     );
     assert_eq!(db, expect["valid"].as_u64().unwrap().to_string());
-    let zero_caps = rusqlite_like_query(
+    let zero_caps = sqlite_query(
         &dir.path().join("store.db"),
         "SELECT count(*) FROM assistito WHERE cap LIKE '0%' AND length(cap) = 5",
     );
@@ -63,7 +63,7 @@ fn readme_example_loads_the_fixture_into_sqlite() {
         zero_caps.parse::<u64>().unwrap() > 0,
         "CAPs with a leading zero must survive as text"
     );
-    let typeof_isee = rusqlite_like_query(
+    let typeof_isee = sqlite_query(
         &dir.path().join("store.db"),
         "SELECT DISTINCT typeof(isee) FROM assistito WHERE isee IS NOT NULL",
     );
@@ -116,39 +116,11 @@ fn readme_example_loads_the_fixture_into_sqlite() {
         c
     });
     assert_eq!(again.status.code(), Some(0));
-    let db2 = rusqlite_like_query(
+    let db2 = sqlite_query(
         &dir.path().join("store.db"),
         "SELECT count(*) FROM assistito",
     );
     assert_eq!(db, db2);
-}
-
-/// Reads one value from a SQLite database through the sqlite3-compatible path: snodo's own
-/// SQL source would be circular, so this uses sqlx directly.
-fn rusqlite_like_query(db: &std::path::Path, sql: &str) -> String {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        use sqlx::Row;
-        let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
-            .await
-            .unwrap();
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql.to_string()))
-            .fetch_all(&pool)
-            .await
-            .unwrap();
-        rows.iter()
-            .map(|r| {
-                r.try_get::<i64, _>(0)
-                    .map(|v| v.to_string())
-                    .or_else(|_| r.try_get::<String, _>(0))
-                    .unwrap_or_default()
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
-    })
 }
 
 /// CSV → PostgreSQL (COPY + upsert), then PostgreSQL → CSV through the SQL source, and the
@@ -278,22 +250,7 @@ fn sqlite_source_is_incremental_and_dry_run_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = connections(dir.path(), None);
     let db = dir.path().join("store.db");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let exec = |sql: &str| {
-        rt.block_on(async {
-            let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}?mode=rwc", db.display()))
-                .await
-                .unwrap();
-            sqlx::query(sqlx::AssertSqlSafe(sql.to_string()))
-                .execute(&pool)
-                .await
-                .unwrap();
-            pool.close().await;
-        })
-    };
+    let exec = |sql: &str| sqlite_exec(&db, &[sql]);
     exec(
         "CREATE TABLE evento (id INTEGER PRIMARY KEY, codice TEXT, importo TEXT, aggiornato TEXT)",
     );

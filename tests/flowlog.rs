@@ -8,25 +8,6 @@ use std::path::Path;
 
 use common::*;
 
-fn sql(db: &Path, statements: &[&str]) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
-            .await
-            .unwrap();
-        for s in statements {
-            sqlx::query(sqlx::AssertSqlSafe(s.to_string()))
-                .execute(&pool)
-                .await
-                .unwrap();
-        }
-        pool.close().await;
-    });
-}
-
 /// A log with a few runs in it, in a directory of its own.
 fn populated_log() -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
@@ -63,19 +44,9 @@ fn verify(cfg: &Path, extra: &[&str]) -> (i32, String) {
 }
 
 fn entries(db: &Path) -> i64 {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
-            .await
-            .unwrap();
-        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM flow_log")
-            .fetch_one(&pool)
-            .await
-            .unwrap()
-    })
+    sqlite_query(db, "SELECT count(*) FROM flow_log")
+        .parse()
+        .unwrap()
 }
 
 #[test]
@@ -90,7 +61,7 @@ fn an_intact_log_verifies() {
 #[test]
 fn an_edited_entry_is_detected() {
     let (dir, cfg) = populated_log();
-    sql(
+    sqlite_exec(
         &dir.path().join("flowlog.db"),
         &[
             "UPDATE flow_log SET body = replace(body, '\"written\":2', '\"written\":9') WHERE kind = 'run_finished'",
@@ -104,7 +75,7 @@ fn an_edited_entry_is_detected() {
 #[test]
 fn a_deleted_entry_is_detected() {
     let (dir, cfg) = populated_log();
-    sql(
+    sqlite_exec(
         &dir.path().join("flowlog.db"),
         &["DELETE FROM flow_log WHERE seq = 3"],
     );
@@ -118,7 +89,7 @@ fn a_deleted_entry_with_renumbered_and_rehashed_successors_is_still_detected() {
     // A forger who deletes entry 3 and renumbers the rest still cannot fix the hashes
     // without recomputing the whole chain, which changes every later hash.
     let (dir, cfg) = populated_log();
-    sql(
+    sqlite_exec(
         &dir.path().join("flowlog.db"),
         &[
             "DELETE FROM flow_log WHERE seq = 3",
@@ -132,7 +103,7 @@ fn a_deleted_entry_with_renumbered_and_rehashed_successors_is_still_detected() {
 #[test]
 fn reordered_entries_are_detected() {
     let (dir, cfg) = populated_log();
-    sql(
+    sqlite_exec(
         &dir.path().join("flowlog.db"),
         &[
             "UPDATE flow_log SET seq = -2 WHERE seq = 2",
@@ -155,7 +126,7 @@ fn removing_the_newest_entries_is_caught_with_the_noted_head() {
     });
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let head = v["head_hash"].as_str().unwrap().to_string();
-    sql(
+    sqlite_exec(
         &dir.path().join("flowlog.db"),
         &["DELETE FROM flow_log WHERE seq = (SELECT max(seq) FROM flow_log)"],
     );
@@ -168,7 +139,7 @@ fn removing_the_newest_entries_is_caught_with_the_noted_head() {
 #[test]
 fn an_entry_forged_before_the_chain_is_detected() {
     let (dir, cfg) = populated_log();
-    sql(
+    sqlite_exec(
         &dir.path().join("flowlog.db"),
         &[
             "INSERT INTO flow_log (seq, ts, run_id, kind, body, prev_hash, hash) SELECT -1, ts, run_id, kind, body, prev_hash, hash FROM flow_log WHERE seq = 1",

@@ -219,6 +219,41 @@ const INSERT: &str = "INSERT INTO flow_log (seq, ts, run_id, kind, body, prev_ha
 const HEAD: &str = "SELECT seq, hash FROM flow_log ORDER BY seq DESC LIMIT 1";
 const SELECT: &str = "SELECT seq, ts, run_id, kind, body, prev_hash, hash FROM flow_log";
 
+/// Chains `bodies` after the current head inside an open, locked transaction and commits.
+/// A macro because the two databases' transaction types share no usable trait.
+macro_rules! append_chain {
+    ($tx:ident, $bodies:expr, $ts:expr, $run_id:expr, $ctx:expr) => {{
+        let head = sqlx::query(HEAD)
+            .fetch_optional(&mut *$tx)
+            .await
+            .map_err(|e| Error::db($ctx, e))?;
+        let (mut seq, mut prev): (i64, String) = match head {
+            Some(r) => (
+                r.try_get::<i64, _>(0).map_err(|e| Error::db($ctx, e))?,
+                r.try_get::<String, _>(1).map_err(|e| Error::db($ctx, e))?,
+            ),
+            None => (0, GENESIS.to_string()),
+        };
+        for (body, kind) in $bodies {
+            seq += 1;
+            let hash = entry_hash(seq, $ts, $run_id, kind, body, &prev);
+            sqlx::query(INSERT)
+                .bind(seq)
+                .bind($ts)
+                .bind($run_id)
+                .bind(*kind)
+                .bind(body)
+                .bind(&prev)
+                .bind(&hash)
+                .execute(&mut *$tx)
+                .await
+                .map_err(|e| Error::db($ctx, e))?;
+            prev = hash;
+        }
+        $tx.commit().await.map_err(|e| Error::db($ctx, e))?;
+    }};
+}
+
 fn row_to_entry<R: Row>(r: &R) -> StoredEntry
 where
     for<'a> i64: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
@@ -291,30 +326,7 @@ impl FlowLog {
                     .begin_with("BEGIN IMMEDIATE")
                     .await
                     .map_err(|e| Error::db(ctx, e))?;
-                let head = sqlx::query(HEAD)
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(|e| Error::db(ctx, e))?;
-                let (mut seq, mut prev): (i64, String) = head
-                    .map(|r| (r.get::<i64, _>(0), r.get::<String, _>(1)))
-                    .unwrap_or((0, GENESIS.to_string()));
-                for (body, kind) in &bodies {
-                    seq += 1;
-                    let hash = entry_hash(seq, &ts, run_id, kind, body, &prev);
-                    sqlx::query(INSERT)
-                        .bind(seq)
-                        .bind(&ts)
-                        .bind(run_id)
-                        .bind(*kind)
-                        .bind(body)
-                        .bind(&prev)
-                        .bind(&hash)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(|e| Error::db(ctx, e))?;
-                    prev = hash;
-                }
-                tx.commit().await.map_err(|e| Error::db(ctx, e))?;
+                append_chain!(tx, &bodies, &ts, run_id, ctx);
             }
             Db::Postgres(p) => {
                 let mut tx = p.begin().await.map_err(|e| Error::db(ctx, e))?;
@@ -322,30 +334,7 @@ impl FlowLog {
                     .execute(&mut *tx)
                     .await
                     .map_err(|e| Error::db(ctx, e))?;
-                let head = sqlx::query(HEAD)
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(|e| Error::db(ctx, e))?;
-                let (mut seq, mut prev): (i64, String) = head
-                    .map(|r| (r.get::<i64, _>(0), r.get::<String, _>(1)))
-                    .unwrap_or((0, GENESIS.to_string()));
-                for (body, kind) in &bodies {
-                    seq += 1;
-                    let hash = entry_hash(seq, &ts, run_id, kind, body, &prev);
-                    sqlx::query(INSERT)
-                        .bind(seq)
-                        .bind(&ts)
-                        .bind(run_id)
-                        .bind(*kind)
-                        .bind(body)
-                        .bind(&prev)
-                        .bind(&hash)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(|e| Error::db(ctx, e))?;
-                    prev = hash;
-                }
-                tx.commit().await.map_err(|e| Error::db(ctx, e))?;
+                append_chain!(tx, &bodies, &ts, run_id, ctx);
             }
         }
         Ok(())
