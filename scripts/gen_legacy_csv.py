@@ -16,7 +16,7 @@ Usage::
 ENC is cp1252 (default), utf-8, utf-8-sig (with BOM) or iso-8859-1 (the € and ’ style
 characters, which Latin-1 lacks, are then written as EUR, ' and so on). The reference tables
 (ANPR_archivio_comuni.csv, ANPR_stati_esteri.csv) are read from --ref-dir, default
-$SNODO_REF_DIR or /work/shared/specs-ref/comuni.
+$SNODO_REF_DIR or the repository's own copy in mappings/comuni/.
 
 The checked-in fixtures under tests/fixtures/csv/ were made with::
 
@@ -102,7 +102,9 @@ ENCODINGS = {
 }
 
 #: Directory holding ANPR_archivio_comuni.csv and ANPR_stati_esteri.csv (``--ref-dir``).
-DEFAULT_REF_DIR = Path(os.environ.get("SNODO_REF_DIR", "/work/shared/specs-ref/comuni"))
+DEFAULT_REF_DIR = Path(
+    os.environ.get("SNODO_REF_DIR", Path(__file__).resolve().parent.parent / "mappings" / "comuni")
+)
 
 BIRTH_FIRST = dt.date(1925, 1, 1)
 BIRTH_LAST = dt.date(2024, 12, 31)
