@@ -175,3 +175,33 @@ fn csv_sink_survives_an_empty_first_batch() {
         "id,nome,attivo\n3,C,true\n4,D,true\n"
     );
 }
+
+/// A UTF-8 BOM before a quoted first column name: the name is `id`, not `"id"`.
+#[test]
+fn bom_before_a_quoted_header_is_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = connections(dir.path(), None);
+    let input = dir.path().join("in.csv");
+    std::fs::write(
+        &input,
+        b"\xEF\xBB\xBF\"id\",\"nome\"\n1,\"Nicol\xC3\xB2\"\n",
+    )
+    .unwrap();
+    let out = dir.path().join("out.jsonl");
+    let p = dir.path().join("p.yaml");
+    std::fs::write(
+        &p,
+        format!(
+            "pipeline: bom\nsource:\n  csv: {{ path: {}, types: {{ id: int }} }}\nsink:\n  jsonl: {{ path: {} }}\n",
+            input.display(),
+            out.display()
+        ),
+    )
+    .unwrap();
+    let s = run_json(&cfg, &p);
+    assert_eq!(s["written"], 1);
+    assert_eq!(
+        std::fs::read_to_string(&out).unwrap(),
+        "{\"id\":1,\"nome\":\"Nicolò\"}\n"
+    );
+}

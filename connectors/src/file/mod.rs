@@ -12,9 +12,12 @@ pub mod output;
 
 use std::path::Path;
 
-/// `path|size|mtime`: the same file unchanged gives the same fingerprint, so a checkpoint
-/// is never applied to a different file that happens to have the same name.
+/// `path|size|mtime|sha256 of the first 64 KiB`: the same file unchanged gives the same
+/// fingerprint, so a checkpoint is never applied to a different file that happens to have
+/// the same name — even one rewritten with the same size and a preserved mtime (`cp -p`).
 pub fn file_fingerprint(path: &Path) -> String {
+    use sha2::Digest;
+    use std::io::Read;
     match std::fs::metadata(path) {
         Ok(m) => {
             let mtime = m
@@ -23,7 +26,12 @@ pub fn file_fingerprint(path: &Path) -> String {
                 .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
                 .map(|d| d.as_nanos())
                 .unwrap_or(0);
-            format!("{}|{}|{}", path.display(), m.len(), mtime)
+            let mut head = Vec::with_capacity(1 << 16);
+            if let Ok(f) = std::fs::File::open(path) {
+                let _ = f.take(1 << 16).read_to_end(&mut head);
+            }
+            let digest = hex::encode(sha2::Sha256::digest(&head));
+            format!("{}|{}|{}|{}", path.display(), m.len(), mtime, &digest[..16])
         }
         Err(_) => format!("{}|missing", path.display()),
     }

@@ -210,8 +210,17 @@ impl CsvSource {
                 .flexible(true);
             b
         };
-        let mut rdr = builder().from_reader(BufReader::with_capacity(1 << 16, open()?));
         let read_err = |e: csv::Error| Error::Input(format!("reading `{}`: {e}", path.display()));
+        // A UTF-8 byte-order mark is skipped before the CSV parser sees it, so that a quoted
+        // first column name is parsed as quoted.
+        let mut probe = [0u8; 3];
+        let bom = std::io::Read::read(&mut open()?, &mut probe)
+            .map(|n| n == 3 && probe == [0xEF, 0xBB, 0xBF])
+            .unwrap_or(false);
+        let mut start = csv::Position::new();
+        start.set_line(1).set_byte(if bom { 3 } else { 0 });
+        let mut rdr = builder().from_reader(BufReader::with_capacity(1 << 16, open()?));
+        rdr.seek(start.clone()).map_err(read_err)?;
 
         // The header is always read from the top, also when resuming mid-file.
         let mut names: Vec<String> = Vec::new();
@@ -222,12 +231,7 @@ impl CsvSource {
                 return Ok(()); // empty file: nothing to do
             }
             header_lines = 1;
-            for (i, f) in head.iter().enumerate() {
-                let f = if i == 0 {
-                    f.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(f)
-                } else {
-                    f
-                };
+            for f in head.iter() {
                 let name = cfg.encoding.decode(f).map_err(|_| {
                     Error::Input(format!(
                         "the header of `{}` is not valid UTF-8; set `encoding: windows-1252` if it comes from Windows",
@@ -274,31 +278,10 @@ impl CsvSource {
             cfg: cfg.clone(),
         };
 
-        match from.as_ref().and_then(position_from) {
-            Some(pos) => {
-                let mut r = builder().from_reader(BufReader::with_capacity(1 << 16, open()?));
-                r.seek(pos).map_err(read_err)?;
-                rdr = r;
-            }
-            None if !cfg.header => {
-                // No header: the first record is data; skip a BOM by re-reading from the top.
-                let mut r = builder().from_reader(BufReader::with_capacity(1 << 16, open()?));
-                let mut p = csv::Position::new();
-                p.set_line(1);
-                let mut probe = [0u8; 3];
-                let bom = std::io::Read::read(
-                    &mut File::open(&path).map_err(|e| Error::io("opening", &path, e))?,
-                    &mut probe,
-                )
-                .map(|n| n == 3 && probe == [0xEF, 0xBB, 0xBF])
-                .unwrap_or(false);
-                if bom {
-                    p.set_byte(3);
-                    r.seek(p).map_err(read_err)?;
-                }
-                rdr = r;
-            }
-            None => {}
+        // Resuming: the header was read from the top above; the records continue at the
+        // checkpoint.
+        if let Some(pos) = from.as_ref().and_then(position_from) {
+            rdr.seek(pos).map_err(read_err)?;
         }
 
         let mut seq = 0u64;
