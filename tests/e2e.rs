@@ -82,6 +82,23 @@ fn readme_example_loads_the_fixture_into_sqlite() {
     assert!(rej.status.success());
     let rejects: Vec<serde_json::Value> = serde_json::from_slice(&rej.stdout).unwrap();
     assert_eq!(rejects.len() as u64, count_bad(&expect));
+    // Lines are those an operator sees in an editor, also in this CRLF file: the reject's
+    // line starts with the id the fixture lists for that defect.
+    let raw = std::fs::read(root().join("tests/fixtures/csv/assistiti_legacy.csv")).unwrap();
+    let file_lines: Vec<&[u8]> = raw.split(|&b| b == b'\n').collect();
+    for id in expect["bad_ids"]["invalid_date"].as_array().unwrap() {
+        let id = id.as_u64().unwrap().to_string();
+        let r = rejects.iter().find(|r| {
+            r["code"] == "invalid_date" && {
+                let line = r["position"]["line"].as_u64().unwrap() as usize;
+                file_lines[line - 1].starts_with(format!("{id};").as_bytes())
+            }
+        });
+        assert!(
+            r.is_some(),
+            "no invalid_date reject points at the line of id {id}"
+        );
+    }
     for r in &rejects {
         assert!(r["position"]["line"].as_u64().unwrap() > 1);
         assert!(!r["reason"].as_str().unwrap().is_empty());

@@ -178,8 +178,46 @@ impl Reader {
     }
 }
 
-fn checkpoint_of(p: &csv::Position) -> Checkpoint {
-    serde_json::json!({ "byte": p.byte(), "line": p.line(), "record": p.record() })
+fn checkpoint_of(p: &csv::Position, line: u64) -> Checkpoint {
+    serde_json::json!({ "byte": p.byte(), "line": line, "record": p.record() })
+}
+
+/// Line numbers counted from the bytes themselves. The csv crate's own count is one short
+/// per record in CRLF files (csv issue #395), and Windows exports are CRLF: an operator
+/// told "line 45" must find the record on line 45. A second sequential reader follows the
+/// parser and counts `\n` up to each record's start byte.
+struct LineCounter {
+    reader: BufReader<File>,
+    byte: u64,
+    line: u64,
+}
+
+impl LineCounter {
+    fn new(path: &std::path::Path, byte: u64, line: u64) -> std::io::Result<Self> {
+        let mut f = File::open(path)?;
+        std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(byte))?;
+        Ok(LineCounter {
+            reader: BufReader::with_capacity(1 << 16, f),
+            byte,
+            line,
+        })
+    }
+
+    /// The 1-based line on which the byte at offset `target` lies.
+    fn line_at(&mut self, target: u64) -> std::io::Result<u64> {
+        use std::io::BufRead;
+        while self.byte < target {
+            let buf = self.reader.fill_buf()?;
+            if buf.is_empty() {
+                break;
+            }
+            let take = buf.len().min((target - self.byte) as usize);
+            self.line += buf[..take].iter().filter(|&&b| b == b'\n').count() as u64;
+            self.byte += take as u64;
+            self.reader.consume(take);
+        }
+        Ok(self.line)
+    }
 }
 
 fn position_from(c: &Checkpoint) -> Option<csv::Position> {
@@ -280,9 +318,15 @@ impl CsvSource {
 
         // Resuming: the header was read from the top above; the records continue at the
         // checkpoint.
-        if let Some(pos) = from.as_ref().and_then(position_from) {
-            rdr.seek(pos).map_err(read_err)?;
-        }
+        let io_err = |e: std::io::Error| Error::io("reading", &path, e);
+        let mut lines = match from.as_ref().and_then(position_from) {
+            Some(pos) => {
+                let counter = LineCounter::new(&path, pos.byte(), pos.line()).map_err(io_err)?;
+                rdr.seek(pos).map_err(read_err)?;
+                counter
+            }
+            None => LineCounter::new(&path, 0, 1).map_err(io_err)?,
+        };
 
         let mut seq = 0u64;
         let mut total = 0u64;
@@ -310,7 +354,10 @@ impl CsvSource {
                 }
                 let pos = SourcePosition {
                     record: p.record() + 1 - reader.header_lines,
-                    line: Some(p.line()),
+                    // `+ 1`: in CRLF files the parser reports a record as starting on the
+                    // `\n` that ends the previous one; counting that byte puts the record
+                    // on its own line, and in LF files the first byte is never a `\n`.
+                    line: Some(lines.line_at(p.byte() + 1).map_err(io_err)?),
                     byte: Some(p.byte()),
                     key: None,
                 };
@@ -322,7 +369,7 @@ impl CsvSource {
                 }
             }
             let pos = rdr.position().clone();
-            batch.checkpoint = checkpoint_of(&pos);
+            batch.checkpoint = checkpoint_of(&pos, lines.line_at(pos.byte()).map_err(io_err)?);
             batch.bytes_read = pos.byte();
             if batch.read > 0 && tx.blocking_send(batch).is_err() {
                 return Ok(()); // the run stopped; nothing more to read
