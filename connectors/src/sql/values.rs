@@ -11,6 +11,11 @@ use sqlx::{Column, Row, TypeInfo, ValueRef};
 /// A float from a legacy column becomes a decimal through its shortest text form, which is
 /// what the legacy application displayed.
 fn float_to_decimal(f: f64) -> Value {
+    if !f.is_finite() {
+        // NaN and infinities have no decimal form; keep them visible as text rather than
+        // turning them into a NULL nobody asked for.
+        return Value::Str(f.to_string());
+    }
     Decimal::from_str(&f.to_string())
         .or_else(|_| Decimal::from_scientific(&format!("{f:e}")))
         .map(Value::Decimal)

@@ -42,13 +42,19 @@ impl Step for Select {
                         idx
                     }
                 };
-                let values = idx
-                    .iter()
-                    .map(|i| {
-                        i.map(|i| std::mem::take(&mut rec.values[i]))
-                            .unwrap_or(Value::Null)
-                    })
-                    .collect();
+                // Moved out rather than cloned; a field listed twice is cloned from the
+                // copy already taken.
+                let mut values: Vec<Value> = Vec::with_capacity(idx.len());
+                for (k, i) in idx.iter().enumerate() {
+                    let v = match i {
+                        Some(i) => match idx[..k].iter().position(|j| j == &Some(*i)) {
+                            Some(first) => values[first].clone(),
+                            None => std::mem::take(&mut rec.values[*i]),
+                        },
+                        None => Value::Null,
+                    };
+                    values.push(v);
+                }
                 Record {
                     schema: self.out_schema.clone(),
                     values,
@@ -56,5 +62,35 @@ impl Step for Select {
                 }
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::SourcePosition;
+
+    #[test]
+    fn selects_in_order_with_missing_and_repeated_fields() {
+        let rec = Record {
+            schema: Schema::new(vec!["a".into(), "b".into()]),
+            values: vec![Value::Int(1), Value::Str("x".into())],
+            position: SourcePosition::default(),
+        };
+        let mut step = Select::new(
+            "steps[0].select".into(),
+            &["b".into(), "zz".into(), "b".into(), "a".into()],
+        );
+        let out = step.apply(vec![rec], &mut Batch::default());
+        assert_eq!(
+            out[0].values,
+            vec![
+                Value::Str("x".into()),
+                Value::Null,
+                Value::Str("x".into()),
+                Value::Int(1)
+            ]
+        );
+        assert_eq!(out[0].schema.names(), &["b", "zz", "b", "a"]);
     }
 }
