@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
-# The input has no malformed rows, because psql \copy cannot skip them (snodo would reject
-# them); validation still runs on every row.
-#
 # Benchmark: legacy CSV → validation + mapping → PostgreSQL, against `psql \copy` of the
 # same file into a staging table (no validation at all). Reports rows/s and snodo's peak RSS.
+# The input has no malformed rows, because psql \copy cannot skip them (snodo would reject
+# them); validation still runs on every row.
 #
 #   scripts/bench.sh                 # 1M and 4M rows
 #   ROWS="200000" scripts/bench.sh   # quicker
