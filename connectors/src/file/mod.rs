@@ -12,6 +12,27 @@ pub mod output;
 
 use std::path::Path;
 
+use snodo_core::config::yaml::{Node, Problem};
+use snodo_core::config::{deepest, problem};
+
+/// Lint check shared by the file sources: the input file must exist when the pipeline is
+/// checked, with the path problem pointing at `source.KIND.path`.
+pub(crate) fn check_input_file(
+    node: &Node,
+    path: &str,
+    kind: &str,
+    file: &str,
+    out: &mut Vec<Problem>,
+) {
+    if !Path::new(file).is_file() {
+        out.push(problem(
+            deepest(node, &[kind, "path"]),
+            &format!("{path}.{kind}.path"),
+            format!("file `{file}` not found (paths are relative to the working directory)"),
+        ));
+    }
+}
+
 /// `path|size|mtime|sha256 of the first 64 KiB`: the same file unchanged gives the same
 /// fingerprint, so a checkpoint is never applied to a different file that happens to have
 /// the same name — even one rewritten with the same size and a preserved mtime (`cp -p`).

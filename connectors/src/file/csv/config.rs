@@ -221,16 +221,7 @@ impl Check for CsvSourceConfig {
                 "without a header line, `columns` must name the columns",
             ));
         }
-        if !std::path::Path::new(&self.path).is_file() {
-            out.push(problem(
-                deepest(node, &["csv", "path"]),
-                &format!("{path}.csv.path"),
-                format!(
-                    "file `{}` not found (paths are relative to the working directory)",
-                    self.path
-                ),
-            ));
-        }
+        crate::file::check_input_file(node, path, "csv", &self.path, out);
     }
 }
 

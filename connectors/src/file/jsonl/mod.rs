@@ -9,8 +9,8 @@ use futures::future::BoxFuture;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use snodo_core::component::{Artifact, SavedCheckpoint, Sink, Source, SourceContext};
+use snodo_core::config::Check;
 use snodo_core::config::yaml::{Node, Problem};
-use snodo_core::config::{Check, deepest, problem};
 use snodo_core::error::{Error, Result};
 use snodo_core::mask;
 use snodo_core::record::{Batch, Checkpoint, Record, Reject, Schema, SourcePosition};
@@ -61,16 +61,7 @@ fn local() -> String {
 
 impl Check for JsonlSourceConfig {
     fn check(&self, node: &Node, path: &str, out: &mut Vec<Problem>) {
-        if !std::path::Path::new(&self.path).is_file() {
-            out.push(problem(
-                deepest(node, &["jsonl", "path"]),
-                &format!("{path}.jsonl.path"),
-                format!(
-                    "file `{}` not found (paths are relative to the working directory)",
-                    self.path
-                ),
-            ));
-        }
+        crate::file::check_input_file(node, path, "jsonl", &self.path, out);
     }
 }
 
