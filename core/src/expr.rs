@@ -14,8 +14,6 @@
 //! A missing value is Rhai's unit `()`; the string functions below pass it through, so
 //! `upper(trim(nome))` on an empty field yields null rather than an error.
 
-use std::str::FromStr;
-
 use chrono::{Datelike, NaiveDate, NaiveDateTime};
 use rhai::{AST, Dynamic, Engine, EvalAltResult, ImmutableString, Scope};
 use rust_decimal::Decimal;
@@ -314,15 +312,6 @@ impl ExprEngine {
             .map_err(|e| format!("invalid expression `{source}`: {e}"))
     }
 
-    /// Builds the variable scope for one record.
-    pub fn scope_for(&self, record: &Record) -> Scope<'static> {
-        let mut scope = Scope::with_capacity(record.values.len());
-        for (name, value) in record.iter() {
-            scope.push_dynamic(identifier(name), to_dynamic(value));
-        }
-        scope
-    }
-
     /// Builds the scope with only the fields at `indices` (see [`referenced_fields`]):
     /// converting every field of a wide record for an expression that reads two of them
     /// would dominate the cost of a `map` step.
@@ -482,15 +471,14 @@ pub fn from_dynamic(d: Dynamic) -> Value {
     Value::Str(d.to_string())
 }
 
-/// Parses a decimal literal for tests and defaults.
-pub fn dec(s: &str) -> Decimal {
-    Decimal::from_str(s).unwrap_or_default()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::record::{Schema, SourcePosition};
+
+    fn dec(s: &str) -> Decimal {
+        std::str::FromStr::from_str(s).unwrap()
+    }
 
     fn rec(fields: &[(&str, Value)]) -> Record {
         Record {
@@ -503,7 +491,8 @@ mod tests {
     fn eval(src: &str, r: &Record) -> Result<Value, String> {
         let e = ExprEngine::new();
         let x = e.compile(src)?;
-        e.eval(&x, &mut e.scope_for(r))
+        let all: Vec<usize> = (0..r.values.len()).collect();
+        e.eval(&x, &mut e.scope_with(r, &all))
     }
 
     #[test]

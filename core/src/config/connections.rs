@@ -129,8 +129,7 @@ impl ConnectionsFile {
                 ),
             ));
         }
-        if let NodeKind::Map(_) = root.kind {
-        } else {
+        if !matches!(root.kind, NodeKind::Map(_)) {
             problems.push(problem(&root, "", "the connections file is a mapping"));
         }
         if problems.is_empty() {
