@@ -23,27 +23,6 @@ fn pipeline(dir: &Path, csv: &Path, extra_source: &str, on_error: &str) -> PathB
     p
 }
 
-fn run_json(cfg: &Path, p: &Path) -> (i32, serde_json::Value) {
-    let out = run({
-        let mut c = snodo(cfg);
-        c.arg("run").arg(p).arg("--json");
-        c
-    });
-    (
-        out.status.code().unwrap(),
-        serde_json::from_slice(&out.stdout).unwrap_or_default(),
-    )
-}
-
-fn rejects(cfg: &Path, run_id: &str) -> Vec<serde_json::Value> {
-    let out = run({
-        let mut c = snodo(cfg);
-        c.args(["rejects", run_id, "--json"]);
-        c
-    });
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
 #[test]
 fn every_kind_of_bad_row_is_rejected_with_line_and_reason_and_the_rest_is_loaded() {
     let dir = tempfile::tempdir().unwrap();
@@ -63,11 +42,11 @@ fn every_kind_of_bad_row_is_rejected_with_line_and_reason_and_the_rest_is_loaded
         "    max_field_length: 100\n",
         "{ reject_limit: 10, then: fail }",
     );
-    let (code, s) = run_json(&cfg, &p);
+    let (code, s) = run_pipeline(&cfg, &p);
     assert_eq!(code, 0, "{s}");
     assert_eq!(s["read"], 6);
     assert_eq!(s["written"], 2);
-    let r = rejects(&cfg, s["run_id"].as_str().unwrap());
+    let r = rejects_of(&cfg, s["run_id"].as_str().unwrap());
     let by_line: std::collections::BTreeMap<u64, (String, String)> = r
         .iter()
         .map(|x| {
@@ -110,9 +89,9 @@ fn a_windows_1252_file_read_as_utf8_is_rejected_with_a_hint() {
     bytes.extend_from_slice(b"1;NICOL\xd2;1,00;01/01/2000\n2;ROSSI;2,00;01/01/2000\n");
     std::fs::write(&csv, bytes).unwrap();
     let p = pipeline(dir.path(), &csv, "", "{ reject_limit: 1 }");
-    let (code, s) = run_json(&cfg, &p);
+    let (code, s) = run_pipeline(&cfg, &p);
     assert_eq!(code, 0, "{s}");
-    let r = rejects(&cfg, s["run_id"].as_str().unwrap());
+    let r = rejects_of(&cfg, s["run_id"].as_str().unwrap());
     assert_eq!(r.len(), 1);
     assert_eq!(r[0]["code"], "encoding");
     assert!(r[0]["reason"].as_str().unwrap().contains("windows-1252"));
@@ -124,7 +103,7 @@ fn a_windows_1252_file_read_as_utf8_is_rejected_with_a_hint() {
         "    encoding: windows-1252\n",
         "{ reject_limit: 0 }",
     );
-    let (code, s) = run_json(&cfg, &p);
+    let (code, s) = run_pipeline(&cfg, &p);
     assert_eq!(code, 0, "{s}");
     assert_eq!(s["written"], 2);
     assert!(
@@ -145,7 +124,7 @@ fn the_reject_limit_stops_or_flags_the_run() {
     )
     .unwrap();
     let p = pipeline(dir.path(), &csv, "", "{ reject_limit: 0, then: fail }");
-    let (code, s) = run_json(&cfg, &p);
+    let (code, s) = run_pipeline(&cfg, &p);
     assert_eq!(code, 4, "{s}");
     assert_eq!(s["status"], "rejects_over_limit");
     assert_eq!(s["written"], 0);
@@ -155,7 +134,7 @@ fn the_reject_limit_stops_or_flags_the_run() {
     );
 
     let p = pipeline(dir.path(), &csv, "", "{ reject_limit: 0, then: continue }");
-    let (code, s) = run_json(&cfg, &p);
+    let (code, s) = run_pipeline(&cfg, &p);
     assert_eq!(code, 4, "{s}");
     assert_eq!(s["written"], 1, "`continue` loads every valid record");
 }

@@ -5,14 +5,11 @@ mod common;
 
 use common::*;
 
-fn run_json(cfg: &std::path::Path, p: &std::path::Path) -> serde_json::Value {
-    let out = run({
-        let mut c = snodo(cfg);
-        c.arg("run").arg(p).arg("--json");
-        c
-    });
-    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
-    serde_json::from_slice(&out.stdout).unwrap()
+/// Runs a pipeline that must succeed and returns its summary.
+fn run_ok(cfg: &std::path::Path, p: &std::path::Path) -> serde_json::Value {
+    let (code, s) = run_pipeline(cfg, p);
+    assert_eq!(code, 0, "{s}");
+    s
 }
 
 /// The same 20 people exported as UTF-8 with a byte-order mark and as Latin-1 read into
@@ -36,7 +33,7 @@ fn utf8_bom_and_latin1_exports_read_the_same() {
             ),
         )
         .unwrap();
-        let s = run_json(&cfg, &p);
+        let s = run_ok(&cfg, &p);
         assert_eq!(s["written"], 20);
         outputs.push(std::fs::read_to_string(&out).unwrap());
     }
@@ -89,7 +86,7 @@ fn jsonl_lookup_filter_select_to_csv() {
         ),
     )
     .unwrap();
-    let s = run_json(&cfg, &p);
+    let s = run_ok(&cfg, &p);
     assert_eq!(s["read"], 5);
     assert_eq!(s["rejected"], 2);
     assert_eq!(s["filtered"], 1);
@@ -100,12 +97,7 @@ fn jsonl_lookup_filter_select_to_csv() {
         std::fs::read_to_string(&out).unwrap(),
         "id;descrizione;importo_doppio\n1;Assistenza domiciliare;241,00\n5;Contributo economico;0,20\n"
     );
-    let rej = run({
-        let mut c = snodo(&cfg);
-        c.args(["rejects", s["run_id"].as_str().unwrap(), "--json"]);
-        c
-    });
-    let rejects: Vec<serde_json::Value> = serde_json::from_slice(&rej.stdout).unwrap();
+    let rejects = rejects_of(&cfg, s["run_id"].as_str().unwrap());
     let lines: Vec<u64> = rejects
         .iter()
         .map(|r| r["position"]["line"].as_u64().unwrap())
@@ -127,7 +119,7 @@ fn flow_log_on_postgres_verifies_and_detects_tampering() {
         .replace("connection: flowlog", "connection: pg");
     std::fs::write(&cfg, text).unwrap();
     let p = root().join("pipelines/esempio/assistiti_csv_sqlite.yaml");
-    let s = run_json(&cfg, &p);
+    let s = run_ok(&cfg, &p);
     assert_eq!(s["written"], 980);
     let n: i64 = pg.psql("SELECT count(*) FROM flow_log").parse().unwrap();
     assert!(n >= 3, "entries on PostgreSQL: {n}");
@@ -168,7 +160,7 @@ fn csv_sink_survives_an_empty_first_batch() {
         ),
     )
     .unwrap();
-    let s = run_json(&cfg, &p);
+    let s = run_ok(&cfg, &p);
     assert_eq!(s["written"], 2);
     assert_eq!(
         std::fs::read_to_string(&out).unwrap(),
@@ -198,7 +190,7 @@ fn bom_before_a_quoted_header_is_skipped() {
         ),
     )
     .unwrap();
-    let s = run_json(&cfg, &p);
+    let s = run_ok(&cfg, &p);
     assert_eq!(s["written"], 1);
     assert_eq!(
         std::fs::read_to_string(&out).unwrap(),

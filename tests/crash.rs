@@ -24,19 +24,6 @@ impl Lcg {
     }
 }
 
-fn run_once(cfg: &std::path::Path, pipeline: &std::path::Path) -> (i32, serde_json::Value) {
-    let out = run({
-        let mut c = snodo(cfg);
-        c.arg("run").arg(pipeline).arg("--json");
-        c
-    });
-    let code = out.status.code().unwrap_or(-1);
-    (
-        code,
-        serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null),
-    )
-}
-
 /// Starts the run and SIGKILLs it after `ms` milliseconds (or lets it finish if faster).
 /// Returns true if it was killed before finishing.
 fn run_and_kill(cfg: &std::path::Path, pipeline: &std::path::Path, ms: u64) -> bool {
@@ -82,7 +69,7 @@ fn crash_and_compare(
     // Reference: uninterrupted.
     let reference = make_pipeline(dir.path(), "reference");
     let started = Instant::now();
-    let (code, summary) = run_once(&cfg, &reference);
+    let (code, summary) = run_pipeline(&cfg, &reference);
     let full_ms = started.elapsed().as_millis() as u64;
     assert_eq!(code, 0, "{summary}");
     let expected = state(dir.path(), "reference");
@@ -97,7 +84,7 @@ fn crash_and_compare(
             kills += 1;
         }
     }
-    let (code, summary) = run_once(&cfg, &crashy);
+    let (code, summary) = run_pipeline(&cfg, &crashy);
     assert_eq!(code, 0, "{summary}");
     assert!(
         kills >= 1,

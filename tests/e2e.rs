@@ -74,13 +74,7 @@ fn readme_example_loads_the_fixture_into_sqlite() {
 
     // Every bad id of the fixture is among the rejects, with its line and reason.
     let run_id = summary["run_id"].as_str().unwrap();
-    let rej = run({
-        let mut c = snodo(&cfg);
-        c.args(["rejects", run_id, "--json"]);
-        c
-    });
-    assert!(rej.status.success());
-    let rejects: Vec<serde_json::Value> = serde_json::from_slice(&rej.stdout).unwrap();
+    let rejects = rejects_of(&cfg, run_id);
     assert_eq!(rejects.len() as u64, count_bad(&expect));
     // Lines are those an operator sees in an editor, also in this CRLF file: the reject's
     // line starts with the id the fixture lists for that defect.

@@ -35,6 +35,32 @@ pub fn run(mut cmd: Command) -> Output {
     out
 }
 
+/// Runs `snodo ARGS… --json` and returns the exit code and the parsed output (null when
+/// the command printed no JSON, e.g. on a configuration error).
+pub fn snodo_json(config: &Path, args: &[&std::ffi::OsStr]) -> (i32, serde_json::Value) {
+    let out = run({
+        let mut c = snodo(config);
+        c.args(args).arg("--json");
+        c
+    });
+    (
+        out.status.code().unwrap_or(-1),
+        serde_json::from_slice(&out.stdout).unwrap_or_default(),
+    )
+}
+
+/// `snodo run PIPELINE --json`: exit code and run summary.
+pub fn run_pipeline(config: &Path, pipeline: &Path) -> (i32, serde_json::Value) {
+    snodo_json(config, &["run".as_ref(), pipeline.as_os_str()])
+}
+
+/// `snodo rejects RUN --json`: the rejects of a run (and of the runs it resumed).
+pub fn rejects_of(config: &Path, run_id: &str) -> Vec<serde_json::Value> {
+    let (code, v) = snodo_json(config, &["rejects".as_ref(), run_id.as_ref()]);
+    assert_eq!(code, 0, "snodo rejects {run_id} failed");
+    serde_json::from_value(v).unwrap()
+}
+
 /// stdout as text.
 pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
