@@ -137,6 +137,25 @@ pub async fn plan(
 ) -> Result<Plan> {
     let bytes = std::fs::read(path).map_err(|e| Error::io("reading", path, e))?;
     let file_sha256 = hex::encode(Sha256::digest(&bytes));
+    plan_from(
+        &path.display().to_string(),
+        file_sha256,
+        pipeline,
+        connections,
+        dry_run,
+    )
+    .await
+}
+
+/// Like [`plan`], for a pipeline built in memory (the migrator derives one per legacy
+/// table): `file` and `file_sha256` name the definition it came from in the flow log.
+pub async fn plan_from(
+    file: &str,
+    file_sha256: String,
+    pipeline: &Pipeline,
+    connections: &ConnectionsFile,
+    dry_run: bool,
+) -> Result<Plan> {
     let open = |name: &str| -> Result<snodo_core::config::ConnectionConfig> {
         connections.get(name).cloned().map_err(Error::Other)
     };
@@ -194,7 +213,7 @@ pub async fn plan(
         .map_err(|e| Error::Other(format!("on_error.reject_limit: {e}")))?;
     Ok(Plan {
         name: pipeline.pipeline.clone(),
-        file: path.display().to_string(),
+        file: file.to_string(),
         file_sha256,
         source,
         steps,

@@ -121,6 +121,99 @@ fn to_datetime(v: Dynamic, fmt: &str) -> FnResult {
     }
 }
 
+/// Formats tried, in order, by `as_date` / `as_datetime`: the ISO forms databases return
+/// and the Italian form of BCP/CSV exports. Unambiguous with each other, unlike `%m/%d`.
+const LENIENT_DATE: [&str; 2] = ["%Y-%m-%d", "%d/%m/%Y"];
+const LENIENT_DATETIME: [&str; 6] = [
+    "%Y-%m-%d %H:%M:%S%.f",
+    "%Y-%m-%dT%H:%M:%S%.f",
+    "%Y-%m-%d %H:%M",
+    "%d/%m/%Y %H:%M:%S",
+    "%d/%m/%Y %H:%M",
+    "%Y-%m-%dT%H:%M",
+];
+
+/// A date from a date, a datetime (its day) or text in one of [`LENIENT_DATE`] /
+/// [`LENIENT_DATETIME`]: one migration definition then reads a database copy and a CSV
+/// export of the same table.
+fn lenient_date(v: Dynamic) -> FnResult {
+    if v.is::<NaiveDate>() {
+        return Ok(v);
+    }
+    if let Some(dt) = v.clone().try_cast::<NaiveDateTime>() {
+        return Ok(Dynamic::from(dt.date()));
+    }
+    match text_of(&v) {
+        None => Ok(Dynamic::UNIT),
+        Some(s) if s.trim().is_empty() => Ok(Dynamic::UNIT),
+        Some(s) => {
+            let t = s.trim();
+            LENIENT_DATE
+                .iter()
+                .find_map(|f| NaiveDate::parse_from_str(t, f).ok())
+                .or_else(|| {
+                    LENIENT_DATETIME
+                        .iter()
+                        .find_map(|f| NaiveDateTime::parse_from_str(t, f).ok())
+                        .map(|d| d.date())
+                })
+                .map(Dynamic::from)
+                .ok_or_else(|| err(format!("`{t}` is not a date (YYYY-MM-DD or DD/MM/YYYY)")))
+        }
+    }
+}
+
+fn lenient_datetime(v: Dynamic) -> FnResult {
+    if v.is::<NaiveDateTime>() {
+        return Ok(v);
+    }
+    if let Some(d) = v.clone().try_cast::<NaiveDate>() {
+        return Ok(Dynamic::from(d.and_time(chrono::NaiveTime::MIN)));
+    }
+    match text_of(&v) {
+        None => Ok(Dynamic::UNIT),
+        Some(s) if s.trim().is_empty() => Ok(Dynamic::UNIT),
+        Some(s) => {
+            let t = s.trim();
+            LENIENT_DATETIME
+                .iter()
+                .find_map(|f| NaiveDateTime::parse_from_str(t, f).ok())
+                .or_else(|| {
+                    LENIENT_DATE
+                        .iter()
+                        .find_map(|f| NaiveDate::parse_from_str(t, f).ok())
+                        .map(|d| d.and_time(chrono::NaiveTime::MIN))
+                })
+                .map(Dynamic::from)
+                .ok_or_else(|| {
+                    err(format!(
+                        "`{t}` is not a date and time (YYYY-MM-DD HH:MM:SS or DD/MM/YYYY HH:MM:SS)"
+                    ))
+                })
+        }
+    }
+}
+
+/// A decimal from a number or from text with a dot (`1234.56`, databases) or a comma
+/// (`1234,56` or `1.234,56`, Italian exports) as decimal separator.
+fn lenient_decimal(v: Dynamic) -> FnResult {
+    match text_of(&v) {
+        Some(s) if v.is_string() && s.contains(',') => to_decimal(v, DecimalStyle::ITALIAN),
+        _ => to_decimal(v, DecimalStyle::DOT),
+    }
+}
+
+/// A name reduced for matching: accents removed (Unicode NFD without combining marks),
+/// upper case, only the letters A–Z kept. `D'Angelo`, `DANGELO` and `d angelo` become
+/// `DANGELO`; `Nicolò` and `NICOLO'` become `NICOLO`.
+pub fn norm_name(s: &str) -> String {
+    use unicode_normalization::UnicodeNormalization;
+    s.nfd()
+        .filter(|c| c.is_ascii_alphabetic())
+        .map(|c| c.to_ascii_uppercase())
+        .collect()
+}
+
 fn bool_check(v: Dynamic, check: impl Fn(&str) -> bool) -> bool {
     text_of(&v).is_some_and(|s| check(&s))
 }
@@ -256,6 +349,13 @@ impl ExprEngine {
         e.register_fn("<=", |a: NaiveDate, b: NaiveDate| a <= b);
         e.register_fn(">", |a: NaiveDate, b: NaiveDate| a > b);
         e.register_fn(">=", |a: NaiveDate, b: NaiveDate| a >= b);
+
+        // Lenient conversions for data whose format varies between copies of one table.
+        e.register_fn("as_date", lenient_date);
+        e.register_fn("as_datetime", lenient_datetime);
+        e.register_fn("as_decimal", lenient_decimal);
+        e.register_fn("today", || chrono::Local::now().date_naive());
+        e.register_fn("norm_name", |v: Dynamic| on_text(v, norm_name));
 
         // Domain validators and decoders.
         e.register_fn("is_codice_fiscale", |v: Dynamic| {
@@ -553,6 +653,65 @@ mod tests {
         // A huge string is refused by the size limit, not allowed to eat memory.
         let x = e.compile("\"x\".pad(2000000, 'y')").unwrap();
         assert!(e.eval(&x, &mut Scope::new()).is_err());
+    }
+
+    #[test]
+    fn lenient_conversions_read_database_and_export_forms_alike() {
+        let r = rec(&[
+            ("iso", Value::Str("1980-03-07".into())),
+            ("it", Value::Str("07/03/1980".into())),
+            ("ts", Value::Str("1980-03-07 10:11:12".into())),
+            ("bad", Value::Str("31/02/1980".into())),
+            ("dot", Value::Str("1234.50".into())),
+            ("comma", Value::Str("1.234,50".into())),
+            ("empty", Value::Str(" ".into())),
+        ]);
+        let day = Value::Date(NaiveDate::from_ymd_opt(1980, 3, 7).unwrap());
+        assert_eq!(eval("as_date(iso)", &r).unwrap(), day);
+        assert_eq!(eval("as_date(it)", &r).unwrap(), day);
+        assert_eq!(eval("as_date(ts)", &r).unwrap(), day);
+        assert_eq!(eval("as_date(empty)", &r).unwrap(), Value::Null);
+        let e = eval("as_date(bad)", &r).unwrap_err();
+        assert!(e.contains("31/02/1980") && e.contains("not a date"), "{e}");
+        assert_eq!(
+            eval("as_datetime(it)", &r).unwrap(),
+            Value::DateTime(
+                NaiveDate::from_ymd_opt(1980, 3, 7)
+                    .unwrap()
+                    .and_hms_opt(0, 0, 0)
+                    .unwrap()
+            )
+        );
+        assert_eq!(
+            eval("as_decimal(dot)", &r).unwrap(),
+            Value::Decimal(dec("1234.50"))
+        );
+        assert_eq!(
+            eval("as_decimal(comma)", &r).unwrap(),
+            Value::Decimal(dec("1234.50"))
+        );
+    }
+
+    #[test]
+    fn names_are_normalised_for_matching() {
+        assert_eq!(norm_name("D'Angelo"), "DANGELO");
+        assert_eq!(norm_name("d  angelo"), "DANGELO");
+        assert_eq!(norm_name("Nicolò"), "NICOLO");
+        assert_eq!(norm_name("NICOLO'"), "NICOLO");
+        assert_eq!(norm_name("Dell’Acqua"), "DELLACQUA");
+        let r = rec(&[("n", Value::Str("Mariù".into()))]);
+        assert_eq!(
+            eval("norm_name(n)", &r).unwrap(),
+            Value::Str("MARIU".into())
+        );
+        assert_eq!(
+            eval(
+                "norm_name(missing_is_null)",
+                &rec(&[("missing_is_null", Value::Null)])
+            )
+            .unwrap(),
+            Value::Null
+        );
     }
 
     #[test]

@@ -58,6 +58,9 @@ pub struct RunOptions {
     pub limit: Option<u64>,
     /// Progress receiver.
     pub progress: Option<Arc<dyn Progress>>,
+    /// The run id to use, when the caller needs it before the run starts (the migrator
+    /// stamps it into every row as `loaded_by_run`); a new one otherwise.
+    pub run_id: Option<String>,
 }
 
 /// A pipeline ready to run: everything resolved, nothing left to fail on configuration.
@@ -151,7 +154,7 @@ pub fn new_run_id() -> String {
 /// Runs a plan to the end, writing the flow log as it goes.
 pub async fn run(mut plan: Plan, log: &FlowLog, opts: RunOptions) -> Result<RunSummary> {
     let started = Instant::now();
-    let run_id = new_run_id();
+    let run_id = opts.run_id.clone().unwrap_or_else(new_run_id);
 
     let saved = plan.sink.open(&plan.name).await?;
     let fingerprint = plan.source.fingerprint();

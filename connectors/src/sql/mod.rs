@@ -7,7 +7,7 @@
 mod config;
 mod sink;
 mod source;
-mod values;
+pub mod values;
 
 pub use config::{SqlSinkConfig, SqlSourceConfig};
 pub use sink::SqlSink;

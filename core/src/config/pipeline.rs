@@ -142,6 +142,17 @@ pub struct FieldRule {
     /// An IBAN (ISO 13616 check digits and country length).
     #[serde(default)]
     pub iban: bool,
+    /// The smallest allowed value: a date (`1900-01-01`, or `today`) for date fields, a
+    /// number for numeric ones. `data_nascita: { min: "1900-01-01", max: today }`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<String>,
+    /// The largest allowed value, as for `min`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<String>,
+    /// The value (a date) must not be earlier than the date in the named field, when that
+    /// field is set: `data_chiusura: { not_before: data_apertura }`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before: Option<String>,
     /// The value is a Belfiore code (comune or foreign state) that was valid at the date
     /// held in the named field (e.g. the birth date): comuni merge, split and change code.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -14,6 +14,8 @@ use crate::value::Value;
 struct CompiledRule {
     field: String,
     rule: FieldRule,
+    min: Option<Bound>,
+    max: Option<Bound>,
     pattern: Option<Regex>,
     allowed: Option<HashSet<String>>,
 }
@@ -53,9 +55,17 @@ impl Validate {
                     }
                 }
             }
+            let bound = |b: &Option<String>, which: &str| {
+                b.as_deref()
+                    .map(Bound::parse)
+                    .transpose()
+                    .map_err(|e| config_error(&format!("{at}.{which}"), e))
+            };
             compiled.push(CompiledRule {
                 field: field.clone(),
                 rule: rule.clone(),
+                min: bound(&rule.min, "min")?,
+                max: bound(&rule.max, "max")?,
                 pattern,
                 allowed,
             });
@@ -65,6 +75,51 @@ impl Validate {
             rules: compiled,
             ctx,
         })
+    }
+}
+
+/// A `min` / `max` bound.
+#[derive(Debug, Clone)]
+enum Bound {
+    Date(NaiveDate),
+    /// The day the record is checked, so that a long-lived pipeline never goes stale.
+    Today,
+    Number(rust_decimal::Decimal),
+}
+
+impl Bound {
+    fn parse(text: &str) -> std::result::Result<Bound, String> {
+        let t = text.trim();
+        if t == "today" {
+            return Ok(Bound::Today);
+        }
+        if let Ok(d) = NaiveDate::parse_from_str(t, "%Y-%m-%d") {
+            return Ok(Bound::Date(d));
+        }
+        t.parse()
+            .map(Bound::Number)
+            .map_err(|_| format!("`{t}` is neither a date (YYYY-MM-DD), `today` nor a number"))
+    }
+
+    /// Compares `value` with the bound: `None` when they are not comparable.
+    fn cmp(&self, value: &Value) -> Option<std::cmp::Ordering> {
+        match self {
+            Bound::Date(d) => date_of(Some(value)).map(|v| v.cmp(d)),
+            Bound::Today => date_of(Some(value)).map(|v| v.cmp(&chrono::Local::now().date_naive())),
+            Bound::Number(n) => match value {
+                Value::Int(i) => Some(rust_decimal::Decimal::from(*i).cmp(n)),
+                Value::Decimal(d) => Some(d.cmp(n)),
+                _ => None,
+            },
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Bound::Date(d) => d.to_string(),
+            Bound::Today => "today".into(),
+            Bound::Number(n) => n.to_string(),
+        }
     }
 }
 
@@ -163,6 +218,51 @@ fn check(r: &CompiledRule, record: &Record, broken: &mut Vec<(String, String)>) 
             format!("`{f}` is not a valid IBAN: {e}"),
         ));
     }
+    for (bound, low) in [(&r.min, true), (&r.max, false)] {
+        let Some(b) = bound else { continue };
+        match b.cmp(value) {
+            None => broken.push((
+                format!("range.{f}"),
+                format!(
+                    "`{f}` is a {} and cannot be compared with {}",
+                    value.type_name(),
+                    b.describe()
+                ),
+            )),
+            Some(std::cmp::Ordering::Less) if low => broken.push((
+                format!("range.{f}"),
+                format!(
+                    "`{f}` = {} is before the minimum {}",
+                    value.to_text().unwrap_or_default(),
+                    b.describe()
+                ),
+            )),
+            Some(std::cmp::Ordering::Greater) if !low => broken.push((
+                format!("range.{f}"),
+                format!(
+                    "`{f}` = {} is after the maximum {}",
+                    value.to_text().unwrap_or_default(),
+                    b.describe()
+                ),
+            )),
+            _ => {}
+        }
+    }
+    if let Some(other) = &r.rule.not_before
+        && let Some(start) = date_of(record.get(other))
+    {
+        match date_of(Some(value)) {
+            Some(end) if end < start => broken.push((
+                format!("order.{f}"),
+                format!("`{f}` = {end} is before `{other}` = {start}"),
+            )),
+            Some(_) => {}
+            None => broken.push((
+                format!("order.{f}"),
+                format!("`{f}` is a {}, not a date", value.type_name()),
+            )),
+        }
+    }
     if let Some(date_field) = &r.rule.belfiore_at {
         let code = text.trim().to_uppercase();
         match date_of(record.get(date_field)) {
@@ -219,5 +319,107 @@ impl Step for Validate {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::expr::ExprEngine;
+    use crate::record::{Schema, SourcePosition};
+    use std::sync::Arc;
+
+    fn validate(rules: &str, fields: &[(&str, Value)]) -> Vec<String> {
+        let rules: IndexMap<String, FieldRule> = serde_json::from_str(rules).unwrap();
+        let ctx = StepContext {
+            engine: Arc::new(ExprEngine::new()),
+            personal: Arc::new(Vec::new()),
+        };
+        let mut step = Validate::new("steps[0].validate".into(), &rules, ctx).unwrap();
+        let rec = Record {
+            schema: Schema::new(fields.iter().map(|f| f.0.to_string()).collect()),
+            values: fields.iter().map(|f| f.1.clone()).collect(),
+            position: SourcePosition::default(),
+        };
+        let mut batch = Batch::default();
+        step.apply(vec![rec], &mut batch);
+        batch.rejects.iter().map(|r| r.reason.clone()).collect()
+    }
+
+    fn day(s: &str) -> Value {
+        Value::Date(NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap())
+    }
+
+    #[test]
+    fn dates_outside_min_and_max_are_rejected() {
+        let rules = r#"{"data_nascita": {"min": "1900-01-01", "max": "today"}}"#;
+        assert!(validate(rules, &[("data_nascita", day("1950-06-01"))]).is_empty());
+        let old = validate(rules, &[("data_nascita", day("1899-12-31"))]);
+        assert!(old[0].contains("before the minimum 1900-01-01"), "{old:?}");
+        let future = validate(rules, &[("data_nascita", day("2999-01-01"))]);
+        assert!(future[0].contains("after the maximum today"), "{future:?}");
+        assert!(validate(rules, &[("data_nascita", Value::Null)]).is_empty());
+    }
+
+    #[test]
+    fn numeric_bounds_compare_exactly() {
+        let rules = r#"{"importo": {"min": "0"}}"#;
+        assert!(
+            validate(
+                rules,
+                &[("importo", Value::Decimal("0.00".parse().unwrap()))]
+            )
+            .is_empty()
+        );
+        let r = validate(
+            rules,
+            &[("importo", Value::Decimal("-0.01".parse().unwrap()))],
+        );
+        assert!(
+            r[0].contains("`importo` = -0.01 is before the minimum 0"),
+            "{r:?}"
+        );
+    }
+
+    #[test]
+    fn an_end_before_its_start_is_rejected() {
+        let rules = r#"{"data_chiusura": {"not_before": "data_apertura"}}"#;
+        let ok = [
+            ("data_apertura", day("2020-01-01")),
+            ("data_chiusura", day("2020-01-01")),
+        ];
+        assert!(validate(rules, &ok).is_empty());
+        let bad = [
+            ("data_apertura", day("2020-01-02")),
+            ("data_chiusura", day("2020-01-01")),
+        ];
+        let r = validate(rules, &bad);
+        assert!(
+            r[0].contains("`data_chiusura` = 2020-01-01 is before `data_apertura` = 2020-01-02"),
+            "{r:?}"
+        );
+        let open = [
+            ("data_apertura", day("2020-01-02")),
+            ("data_chiusura", Value::Null),
+        ];
+        assert!(validate(rules, &open).is_empty());
+    }
+
+    #[test]
+    fn a_bound_that_is_neither_date_nor_number_is_a_config_error() {
+        let rules: IndexMap<String, FieldRule> =
+            serde_json::from_str(r#"{"x": {"min": "yesterday"}}"#).unwrap();
+        let ctx = StepContext {
+            engine: Arc::new(ExprEngine::new()),
+            personal: Arc::new(Vec::new()),
+        };
+        let err = Validate::new("steps[1].validate".into(), &rules, ctx)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("steps[1].validate.x.min") && err.contains("yesterday"),
+            "{err}"
+        );
     }
 }
