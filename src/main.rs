@@ -29,6 +29,7 @@ Exit codes:
   3    invalid configuration (pipeline or connections file); `snodo lint` found problems
   4    the reject limit of the pipeline was exceeded
   5    `snodo log verify` found the flow log altered
+  6    `snodo migrate run|verify`: the migration does not reconcile (see the report)
   130  interrupted (Ctrl-C); run the same command again to resume
 
 Examples:
@@ -38,7 +39,11 @@ Examples:
   snodo runs
   snodo runs show 20261123T194455Z-3fa2b1
   snodo rejects 20261123T194455Z-3fa2b1
-  snodo log verify --json";
+  snodo log verify --json
+  snodo store migrate
+  snodo migrate plan pipelines/migrazione/*.yaml
+  snodo migrate run pipelines/migrazione/*.yaml
+  snodo migrate verify pipelines/migrazione/*.yaml --json";
 
 /// Snodo: migrations and information flows for municipal social services.
 ///
@@ -105,11 +110,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Print the JSON Schema of pipeline files (or of the connections file).
+    /// Print the JSON Schema of pipeline files (or of the connections file, or of
+    /// migration definitions).
     Schema {
         /// Print the schema of the connections file instead.
         #[arg(long)]
         connections: bool,
+        /// Print the schema of migration definitions instead.
+        #[arg(long, conflicts_with = "connections")]
+        migration: bool,
     },
     /// List runs from the flow log, newest first; `runs show ID` for one.
     Runs {
@@ -134,6 +143,90 @@ enum Command {
     Log {
         #[command(subcommand)]
         command: LogCommand,
+    },
+    /// Migrate legacy databases into the canonical store (one definition file per
+    /// legacy system; give all of them together so persons are merged across systems).
+    Migrate {
+        #[command(subcommand)]
+        command: MigrateCommand,
+    },
+    /// The canonical store: apply its schema migrations, print its schema.
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum MigrateCommand {
+    /// Check the definitions and show the phases: done, pending, interrupted, and the
+    /// legacy rows each load will read. Changes nothing but the store's schema.
+    Plan {
+        /// Migration definitions (pipelines/migrazione/*.yaml).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run every phase not yet done: table loads (resumable), person de-duplication,
+    /// references, PIA, duplicates; then write the reconciliation report.
+    Run {
+        /// Migration definitions.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Run phases again even if done (idempotent: the store ends the same).
+        #[arg(long)]
+        force: bool,
+        /// Where to write the report (default: $SNODO_DATA_DIR/reports).
+        #[arg(long)]
+        report_dir: Option<PathBuf>,
+        /// Print the outcome as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Who starts the run, recorded in the flow log.
+        #[arg(long, default_value = "user", value_parser = ["user", "cron", "api"])]
+        trigger: String,
+    },
+    /// Continue an interrupted migration (the same as `run` without `--force`).
+    Resume {
+        /// Migration definitions.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Where to write the report.
+        #[arg(long)]
+        report_dir: Option<PathBuf>,
+        /// Print the outcome as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Recompute the reconciliation report; exit code 6 when it does not reconcile.
+    Verify {
+        /// Migration definitions.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Print the report as JSON instead of Markdown.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// Apply the store's pending schema migrations (each once, in one transaction).
+    Migrate {
+        /// Connection name of the store in the connections file.
+        #[arg(long, default_value = "store")]
+        connection: String,
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the store's DDL for a dialect.
+    Schema {
+        /// `sqlite` or `postgres`.
+        #[arg(long, default_value = "sqlite", value_parser = ["sqlite", "postgres"])]
+        dialect: String,
     },
 }
 
@@ -289,6 +382,7 @@ async fn cmd_run(
             dry_run,
             limit,
             progress,
+            run_id: None,
         },
     )
     .await?;
@@ -515,6 +609,198 @@ async fn cmd_verify(cli: &Cli, expect_head: &Option<String>, json: bool) -> Resu
     Ok(if v.problems.is_empty() { 0 } else { 5 })
 }
 
+/// One bar per table load, with rows/s and ETA against the legacy row count.
+fn table_bars(json: bool) -> Option<snodo_migrator::ProgressFactory> {
+    if json || !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let multi = indicatif::MultiProgress::new();
+    Some(Arc::new(move |name: &str, total: Option<u64>| {
+        let bar = match total {
+            Some(n) => ProgressBar::new(n).with_style(
+                ProgressStyle::with_template(
+                    "{prefix:40} [{elapsed_precise}] {wide_bar} {pos}/{len} rows {per_sec} ETA {eta}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            ),
+            None => ProgressBar::new_spinner(),
+        };
+        let bar = multi.add(bar);
+        bar.set_prefix(name.to_string());
+        bar.enable_steady_tick(Duration::from_millis(200));
+        Arc::new(RowBar(bar)) as Arc<dyn Progress>
+    }))
+}
+
+struct RowBar(ProgressBar);
+
+impl Progress for RowBar {
+    fn update(&self, records: u64, _bytes: u64) {
+        self.0.set_position(records);
+    }
+    fn finish(&self) {
+        self.0.finish();
+    }
+}
+
+fn load_definitions(
+    cli: &Cli,
+    files: &[PathBuf],
+) -> Result<(ConnectionsFile, Vec<snodo_migrator::Definition>), Error> {
+    let conns = ConnectionsFile::load(&cli.config, cli.config != Path::new("snodo.yaml"))?;
+    let defs = snodo_migrator::load_all(files, &conns)?;
+    Ok((conns, defs))
+}
+
+fn print_outcome(o: &snodo_migrator::Outcome) {
+    for p in &o.phases {
+        let detail = if p.status == "skipped" {
+            "already done".to_string()
+        } else {
+            format!(
+                "{} rows, {} written, {} rejected, {:.1} s, {:.0} rows/s",
+                p.rows, p.written, p.rejected, p.seconds, p.rows_per_second
+            )
+        };
+        println!("  {:<50} {:<10} {detail}", p.phase, p.status);
+        if let Some(e) = &p.error {
+            println!("      error: {e}");
+        }
+    }
+    let verdict = match o.status.as_str() {
+        "succeeded" => "migration complete and reconciled",
+        "nothing_to_do" => "nothing to do: every phase is done (use --force to run again)",
+        "not_reconciled" => "FAILED: the migration does not reconcile; read the report",
+        "rejects_over_limit" => {
+            "STOPPED: too many rejects in a table; fix the definition or the data and run again"
+        }
+        "interrupted" => "interrupted: `snodo migrate resume` continues where it stopped",
+        _ => "FAILED: `snodo migrate resume` continues after the cause is fixed",
+    };
+    println!("{verdict}");
+    if let Some(r) = &o.report {
+        let rejected: u64 = r.tables.iter().map(|t| t.rejected.rows).sum();
+        let read: u64 = r.tables.iter().map(|t| t.read.rows).sum();
+        println!(
+            "  {} legacy rows read, {} rejected with a reason; {} person rows became {} persons; {} cases to review; {} PIA totals differ from the legacy ones",
+            read,
+            rejected,
+            r.persons.source_rows,
+            r.persons.persons,
+            r.persons.review_by_kind.values().sum::<u64>(),
+            r.pia.differences
+        );
+    }
+    for f in &o.report_files {
+        println!("  report: {f}");
+    }
+}
+
+async fn cmd_migrate(cli: &Cli, command: &MigrateCommand) -> Result<i32, Error> {
+    match command {
+        MigrateCommand::Plan { files, json } => {
+            let (conns, defs) = load_definitions(cli, files)?;
+            let plan = snodo_migrator::plan(&defs, &conns).await?;
+            if *json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&plan).unwrap_or_default()
+                );
+            } else {
+                for p in &plan {
+                    let rows = p.rows.map(|n| format!("{n} rows")).unwrap_or_default();
+                    println!(
+                        "  {:<50} {:<12} {:>12}  {}",
+                        p.phase, p.state, rows, p.description
+                    );
+                }
+            }
+            Ok(0)
+        }
+        MigrateCommand::Run {
+            files,
+            force,
+            report_dir,
+            json,
+            trigger,
+        } => migrate_run(cli, files, *force, report_dir, *json, trigger).await,
+        MigrateCommand::Resume {
+            files,
+            report_dir,
+            json,
+        } => migrate_run(cli, files, false, report_dir, *json, "user").await,
+        MigrateCommand::Verify { files, json } => {
+            let (conns, defs) = load_definitions(cli, files)?;
+            let log = open_log(&conns).await?;
+            let store = snodo_migrator::open_store(&defs, &conns).await?;
+            let report = snodo_migrator::reconcile(&defs, &conns, &log, &store).await?;
+            if *json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).unwrap_or_default()
+                );
+            } else {
+                print!("{}", report.to_markdown());
+            }
+            Ok(if report.reconciled { 0 } else { 6 })
+        }
+    }
+}
+
+async fn migrate_run(
+    cli: &Cli,
+    files: &[PathBuf],
+    force: bool,
+    report_dir: &Option<PathBuf>,
+    json: bool,
+    trigger: &str,
+) -> Result<i32, Error> {
+    let (conns, defs) = load_definitions(cli, files)?;
+    let log = open_log(&conns).await?;
+    let opts = snodo_migrator::Options {
+        force,
+        trigger: trigger.to_string(),
+        report_dir: report_dir
+            .clone()
+            .unwrap_or_else(|| snodo_core::config::connections::default_data_dir().join("reports")),
+        progress: table_bars(json),
+    };
+    let outcome = snodo_migrator::run(&defs, &conns, &log, &opts).await?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&outcome).unwrap_or_default()
+        );
+    } else {
+        print_outcome(&outcome);
+    }
+    Ok(outcome.exit_code())
+}
+
+async fn cmd_store(cli: &Cli, command: &StoreCommand) -> Result<i32, Error> {
+    match command {
+        StoreCommand::Schema { dialect } => {
+            print!("{}", snodo_store::schema_sql(dialect));
+            Ok(0)
+        }
+        StoreCommand::Migrate { connection, json } => {
+            let conns = ConnectionsFile::load(&cli.config, cli.config != Path::new("snodo.yaml"))?;
+            let cfg = conns.get(connection).map_err(Error::Other)?;
+            let db = Db::connect(cfg, 1).await?;
+            let r = snodo_store::migrate(&db).await?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+            } else {
+                println!(
+                    "store `{connection}` ({}): applied {:?}, already there {:?}",
+                    r.dialect, r.applied, r.already
+                );
+            }
+            Ok(0)
+        }
+    }
+}
+
 async fn dispatch(cli: &Cli) -> Result<i32, Error> {
     match &cli.command {
         Command::Run {
@@ -525,9 +811,14 @@ async fn dispatch(cli: &Cli) -> Result<i32, Error> {
             trigger,
         } => cmd_run(cli, pipeline, *dry_run, *limit, *json, trigger).await,
         Command::Lint { files, json } => cmd_lint(cli, files, *json),
-        Command::Schema { connections } => {
+        Command::Schema {
+            connections,
+            migration,
+        } => {
             let schema = if *connections {
                 schemars::schema_for!(ConnectionsFile)
+            } else if *migration {
+                schemars::schema_for!(snodo_migrator::MigrationFile)
             } else {
                 schemars::schema_for!(Pipeline)
             };
@@ -542,6 +833,8 @@ async fn dispatch(cli: &Cli) -> Result<i32, Error> {
         Command::Log {
             command: LogCommand::Verify { expect_head, json },
         } => cmd_verify(cli, expect_head, *json).await,
+        Command::Migrate { command } => cmd_migrate(cli, command).await,
+        Command::Store { command } => cmd_store(cli, command).await,
     }
 }
 

@@ -1,0 +1,366 @@
+//! The migration definition: one YAML file per legacy system, saying how each of its
+//! tables becomes rows of a canonical table.
+//!
+//! The structs here are the single source of the file's JSON Schema (`snodo schema
+//! migration`), its documentation and its validation, like the pipeline file's.
+
+use std::path::{Path, PathBuf};
+
+use indexmap::IndexMap;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use snodo_core::config::yaml::{self, Node, Problem};
+use snodo_core::config::{ConnectionsFile, FieldRule, OnError, deepest, problem};
+use snodo_core::error::{Error, Result};
+use snodo_core::expr::ExprEngine;
+
+/// How one legacy system migrates into the canonical store.
+///
+/// ```yaml
+/// migration: web_distretti
+/// source_system: WD
+/// ente: GE
+/// source: { sql: { connection: legacy_web_distretti } }
+/// target: store
+/// on_error: { reject_limit: 2%, then: continue }
+/// tables:
+///   - table: presa_in_carico
+///     into: presa_in_carico
+///     key: [id_pic]
+///     columns:
+///       persona_source_key: text(id_anagrafica)
+///       servizio_territoriale: trim(servizio)
+///       tipo: tipo_pic
+///       data_apertura: as_date(data_apertura)
+///       data_chiusura: as_date(data_chiusura)
+///     validate:
+///       data_apertura: { required: true }
+///       data_chiusura: { not_before: data_apertura }
+/// ```
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MigrationFile {
+    /// Name of the migration (letters, digits, `_`, `-`). Each table's load is the
+    /// pipeline `migrate.<migration>.<table>` in the flow log.
+    pub migration: String,
+    /// What this legacy system is, for the report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Short code of the legacy system, stored in every row's `source_system`
+    /// (`SS` Segretariato Sociale, `WD` Web Distretti, `ST` Scheda Tecnica). Legacy keys
+    /// are unique only within their system.
+    pub source_system: String,
+    /// The tenant (`ente.codice`) the rows belong to.
+    pub ente: String,
+    /// Where the legacy tables are.
+    pub source: MigrationSource,
+    /// Connection name of the canonical store.
+    pub target: String,
+    /// What to do with rows that fail a column expression or a validation rule: they are
+    /// rejected with their key and reason, listed in the reconciliation report, and the
+    /// policy decides whether the table's load goes on.
+    #[serde(default)]
+    pub on_error: OnError,
+    /// Rows per batch (default 2000): the unit of commit and checkpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_size: Option<usize>,
+    /// Legacy and canonical fields holding personal data, masked in rejects and logs
+    /// (codici fiscali and IBANs are masked everywhere anyway).
+    #[serde(default)]
+    pub personal: Vec<String>,
+    /// The tables, loaded in the order of the canonical store's dependencies (persons
+    /// before cases before interventions) whatever their order here.
+    pub tables: Vec<TableMapping>,
+}
+
+/// Where a legacy system's tables are read from.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum MigrationSource {
+    /// A SQLite or PostgreSQL database holding the legacy tables under their own names
+    /// (a restored copy, or the output of `scripts/gen_legacy_db.py`).
+    Sql {
+        /// Connection name in the connections file.
+        connection: String,
+        /// Schema that holds the tables (PostgreSQL), e.g. `web_distretti`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        schema: Option<String>,
+    },
+}
+
+/// One legacy table and the canonical table it fills.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TableMapping {
+    /// The legacy table.
+    pub table: String,
+    /// The canonical table (see `docs/store.md`).
+    pub into: String,
+    /// The legacy table's primary key. The canonical row's `source_key` is these columns'
+    /// values joined by `|`; pages are read and resumed in this order.
+    pub key: Vec<String>,
+    /// A query to read instead of the whole table (without `ORDER BY`): to join a code
+    /// table or skip rows that are not data. Its rows still need the `key` columns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
+    /// Put before the key in `source_key` (`richiesta|ECO`), when several legacy tables
+    /// of one system fill the same canonical table, as code tables do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_prefix: Option<String>,
+    /// Canonical column: expression over the legacy row's columns (the functions of
+    /// pipeline `map` steps: `as_date`, `as_decimal`, `norm_name`, `is_codice_fiscale`…).
+    pub columns: IndexMap<String, String>,
+    /// Rules over the canonical columns, checked after `columns`: a row breaking one is
+    /// rejected with every broken rule as reason.
+    #[serde(default)]
+    pub validate: IndexMap<String, FieldRule>,
+}
+
+/// A definition loaded from disk.
+#[derive(Debug, Clone)]
+pub struct Definition {
+    /// The file.
+    pub path: PathBuf,
+    /// SHA-256 of its bytes: a changed definition reloads its tables.
+    pub sha256: String,
+    /// The parsed content.
+    pub file: MigrationFile,
+}
+
+impl TableMapping {
+    /// The query that reads the legacy rows.
+    pub fn source_query(&self, source: &MigrationSource) -> String {
+        match (&self.query, source) {
+            (Some(q), _) => q.clone(),
+            (None, MigrationSource::Sql { schema, .. }) => match schema {
+                Some(s) => format!(
+                    "SELECT * FROM {}.{}",
+                    snodo_core::db::quote_ident(s),
+                    snodo_core::db::quote_ident(&self.table)
+                ),
+                None => format!("SELECT * FROM {}", snodo_core::db::quote_ident(&self.table)),
+            },
+        }
+    }
+}
+
+impl MigrationFile {
+    /// The pipeline name of a table's load.
+    pub fn pipeline_name(&self, table: &TableMapping) -> String {
+        format!("migrate.{}.{}", self.migration, table.table)
+    }
+
+    /// The tables in load order: by the canonical table's position in the store's
+    /// migrations, which define referenced tables first.
+    pub fn ordered_tables(&self) -> Vec<&TableMapping> {
+        let order = snodo_store::tables();
+        let mut t: Vec<(usize, usize, &TableMapping)> = self
+            .tables
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let rank = order
+                    .iter()
+                    .position(|o| *o == t.into)
+                    .unwrap_or(usize::MAX);
+                (rank, i, t)
+            })
+            .collect();
+        t.sort_by_key(|(rank, i, _)| (*rank, *i));
+        t.into_iter().map(|(_, _, t)| t).collect()
+    }
+}
+
+fn ident_ok(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+/// Checks what serde cannot: canonical tables and columns exist, expressions compile,
+/// connections are known, one legacy table per canonical table and system.
+fn check(f: &MigrationFile, root: &Node, connections: &ConnectionsFile, out: &mut Vec<Problem>) {
+    let at = |keys: &[&str]| deepest(root, keys);
+    if !ident_ok(&f.migration) {
+        out.push(problem(
+            at(&["migration"]),
+            "migration",
+            "use letters, digits, `_` and `-` only: it becomes part of pipeline names",
+        ));
+    }
+    for (key, v) in [("source_system", &f.source_system), ("ente", &f.ente)] {
+        if !(1..=16).contains(&v.len())
+            || !v
+                .chars()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+        {
+            out.push(problem(
+                at(&[key]),
+                key,
+                format!("`{v}` must be 1–16 upper-case letters, digits or `_` (e.g. `WD`, `GE`)"),
+            ));
+        }
+    }
+    let MigrationSource::Sql { connection, .. } = &f.source;
+    if let Err(e) = connections.get(connection) {
+        out.push(problem(
+            at(&["source", "sql", "connection"]),
+            "source.sql.connection",
+            e,
+        ));
+    }
+    if let Err(e) = connections.get(&f.target) {
+        out.push(problem(at(&["target"]), "target", e));
+    }
+    if f.tables.is_empty() {
+        out.push(problem(at(&["tables"]), "tables", "no tables to migrate"));
+    }
+    let engine = ExprEngine::new();
+    let tables_node = at(&["tables"]);
+    for (i, t) in f.tables.iter().enumerate() {
+        let node = match &tables_node.kind {
+            yaml::NodeKind::Seq(items) => items.get(i).unwrap_or(tables_node),
+            _ => tables_node,
+        };
+        let path = format!("tables[{i}]");
+        let Some(cols) = snodo_store::columns(&t.into) else {
+            out.push(problem(
+                deepest(node, &["into"]),
+                &format!("{path}.into"),
+                format!(
+                    "`{}` is not a canonical table; the store has: {}",
+                    t.into,
+                    snodo_store::tables().join(", ")
+                ),
+            ));
+            continue;
+        };
+        let sharing = f.tables.iter().filter(|o| o.into == t.into).count();
+        if sharing > 1 && t.key_prefix.is_none() {
+            out.push(problem(
+                deepest(node, &["into"]),
+                &format!("{path}.into"),
+                format!(
+                    "{sharing} legacy tables fill `{}`: give each one a distinct `key_prefix` so their keys cannot collide",
+                    t.into
+                ),
+            ));
+        }
+        if t.key.is_empty() {
+            out.push(problem(
+                deepest(node, &["key"]),
+                &format!("{path}.key"),
+                "`key` needs the legacy primary key's columns",
+            ));
+        }
+        for (c, src) in &t.columns {
+            let cnode = deepest(node, &["columns", c]);
+            if snodo_store::TRACE_COLUMNS.contains(&c.as_str()) {
+                out.push(problem(
+                    cnode,
+                    &format!("{path}.columns.{c}"),
+                    format!("`{c}` is set by the migrator itself"),
+                ));
+            } else if !cols.iter().any(|k| k == c) {
+                let names: Vec<&str> = cols.iter().map(String::as_str).collect();
+                let hint = yaml::suggest(c, &names)
+                    .map(|s| format!(" (did you mean `{s}`?)"))
+                    .unwrap_or_default();
+                out.push(problem(
+                    cnode,
+                    &format!("{path}.columns.{c}"),
+                    format!("`{}` has no column `{c}`{hint}", t.into),
+                ));
+            }
+            if let Err(e) = engine.compile(src) {
+                out.push(problem(cnode, &format!("{path}.columns.{c}"), e));
+            }
+        }
+        for field in t.validate.keys() {
+            if !t.columns.contains_key(field) {
+                out.push(problem(
+                    deepest(node, &["validate", field]),
+                    &format!("{path}.validate.{field}"),
+                    format!("`{field}` is not one of this table's `columns`"),
+                ));
+            }
+        }
+    }
+}
+
+/// Loads and checks a definition, reporting every problem with file, line and column.
+pub fn load(path: &Path, connections: &ConnectionsFile) -> Result<Definition> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io("reading", path, e))?;
+    let text = String::from_utf8_lossy(&bytes);
+    let fail = |problems: Vec<Problem>| Error::Config {
+        file: path.to_path_buf(),
+        problems,
+    };
+    let root = yaml::parse(&text).map_err(|p| fail(vec![p]))?;
+    let file: MigrationFile = yaml::from_node(&root, "").map_err(fail)?;
+    let mut problems = Vec::new();
+    check(&file, &root, connections, &mut problems);
+    if !problems.is_empty() {
+        problems.sort_by_key(|p| (p.location.line, p.location.column));
+        return Err(fail(problems));
+    }
+    Ok(Definition {
+        path: path.to_path_buf(),
+        sha256: hex::encode(Sha256::digest(&bytes)),
+        file,
+    })
+}
+
+/// Loads several definitions; all their problems are reported together. Two
+/// definitions for the same source system and tenant would overwrite each other's rows.
+pub fn load_all(paths: &[PathBuf], connections: &ConnectionsFile) -> Result<Vec<Definition>> {
+    let mut defs = Vec::new();
+    let mut errors = Vec::new();
+    for p in paths {
+        match load(p, connections) {
+            Ok(d) => defs.push(d),
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(Error::Other(errors.join("\n")));
+    }
+    for (i, a) in defs.iter().enumerate() {
+        for b in &defs[i + 1..] {
+            if a.file.source_system == b.file.source_system && a.file.ente == b.file.ente {
+                return Err(Error::Other(format!(
+                    "{} and {} both migrate source system `{}` of ente `{}`: their rows would overwrite each other",
+                    a.path.display(),
+                    b.path.display(),
+                    a.file.source_system,
+                    a.file.ente
+                )));
+            }
+            if a.file.migration == b.file.migration {
+                return Err(Error::Other(format!(
+                    "{} and {} have the same `migration` name `{}`",
+                    a.path.display(),
+                    b.path.display(),
+                    a.file.migration
+                )));
+            }
+        }
+    }
+    if let Some(first) = defs.first()
+        && let Some(other) = defs
+            .iter()
+            .find(|d| d.file.ente != first.file.ente || d.file.target != first.file.target)
+    {
+        return Err(Error::Other(format!(
+            "{} migrates into ente `{}` / target `{}` but {} into `{}` / `{}`: run one tenant and store at a time",
+            first.path.display(),
+            first.file.ente,
+            first.file.target,
+            other.path.display(),
+            other.file.ente,
+            other.file.target
+        )));
+    }
+    Ok(defs)
+}
