@@ -127,6 +127,47 @@ pub fn lint(path: &Path, connections: &ConnectionsFile) -> Vec<Problem> {
     }
 }
 
+/// Opens a source. A `sql` source on a SQL Server connection reads through tiberius,
+/// on SQLite or PostgreSQL through sqlx; the YAML is the same.
+pub async fn open_source(
+    config: &SourceConfig,
+    connections: &ConnectionsFile,
+) -> Result<Box<dyn Source>> {
+    Ok(match config {
+        SourceConfig::Csv(c) => Box::new(CsvSource::new(c.clone())),
+        SourceConfig::Jsonl(c) => Box::new(JsonlSource::new(c.clone())),
+        SourceConfig::Sql(c) => {
+            let conn = connections.get(&c.connection).map_err(Error::Other)?;
+            let query = match (&c.query, &c.query_file) {
+                (Some(q), _) => q.clone(),
+                (None, Some(f)) => {
+                    std::fs::read_to_string(f).map_err(|e| Error::io("reading", f, e))?
+                }
+                (None, None) => {
+                    return Err(Error::Other(
+                        "source.sql needs `query` or `query_file`".into(),
+                    ));
+                }
+            };
+            match conn {
+                snodo_core::config::ConnectionConfig::Mssql(m) => {
+                    let client = sql::mssql::connect(m).await?;
+                    Box::new(sql::mssql::MssqlSource::new(
+                        c,
+                        client,
+                        query,
+                        &c.connection,
+                    ))
+                }
+                other => {
+                    let db = Db::connect(other, 2).await?;
+                    Box::new(SqlSource::new(c, db, query, &c.connection))
+                }
+            }
+        }
+    })
+}
+
 /// Turns a loaded pipeline into a runnable plan: connections opened, steps compiled, code
 /// tables loaded.
 pub async fn plan(
@@ -159,25 +200,7 @@ pub async fn plan_from(
     let open = |name: &str| -> Result<snodo_core::config::ConnectionConfig> {
         connections.get(name).cloned().map_err(Error::Other)
     };
-    let source: Box<dyn Source> = match &pipeline.source {
-        SourceConfig::Csv(c) => Box::new(CsvSource::new(c.clone())),
-        SourceConfig::Jsonl(c) => Box::new(JsonlSource::new(c.clone())),
-        SourceConfig::Sql(c) => {
-            let db = Db::connect(&open(&c.connection)?, 2).await?;
-            let query = match (&c.query, &c.query_file) {
-                (Some(q), _) => q.clone(),
-                (None, Some(f)) => {
-                    std::fs::read_to_string(f).map_err(|e| Error::io("reading", f, e))?
-                }
-                (None, None) => {
-                    return Err(Error::Other(
-                        "source.sql needs `query` or `query_file`".into(),
-                    ));
-                }
-            };
-            Box::new(SqlSource::new(c, db, query, &c.connection))
-        }
-    };
+    let source = open_source(&pipeline.source, connections).await?;
     let real_sink: Box<dyn Sink> = match &pipeline.sink {
         SinkConfig::Csv(c) => Box::new(CsvSink::new(c.clone())),
         SinkConfig::Jsonl(c) => Box::new(JsonlSink::new(c.clone())),

@@ -47,6 +47,10 @@ impl Db {
                     .map_err(|e| Error::db(&what, e))?;
                 Ok(Db::Sqlite(pool))
             }
+            ConnectionConfig::Mssql(_) => Err(Error::Other(format!(
+                "{what}: SQL Server connections are read by `sql` sources (through tiberius); \
+                 a store, a sink or the flow log must be SQLite or PostgreSQL"
+            ))),
             ConnectionConfig::Postgres { .. } => {
                 let url = cfg
                     .url()

@@ -64,6 +64,9 @@ pub enum Error {
     /// Anything else, with context.
     #[error("{0}")]
     Other(String),
+    /// Several independent errors (one per file checked), all reported at once.
+    #[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))]
+    Several(Vec<Error>),
 }
 
 impl Error {
@@ -90,6 +93,7 @@ impl Error {
             Error::Config { .. } => 3,
             Error::RejectLimit { .. } => 4,
             Error::Tampered(_) => 5,
+            Error::Several(all) => all.first().map_or(1, Error::exit_code),
             _ => 1,
         }
     }

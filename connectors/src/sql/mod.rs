@@ -1,10 +1,11 @@
 //! SQL databases: SQLite and PostgreSQL, read with keyset paging and written with
 //! transactional upserts on the natural key (PostgreSQL through `COPY` into a staging table).
 //!
-//! SQL Server (tiberius) and Oracle connectors belong to the migration work and are not
-//! part of this family yet.
+//! SQL Server is read through tiberius ([`mssql`]): a `sql` source whose connection is
+//! `mssql:` uses it. Oracle is not part of this family yet.
 
 mod config;
+pub mod mssql;
 mod sink;
 mod source;
 pub mod values;

@@ -61,6 +61,112 @@ pub enum ConnectionConfig {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         password: Option<SecretRef>,
     },
+    /// A SQL Server database, read with tiberius: a source of pipelines and migrations
+    /// (the legacy applications), never a store or the flow log.
+    Mssql(MssqlConnection),
+}
+
+/// How the connection to SQL Server is encrypted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum MssqlEncrypt {
+    /// No TLS at all, not even for the login: the password crosses the network only
+    /// obfuscated (TDS does not encrypt it). Use it only on a trusted network, for old
+    /// servers that speak nothing but TLS 1.0 (see `trust_server_certificate`), or put an
+    /// stunnel in front of them instead.
+    Off,
+    /// TLS when the server offers it, plain text when the server has no certificate.
+    #[default]
+    On,
+    /// TLS or no connection.
+    Required,
+}
+
+/// A SQL Server database (SQL authentication).
+///
+/// ```yaml
+/// connections:
+///   siuss:
+///     mssql:
+///       host: sql01.comune.local
+///       database: SIUSS
+///       user: snodo_reader
+///       password: ${env:SNODO_SIUSS_PASSWORD}
+///       encrypt: on
+///       trust_server_certificate: true   # the server's certificate is self-signed
+/// ```
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MssqlConnection {
+    /// Host name or IP address.
+    pub host: String,
+    /// TCP port. Default 1433; with `instance`, leave it out and the SQL Server Browser
+    /// (UDP 1434) is asked for the instance's port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// Database name.
+    pub database: String,
+    /// SQL Server login.
+    pub user: String,
+    /// Password reference: `${env:NAME}` or `${file:/path}`; never the password itself.
+    pub password: SecretRef,
+    /// Named instance (`SQLEXPRESS` in `host\SQLEXPRESS`), resolved through the SQL Server
+    /// Browser.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
+    /// `off`, `on` (default) or `required`.
+    #[serde(default)]
+    pub encrypt: MssqlEncrypt,
+    /// Accept the server's certificate without checking it (self-signed certificates, the
+    /// norm on internal SQL Servers). The traffic is still encrypted, but a machine in the
+    /// middle could impersonate the server.
+    ///
+    /// Old servers (SQL Server 2008–2014 without the TLS 1.2 updates) speak only TLS 1.0,
+    /// which rustls cannot do at all: trusting the certificate does not help there. For
+    /// such servers use `encrypt: off` on a trusted network, or reach them through an
+    /// stunnel that speaks TLS 1.2 to snodo.
+    #[serde(default)]
+    pub trust_server_certificate: bool,
+    /// Name shown in the server's session list (`APP_NAME()`, Activity Monitor).
+    #[serde(default = "default_application_name")]
+    pub application_name: String,
+    /// Seconds allowed to open the connection and log in.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_secs: u64,
+}
+
+fn default_application_name() -> String {
+    "snodo".into()
+}
+
+fn default_connect_timeout() -> u64 {
+    30
+}
+
+impl MssqlConnection {
+    /// `host:port`, or `host\instance` (with `:port` when given). No secrets.
+    pub fn address(&self) -> String {
+        match (&self.instance, self.port) {
+            (Some(i), Some(p)) => format!("{}\\{i}:{p}", self.host),
+            (Some(i), None) => format!("{}\\{i}", self.host),
+            (None, p) => format!("{}:{}", self.host, p.unwrap_or(1433)),
+        }
+    }
+
+    /// A description safe to print: no password.
+    pub fn describe(&self) -> String {
+        format!("mssql {}@{}/{}", self.user, self.address(), self.database)
+    }
+
+    /// "connecting to SQL Server …" for error messages. No secrets.
+    pub fn connecting(&self) -> String {
+        format!(
+            "connecting to SQL Server {}, database `{}` as `{}`",
+            self.address(),
+            self.database,
+            self.user
+        )
+    }
 }
 
 fn default_pg_port() -> u16 {
@@ -96,17 +202,20 @@ impl ConnectionsFile {
         let mut problems = Vec::new();
         for (name, conn) in &file.connections {
             let node = deepest(&root, &["connections", name]);
-            if let ConnectionConfig::Postgres {
-                password: Some(p), ..
-            } = conn
+            let (kind, password) = match conn {
+                ConnectionConfig::Postgres { password, .. } => ("postgres", password.as_ref()),
+                ConnectionConfig::Mssql(m) => ("mssql", Some(&m.password)),
+                ConnectionConfig::Sqlite { .. } => ("sqlite", None),
+            };
+            if let Some(p) = password
                 && parse_reference(&p.0).is_none()
             {
-                let n = child(node, "postgres")
+                let n = child(node, kind)
                     .and_then(|pg| child(pg, "password"))
                     .unwrap_or(node);
                 problems.push(problem(
                     n,
-                    &format!("connections.{name}.postgres.password"),
+                    &format!("connections.{name}.{kind}.password"),
                     "a password must be a reference such as `${env:SNODO_PG_PASSWORD}` or \
                      `${file:/run/secrets/pg}`; never write a secret in a file",
                 ));
@@ -177,6 +286,10 @@ impl ConnectionConfig {
     pub fn url(&self) -> std::result::Result<String, String> {
         match self {
             ConnectionConfig::Sqlite { path } => Ok(format!("sqlite://{path}?mode=rwc")),
+            ConnectionConfig::Mssql(m) => Err(format!(
+                "{} is a SQL Server connection: it can be read by a `sql` source, not used as a store or flow log",
+                m.describe()
+            )),
             ConnectionConfig::Postgres {
                 host,
                 port,
@@ -208,6 +321,7 @@ impl ConnectionConfig {
                 user,
                 ..
             } => format!("postgres {user}@{host}:{port}/{database}"),
+            ConnectionConfig::Mssql(m) => m.describe(),
         }
     }
 }
