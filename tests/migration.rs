@@ -710,3 +710,73 @@ fn a_migration_killed_in_every_phase_resumes_to_the_same_state() {
     assert_eq!(content_digest(&crash_dir, None), expected);
     assert_eq!(verified["persons"], clean["report"]["persons"]);
 }
+
+#[test]
+fn full_migration_from_csv_exports_reconciles_and_matches_the_ground_truth() {
+    let dir = tempfile::tempdir().unwrap();
+    let legacy = dir.path().join("export");
+    // BCP-style exports: `;`, Windows-1252, dd/mm/yyyy dates, decimal commas, CRLF.
+    let expect = generate(&legacy, 300, 11, "csv");
+    let config = migration_connections(dir.path(), &legacy, None);
+    let defs = definitions(dir.path(), |s, t| {
+        t.replace(
+            &format!("source: {{ sql: {{ connection: legacy_{s} }} }}"),
+            &format!("source: {{ csv: {{ dir: {} }} }}", legacy.join(s).display()),
+        )
+    });
+    let reports = dir.path().join("reports").display().to_string();
+    let (code, outcome) = migrate(&config, "run", &defs, &["--report-dir", &reports]);
+    assert_eq!(code, 0, "{outcome:#}");
+    check_ground_truth(dir.path(), None, &expect, &outcome);
+    // Accented text survived the Windows-1252 decoding.
+    let names = store_rows(
+        dir.path(),
+        None,
+        "SELECT cognome FROM persona_fonte WHERE cognome LIKE '%''%' OR nome LIKE '%ò%' OR nome LIKE '%ù%'",
+    );
+    assert!(
+        !names.is_empty(),
+        "no accented or apostrophe names came through"
+    );
+}
+
+#[test]
+fn a_bad_definition_is_refused_with_file_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = migration_connections(dir.path(), dir.path(), None);
+    let defs = definitions(dir.path(), |s, t| {
+        if *s == *"web_distretti" {
+            t.replace(
+                "      tipo: upper(trim(tipo_pic))",
+                "      tipo_caso: upper(trim(tipo_pic))",
+            )
+            .replace("target: store", "target: nowhere")
+        } else {
+            t.to_string()
+        }
+    });
+    let out = run({
+        let mut c = snodo(&config);
+        c.args(["migrate", "plan"]).args(&defs);
+        c
+    });
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let err = stderr(&out);
+    let file = defs[1].display().to_string();
+    assert!(err.contains(&format!("{file}:")), "{err}");
+    assert!(
+        err.contains("`presa_in_carico` has no column `tipo_caso`"),
+        "{err}"
+    );
+    assert!(err.contains("unknown connection `nowhere`"), "{err}");
+    let line = std::fs::read_to_string(&defs[1])
+        .unwrap()
+        .lines()
+        .position(|l| l.contains("tipo_caso:"))
+        .unwrap()
+        + 1;
+    assert!(
+        err.contains(&format!(":{line}:")),
+        "line {line} not named: {err}"
+    );
+}

@@ -10,6 +10,8 @@ use indexmap::IndexMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use snodo_connectors::SourceConfig;
+use snodo_connectors::sql::SqlSourceConfig;
 use snodo_core::config::yaml::{self, Node, Problem};
 use snodo_core::config::{ConnectionsFile, FieldRule, OnError, deepest, problem};
 use snodo_core::error::{Error, Result};
@@ -80,13 +82,39 @@ pub struct MigrationFile {
 pub enum MigrationSource {
     /// A SQLite or PostgreSQL database holding the legacy tables under their own names
     /// (a restored copy, or the output of `scripts/gen_legacy_db.py`).
+    ///
+    /// The connection may be SQL Server itself (`mssql:` in the connections file): the
+    /// tables are then read through tiberius, page by page.
     Sql {
         /// Connection name in the connections file.
         connection: String,
-        /// Schema that holds the tables (PostgreSQL), e.g. `web_distretti`.
+        /// Schema that holds the tables: `dbo` on SQL Server, the schema the copy was
+        /// restored into on PostgreSQL (e.g. `web_distretti`).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         schema: Option<String>,
     },
+    /// A directory of CSV/BCP exports, one `<table>.csv` per table with a header row
+    /// (as `bcp … queryout` or SSMS "Save results as" produce them). Empty fields are
+    /// NULL; `as_date`, `as_decimal` and `as_datetime` read the Italian formats of such
+    /// exports as well as ISO ones, so the same `columns` serve both kinds of source.
+    Csv {
+        /// The directory.
+        dir: String,
+        /// Field delimiter (default `;`).
+        #[serde(default = "semicolon")]
+        delimiter: String,
+        /// Character encoding (default `windows-1252`, what SQL Server tools write).
+        #[serde(default = "cp1252")]
+        encoding: String,
+    },
+}
+
+fn semicolon() -> String {
+    ";".into()
+}
+
+fn cp1252() -> String {
+    "windows-1252".into()
 }
 
 /// One legacy table and the canonical table it fills.
@@ -129,18 +157,54 @@ pub struct Definition {
 }
 
 impl TableMapping {
-    /// The query that reads the legacy rows.
+    /// The query that reads the legacy rows (SQL sources).
     pub fn source_query(&self, source: &MigrationSource) -> String {
-        match (&self.query, source) {
+        let schema = match source {
+            MigrationSource::Sql { schema, .. } => schema.as_deref(),
+            MigrationSource::Csv { .. } => None,
+        };
+        match (&self.query, schema) {
             (Some(q), _) => q.clone(),
-            (None, MigrationSource::Sql { schema, .. }) => match schema {
-                Some(s) => format!(
-                    "SELECT * FROM {}.{}",
-                    snodo_core::db::quote_ident(s),
-                    snodo_core::db::quote_ident(&self.table)
-                ),
-                None => format!("SELECT * FROM {}", snodo_core::db::quote_ident(&self.table)),
-            },
+            (None, Some(s)) => format!("SELECT * FROM {}.{}", ident(s), ident(&self.table)),
+            (None, None) => format!("SELECT * FROM {}", ident(&self.table)),
+        }
+    }
+
+    /// The pipeline source reading this table's rows: all columns, or only the key
+    /// columns (`keys_only`, for the reconciliation report).
+    pub fn source_config(&self, source: &MigrationSource, keys_only: bool) -> Result<SourceConfig> {
+        match source {
+            MigrationSource::Sql { connection, .. } => {
+                let mut query = self.source_query(source);
+                if keys_only {
+                    let cols: Vec<String> =
+                        self.key.iter().map(|k| format!("q.{}", ident(k))).collect();
+                    query = format!("SELECT {} FROM ({query}) q", cols.join(", "));
+                }
+                Ok(SourceConfig::Sql(SqlSourceConfig {
+                    connection: connection.clone(),
+                    query: Some(query),
+                    query_file: None,
+                    key: self.key.clone(),
+                    cursor: None,
+                }))
+            }
+            MigrationSource::Csv {
+                dir,
+                delimiter,
+                encoding,
+            } => {
+                let path = Path::new(dir).join(format!("{}.csv", self.table));
+                // Through serde so that every other option keeps its documented default.
+                let cfg = serde_json::json!({
+                    "path": path.display().to_string(),
+                    "delimiter": delimiter,
+                    "encoding": encoding,
+                });
+                serde_json::from_value(cfg)
+                    .map(SourceConfig::Csv)
+                    .map_err(|e| Error::Other(format!("source.csv: {e}")))
+            }
         }
     }
 }
@@ -169,6 +233,22 @@ impl MigrationFile {
             .collect();
         t.sort_by_key(|(rank, i, _)| (*rank, *i));
         t.into_iter().map(|(_, _, t)| t).collect()
+    }
+}
+
+/// A column or table name as written in the generated queries: plain when it is a plain
+/// identifier (every dialect, SQL Server included, reads it the same), double-quoted
+/// otherwise.
+fn ident(name: &str) -> String {
+    let plain = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if plain {
+        name.to_string()
+    } else {
+        snodo_core::db::quote_ident(name)
     }
 }
 
@@ -202,13 +282,48 @@ fn check(f: &MigrationFile, root: &Node, connections: &ConnectionsFile, out: &mu
             ));
         }
     }
-    let MigrationSource::Sql { connection, .. } = &f.source;
-    if let Err(e) = connections.get(connection) {
-        out.push(problem(
-            at(&["source", "sql", "connection"]),
-            "source.sql.connection",
-            e,
-        ));
+    match &f.source {
+        MigrationSource::Sql { connection, .. } => {
+            if let Err(e) = connections.get(connection) {
+                out.push(problem(
+                    at(&["source", "sql", "connection"]),
+                    "source.sql.connection",
+                    e,
+                ));
+            }
+        }
+        MigrationSource::Csv {
+            dir,
+            delimiter,
+            encoding,
+        } => {
+            if !Path::new(dir).is_dir() {
+                out.push(problem(
+                    at(&["source", "csv", "dir"]),
+                    "source.csv.dir",
+                    format!(
+                        "directory `{dir}` not found (paths are relative to the working directory)"
+                    ),
+                ));
+            }
+            if delimiter.chars().count() != 1 {
+                out.push(problem(
+                    at(&["source", "csv", "delimiter"]),
+                    "source.csv.delimiter",
+                    "the delimiter is one character",
+                ));
+            }
+            let probe = serde_json::json!({ "path": "x", "encoding": encoding });
+            if let Err(e) =
+                serde_json::from_value::<snodo_connectors::file::csv::CsvSourceConfig>(probe)
+            {
+                out.push(problem(
+                    at(&["source", "csv", "encoding"]),
+                    "source.csv.encoding",
+                    e.to_string(),
+                ));
+            }
+        }
     }
     if let Err(e) = connections.get(&f.target) {
         out.push(problem(at(&["target"]), "target", e));
@@ -320,11 +435,14 @@ pub fn load_all(paths: &[PathBuf], connections: &ConnectionsFile) -> Result<Vec<
     for p in paths {
         match load(p, connections) {
             Ok(d) => defs.push(d),
-            Err(e) => errors.push(e.to_string()),
+            Err(e) => errors.push(e),
         }
     }
+    if errors.len() == 1 {
+        return Err(errors.remove(0));
+    }
     if !errors.is_empty() {
-        return Err(Error::Other(errors.join("\n")));
+        return Err(Error::Several(errors));
     }
     for (i, a) in defs.iter().enumerate() {
         for b in &defs[i + 1..] {

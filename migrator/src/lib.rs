@@ -28,8 +28,8 @@ use std::time::Instant;
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use snodo_connectors::sql::{SqlSinkConfig, SqlSourceConfig};
-use snodo_connectors::{Pipeline, SinkConfig, SourceConfig};
+use snodo_connectors::sql::SqlSinkConfig;
+use snodo_connectors::{Pipeline, SinkConfig};
 use snodo_core::component::Artifact;
 use snodo_core::config::{ConnectionsFile, StepConfig};
 use snodo_core::db::Db;
@@ -211,8 +211,7 @@ fn load_phase(d: &Definition, t: &definition::TableMapping) -> String {
 }
 
 /// The pipeline a table's load runs (without the trace step, which needs the run id).
-pub fn table_pipeline(d: &Definition, t: &definition::TableMapping) -> Pipeline {
-    let definition::MigrationSource::Sql { connection, .. } = &d.file.source;
+pub fn table_pipeline(d: &Definition, t: &definition::TableMapping) -> Result<Pipeline> {
     let mut select: Vec<String> = t.columns.keys().cloned().collect();
     select.extend(snodo_store::TRACE_COLUMNS.iter().map(|s| s.to_string()));
     let mut steps = vec![StepConfig::Map(t.columns.clone())];
@@ -220,16 +219,10 @@ pub fn table_pipeline(d: &Definition, t: &definition::TableMapping) -> Pipeline 
         steps.push(StepConfig::Validate(t.validate.clone()));
     }
     steps.push(StepConfig::Select(select));
-    Pipeline {
+    Ok(Pipeline {
         pipeline: d.file.pipeline_name(t),
         description: Some(format!("{} → {}", t.table, t.into)),
-        source: SourceConfig::Sql(SqlSourceConfig {
-            connection: connection.clone(),
-            query: Some(t.source_query(&d.file.source)),
-            query_file: None,
-            key: t.key.clone(),
-            cursor: None,
-        }),
+        source: t.source_config(&d.file.source, false)?,
         steps,
         sink: SinkConfig::Sql(SqlSinkConfig {
             connection: d.file.target.clone(),
@@ -241,7 +234,29 @@ pub fn table_pipeline(d: &Definition, t: &definition::TableMapping) -> Pipeline 
         on_error: d.file.on_error.clone(),
         personal: d.file.personal.clone(),
         batch_size: d.file.batch_size,
+    })
+}
+
+/// Legacy rows of a table, when the source can count them cheaply (SQLite, PostgreSQL):
+/// for `migrate plan` and the progress bars' ETA.
+async fn count_rows(
+    d: &Definition,
+    t: &definition::TableMapping,
+    connections: &ConnectionsFile,
+) -> Option<u64> {
+    let definition::MigrationSource::Sql { connection, .. } = &d.file.source else {
+        return None;
+    };
+    let cfg = connections.get(connection).ok()?;
+    if matches!(cfg, snodo_core::config::ConnectionConfig::Mssql(_)) {
+        return None;
     }
+    let db = Db::connect(cfg, 1).await.ok()?;
+    let sql = format!(
+        "SELECT COUNT(*) FROM ({}) q",
+        t.source_query(&d.file.source)
+    );
+    report::scalar(&db, &sql).await.ok().map(|n| n as u64)
 }
 
 async fn connect(connections: &ConnectionsFile, name: &str) -> Result<Db> {
@@ -287,22 +302,13 @@ pub async fn plan(defs: &[Definition], connections: &ConnectionsFile) -> Result<
     };
     let mut out = Vec::new();
     for d in defs {
-        let legacy = connect(connections, source_connection(d)).await?;
         for t in d.file.ordered_tables() {
-            let n = report::scalar(
-                &legacy,
-                &format!(
-                    "SELECT COUNT(*) FROM ({}) q",
-                    t.source_query(&d.file.source)
-                ),
-            )
-            .await?;
             let phase = load_phase(d, t);
             out.push(PlannedPhase {
                 state: state(&phase, &d.sha256),
                 phase,
                 description: format!("{} → {}", t.table, t.into),
-                rows: Some(n as u64),
+                rows: count_rows(d, t, connections).await,
             });
         }
     }
@@ -322,11 +328,6 @@ pub async fn plan(defs: &[Definition], connections: &ConnectionsFile) -> Result<
         rows: None,
     });
     Ok(out)
-}
-
-fn source_connection(d: &Definition) -> &str {
-    let definition::MigrationSource::Sql { connection, .. } = &d.file.source;
-    connection
 }
 
 fn user() -> String {
@@ -381,7 +382,7 @@ pub async fn run(
                 )],
             )
             .await?;
-            let pipeline = table_pipeline(d, t);
+            let pipeline = table_pipeline(d, t)?;
             let mut plan = snodo_connectors::plan_from(
                 &d.path.display().to_string(),
                 d.sha256.clone(),
@@ -404,19 +405,7 @@ pub async fn run(
                 );
             }
             let total = match &opts.progress {
-                Some(_) => {
-                    let legacy = connect(connections, source_connection(d)).await?;
-                    report::scalar(
-                        &legacy,
-                        &format!(
-                            "SELECT COUNT(*) FROM ({}) q",
-                            t.source_query(&d.file.source)
-                        ),
-                    )
-                    .await
-                    .ok()
-                    .map(|n| n as u64)
-                }
+                Some(_) => count_rows(d, t, connections).await,
                 None => None,
             };
             let progress = opts.progress.as_ref().map(|f| f(&plan.name, total));
@@ -617,15 +606,15 @@ pub async fn reconcile(
     let rows = ledger(store, &ente).await?;
     let mut tables = Vec::new();
     for d in defs {
-        let legacy = connect(connections, source_connection(d)).await?;
         for t in d.file.ordered_tables() {
             let phase = load_phase(d, t);
             let last_run = rows
                 .iter()
                 .find(|r| r.phase == phase)
                 .and_then(|r| r.run_id.clone());
-            tables
-                .push(report::table_report(d, t, &legacy, store, log, last_run.as_deref()).await?);
+            tables.push(
+                report::table_report(d, t, connections, store, log, last_run.as_deref()).await?,
+            );
         }
     }
     let (persons, pia, dups) = report::store_report(store, &ente).await?;

@@ -13,6 +13,8 @@ use futures::TryStreamExt;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use snodo_connectors::sql::values;
+use snodo_core::component::SourceContext;
+use snodo_core::config::ConnectionsFile;
 use snodo_core::db::Db;
 use snodo_core::error::{Error, Result};
 use snodo_core::flowlog::FlowLog;
@@ -193,14 +195,50 @@ async fn texts(db: &Db, sql: &str) -> Result<Vec<Vec<String>>> {
     Ok(out)
 }
 
-fn key_query(t: &TableMapping, d: &Definition) -> String {
-    let cols = t
-        .key
-        .iter()
-        .map(|k| format!("q.{}", snodo_core::db::quote_ident(k)))
-        .collect::<Vec<_>>()
-        .join(", ");
-    format!("SELECT {cols} FROM ({}) q", t.source_query(&d.file.source))
+/// Streams the `source_key` of every legacy row, through the same source kind the load
+/// used (SQLite, PostgreSQL, SQL Server or CSV). Rows the source itself cannot read (a
+/// malformed CSV line) have no key: they are `record N`, as their rejects are.
+async fn stream_source_keys(
+    d: &Definition,
+    t: &TableMapping,
+    connections: &ConnectionsFile,
+    mut each: impl FnMut(String),
+) -> Result<()> {
+    let cfg = t.source_config(&d.file.source, true)?;
+    let source = snodo_connectors::open_source(&cfg, connections).await?;
+    let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+    let ctx = SourceContext {
+        batch_size: 5000,
+        limit: None,
+        personal: std::sync::Arc::new(d.file.personal.clone()),
+    };
+    let task = tokio::spawn(source.run(None, ctx, tx));
+    let prefix = t.key_prefix.as_deref();
+    while let Some(batch) = rx.recv().await {
+        for r in &batch.records {
+            each(source_key(
+                prefix,
+                t.key.iter().map(|k| r.get(k).unwrap_or(&Value::Null)),
+            ));
+        }
+        for r in &batch.rejects {
+            each(format!("record {}", r.position.record));
+        }
+    }
+    task.await
+        .map_err(|e| Error::Other(format!("reading the keys of {}: {e}", t.table)))?
+}
+
+/// The `source_key` a reject belongs to: the one the trace step stamped on the record,
+/// else the key of its source position, else its record number.
+fn reject_key(r: &snodo_core::record::Reject, prefix: Option<&str>) -> String {
+    if let Some(k) = r.payload.get("source_key").and_then(|v| v.as_str()) {
+        return k.to_string();
+    }
+    match &r.position.key {
+        Some(k) => key_from_position(prefix, k),
+        None => format!("record {}", r.position.record),
+    }
 }
 
 fn target_filter(t: &TableMapping, d: &Definition) -> String {
@@ -220,30 +258,22 @@ fn target_filter(t: &TableMapping, d: &Definition) -> String {
 pub async fn table_report(
     d: &Definition,
     t: &TableMapping,
-    legacy: &Db,
+    connections: &ConnectionsFile,
     store: &Db,
     log: &FlowLog,
     last_run: Option<&str>,
 ) -> Result<TableReport> {
     let prefix = t.key_prefix.as_deref();
     let mut read = KeySet::default();
-    stream_keys(legacy, key_query(t, d), |vals| {
-        read.add(&source_key(prefix, &vals));
-        Ok(())
-    })
-    .await?;
+    stream_source_keys(d, t, connections, |k| read.add(&k)).await?;
 
     // Rejects are few (bounded by the reject policy), so they are held in memory.
     let mut rejects: HashMap<String, (String, String)> = HashMap::new();
     if let Some(run) = last_run {
         for r in log.rejects(run).await? {
-            let key = r
-                .position
-                .key
-                .as_deref()
-                .map(|k| key_from_position(prefix, k))
-                .unwrap_or_else(|| format!("record {}", r.position.record));
-            rejects.entry(key).or_insert((r.code, r.reason));
+            rejects
+                .entry(reject_key(&r, prefix))
+                .or_insert((r.code, r.reason));
         }
     }
     let filter = target_filter(t, d);
@@ -288,8 +318,7 @@ pub async fn table_report(
         )
         .await?;
         let mut source_digests = HashSet::new();
-        stream_keys(legacy, key_query(t, d), |vals| {
-            let k = source_key(prefix, &vals);
+        stream_source_keys(d, t, connections, |k| {
             let dg = key_digest(&k);
             source_digests.insert(dg);
             if !target_digests.contains(&dg)
@@ -298,7 +327,6 @@ pub async fn table_report(
             {
                 missing_in_target.push(k);
             }
-            Ok(())
         })
         .await?;
         stream_keys(
