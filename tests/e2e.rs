@@ -223,6 +223,7 @@ fn published_schemas_match_the_config_structs() {
             vec!["schema", "--connections"],
             "specs/connections.schema.json",
         ),
+        (vec!["schema", "--migration"], "specs/migration.schema.json"),
     ] {
         let out = run({
             let mut c = snodo(&cfg);
