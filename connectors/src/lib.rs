@@ -246,5 +246,6 @@ pub async fn plan_from(
         then: pipeline.on_error.then,
         batch_size: pipeline.batch_size.unwrap_or(DEFAULT_BATCH_SIZE),
         ctx,
+        lineage_per_record: true,
     })
 }

@@ -87,6 +87,12 @@ pub struct Plan {
     pub batch_size: usize,
     /// Step context (personal fields).
     pub ctx: StepContext,
+    /// Log one lineage pair per record (default). When false, each batch's lineage entry
+    /// holds one pair: the range of source positions and the number of records. For
+    /// targets whose rows carry their own lineage (the canonical store's `source_system`,
+    /// `source_key`, `loaded_by_run`), where per-record pairs would only copy millions of
+    /// keys into the flow log.
+    pub lineage_per_record: bool,
 }
 
 /// The outcome of a run.
@@ -141,6 +147,14 @@ struct Totals {
     read: u64,
     written: u64,
     rejected: u64,
+}
+
+/// How a record's source is named in lineage: its key, else its record number.
+fn source_of(r: &crate::record::Record) -> String {
+    r.position
+        .key
+        .clone()
+        .unwrap_or_else(|| r.position.record.to_string())
 }
 
 /// A new run id: sortable by time, unique enough across processes on one machine.
@@ -433,19 +447,24 @@ async fn pump(
             entries.push(Entry::Lineage(Lineage {
                 source: src_desc.clone(),
                 target: sink_desc.clone(),
-                pairs: batch
-                    .records
-                    .iter()
-                    .zip(keys)
-                    .map(|(r, k)| {
-                        let src = r
-                            .position
-                            .key
-                            .clone()
-                            .unwrap_or_else(|| r.position.record.to_string());
-                        (src, k)
-                    })
-                    .collect(),
+                pairs: if plan.lineage_per_record {
+                    batch
+                        .records
+                        .iter()
+                        .zip(keys)
+                        .map(|(r, k)| (source_of(r), k))
+                        .collect()
+                } else {
+                    let first = batch.records.first().map(source_of).unwrap_or_default();
+                    let last = batch.records.last().map(source_of).unwrap_or_default();
+                    vec![(
+                        format!("{first} .. {last}"),
+                        format!(
+                            "{} records (lineage in the target rows)",
+                            batch.records.len()
+                        ),
+                    )]
+                },
             }));
         }
         log.append(&summary.run_id, &entries).await?;

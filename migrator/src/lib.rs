@@ -391,6 +391,9 @@ pub async fn run(
                 false,
             )
             .await?;
+            // Every canonical row names its legacy row and its run: the flow log keeps one
+            // lineage entry per batch (source range, count) instead of millions of pairs.
+            plan.lineage_per_record = false;
             for worker in plan.steps.iter_mut() {
                 worker.insert(
                     0,

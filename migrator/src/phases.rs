@@ -134,9 +134,9 @@ fn dedup(e: &str, run: &str) -> Vec<String> {
                 SELECT 1 FROM persona_fonte f WHERE f.ente = persona.ente AND f.chiave_persona = persona.chiave)"
         ),
         format!(
-            "UPDATE persona_fonte SET persona_id = (
-                SELECT p.id FROM persona p WHERE p.ente = persona_fonte.ente AND p.chiave = persona_fonte.chiave_persona)
-             WHERE ente = {e}"
+            "UPDATE persona_fonte SET persona_id = p.id FROM persona p
+             WHERE persona_fonte.ente = {e} AND p.ente = persona_fonte.ente
+               AND p.chiave = persona_fonte.chiave_persona"
         ),
         // Review list: decisions already taken (stato other than `aperta`) are kept.
         format!("DELETE FROM persona_revisione WHERE ente = {e} AND stato = 'aperta'"),
@@ -200,10 +200,15 @@ fn resolve(e: &str) -> Vec<String> {
             } else {
                 (r.target, "id")
             };
+            // A join, not a subquery per row: the store's unique index on
+            // (ente, source_system, source_key) serves it in both dialects. Rows already
+            // right are not rewritten, so a rerun costs a read. Loads never delete, so a
+            // resolved reference cannot go stale.
             format!(
-                "UPDATE {t} SET {id} = (SELECT x.{column} FROM {target} x
-                    WHERE x.ente = {t}.ente AND x.source_system = {t}.source_system AND x.source_key = {t}.{key})
-                 WHERE ente = {e}",
+                "UPDATE {t} SET {id} = x.{column} FROM {target} x
+                 WHERE {t}.ente = {e} AND x.ente = {t}.ente AND x.source_system = {t}.source_system
+                   AND x.source_key = {t}.{key}
+                   AND ({t}.{id} IS NULL OR {t}.{id} <> x.{column})",
                 t = r.table,
                 id = r.id_column,
                 key = r.key_column,
@@ -255,27 +260,38 @@ fn pia(dialect: &str, e: &str, run: &str) -> Vec<String> {
              GROUP BY v.id, v.ente, v.source_system, v.source_key, vo.dimensione_pia"
         ),
         format!(
-            "UPDATE valutazione SET pia_totale = (
-                SELECT {value} FROM valutazione_risposta r JOIN valutazione_voce vo ON vo.id = r.voce_id
-                WHERE r.valutazione_id = valutazione.id AND {PIA_ITEMS})
-             WHERE ente = {e}"
+            "UPDATE valutazione SET pia_totale = NULL
+             WHERE ente = {e} AND pia_totale IS NOT NULL AND NOT EXISTS (
+                SELECT 1 FROM valutazione_risposta r JOIN valutazione_voce vo ON vo.id = r.voce_id
+                WHERE r.valutazione_id = valutazione.id AND {PIA_ITEMS})"
+        ),
+        format!(
+            "UPDATE valutazione SET pia_totale = m.value
+             FROM (SELECT r.valutazione_id AS vid, {value} AS value
+                   FROM valutazione_risposta r JOIN valutazione_voce vo ON vo.id = r.voce_id
+                   WHERE r.ente = {e} AND {PIA_ITEMS}
+                   GROUP BY r.valutazione_id) m
+             WHERE valutazione.id = m.vid"
         ),
     ]
 }
 
 fn duplicates(e: &str) -> Vec<String> {
-    vec![format!(
-        "UPDATE intervento SET duplicato_di = (
-            SELECT MIN(o.id) FROM intervento o
-            WHERE o.ente = intervento.ente AND o.source_system = intervento.source_system
-              AND o.persona_source_key = intervento.persona_source_key
-              AND o.catalogo_source_key = intervento.catalogo_source_key
-              AND o.data_inizio = intervento.data_inizio
-              AND o.presa_in_carico_source_key = intervento.presa_in_carico_source_key
-              AND o.importo = intervento.importo
-              AND o.id < intervento.id)
-         WHERE ente = {e}"
-    )]
+    // The first row (lowest id, i.e. first loaded in legacy key order) of each group of
+    // identical interventions is the original; the others point to it.
+    let same = "ente, source_system, persona_source_key, presa_in_carico_source_key,
+                catalogo_source_key, data_inizio, importo";
+    vec![
+        format!(
+            "UPDATE intervento SET duplicato_di = NULL WHERE ente = {e} AND duplicato_di IS NOT NULL"
+        ),
+        format!(
+            "UPDATE intervento SET duplicato_di = d.first_id
+             FROM (SELECT id, MIN(id) OVER (PARTITION BY {same}) AS first_id
+                   FROM intervento WHERE ente = {e}) d
+             WHERE intervento.id = d.id AND d.first_id < d.id"
+        ),
+    ]
 }
 
 /// Test hook: with `SNODO_FAILPOINT=<name>` the process aborts at that point, as a power

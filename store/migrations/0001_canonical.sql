@@ -332,6 +332,7 @@ CREATE TABLE valutazione_risposta (
     UNIQUE (ente, source_system, source_key)
 );
 CREATE INDEX valutazione_risposta_val ON valutazione_risposta (ente, source_system, valutazione_source_key);
+CREATE INDEX valutazione_risposta_valutazione ON valutazione_risposta (valutazione_id);
 
 -- One row per assessment and PIA dimension (weighted mean of the item scores).
 CREATE TABLE valutazione_pia (
@@ -432,7 +433,6 @@ CREATE TABLE intervento (
     duplicato_di {ref},
     UNIQUE (ente, source_system, source_key)
 );
-CREATE INDEX intervento_contenuto ON intervento (ente, source_system, persona_source_key, catalogo_source_key, data_inizio);
 
 CREATE TABLE isee (
     id {id},
