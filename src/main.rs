@@ -258,8 +258,10 @@ enum LogCommand {
 }
 
 fn init_tracing(format: LogFormat, verbose: u8) {
+    // sqlx reports statements over one second as warnings; the set-based phases of a
+    // migration take longer by design, so these show only with -v.
     let default = match verbose {
-        0 => "warn",
+        0 => "warn,sqlx::query=error",
         1 => "info",
         _ => "debug",
     };

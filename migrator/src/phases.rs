@@ -59,12 +59,16 @@ impl Phase {
     pub fn statements(self, db: &Db, ente: &str, run_id: &str) -> Vec<String> {
         let e = lit(ente);
         let run = lit(run_id);
-        match self {
+        // Fresh statistics first: right after a bulk load the planner would otherwise
+        // take a table of a million rows for an empty one and pick nested loops.
+        let mut statements = vec!["ANALYZE".to_string()];
+        statements.extend(match self {
             Phase::Dedup => dedup(&e, &run),
             Phase::Resolve => resolve(&e),
             Phase::Pia => pia(db.dialect(), &e, &run),
             Phase::Duplicates => duplicates(&e),
-        }
+        });
+        statements
     }
 }
 
