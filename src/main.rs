@@ -45,6 +45,24 @@ Examples:
   snodo migrate run pipelines/migrazione/*.yaml
   snodo migrate verify pipelines/migrazione/*.yaml --json";
 
+const MIGRATE_HELP: &str = "\
+Phases: one load per legacy table (resumable from its last committed batch), then dedup,
+resolve, pia, duplicates and the reconciliation report. Each completed phase is recorded in
+the store; `run` skips what is done, so after a crash `resume` (or `run`) continues.
+
+Exit codes: 0 done or nothing to do, 1 failure, 3 invalid definitions, 4 a table exceeded
+its reject limit, 6 the migration does not reconcile, 130 interrupted.
+
+Examples:
+  python3 scripts/gen_legacy_db.py --out data/legacy --persons 2000 --seed 1 --format sqlite
+  snodo migrate plan pipelines/migrazione/*.yaml
+  snodo migrate run pipelines/migrazione/*.yaml
+  snodo migrate resume pipelines/migrazione/*.yaml
+  snodo migrate verify pipelines/migrazione/*.yaml --json > riconciliazione.json
+  snodo rejects RUN_ID        # the rejected rows of one table load, with key and reason
+
+Guide: docs/migration.md";
+
 /// Snodo: migrations and information flows for municipal social services.
 ///
 /// A pipeline (YAML) reads records from a source, passes them through steps (map,
@@ -146,6 +164,7 @@ enum Command {
     },
     /// Migrate legacy databases into the canonical store (one definition file per
     /// legacy system; give all of them together so persons are merged across systems).
+    #[command(after_help = MIGRATE_HELP)]
     Migrate {
         #[command(subcommand)]
         command: MigrateCommand,

@@ -241,14 +241,19 @@ fn reject_key(r: &snodo_core::record::Reject, prefix: Option<&str>) -> String {
     }
 }
 
-fn target_filter(t: &TableMapping, d: &Definition) -> String {
+/// The condition selecting the canonical rows of one legacy table; `alias` qualifies the
+/// columns (`f.` or empty).
+fn target_filter(t: &TableMapping, d: &Definition, alias: &str) -> String {
     let mut w = format!(
-        "ente = {} AND source_system = {}",
+        "{alias}ente = {} AND {alias}source_system = {}",
         lit(&d.file.ente),
         lit(&d.file.source_system)
     );
     if let Some(p) = &t.key_prefix {
-        w.push_str(&format!(" AND source_key LIKE {}", lit(&format!("{p}|%"))));
+        w.push_str(&format!(
+            " AND {alias}source_key LIKE {}",
+            lit(&format!("{p}|%"))
+        ));
     }
     w
 }
@@ -276,7 +281,7 @@ pub async fn table_report(
                 .or_insert((r.code, r.reason));
         }
     }
-    let filter = target_filter(t, d);
+    let filter = target_filter(t, d, "");
     let mut migrated = KeySet::default();
     stream_keys(
         store,
@@ -348,8 +353,8 @@ pub async fn table_report(
             store,
             &format!(
                 "SELECT COUNT(*) FROM persona_fonte f JOIN persona p ON p.id = f.persona_id
-                 WHERE f.{} AND p.fonti > 1",
-                filter.replace(" AND ", " AND f.")
+                 WHERE {} AND p.fonti > 1",
+                target_filter(t, d, "f.")
             ),
         )
         .await? as u64
