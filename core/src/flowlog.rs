@@ -522,6 +522,34 @@ impl FlowLog {
         Ok(out)
     }
 
+    /// Calls `f` with every reject of a run and of the runs it resumed, read page by page
+    /// so that memory does not grow with the number of rejects (the migration report reads
+    /// tens of thousands). A batch a killed run rejected and its successor re-read is
+    /// passed twice: the caller de-duplicates by its own key.
+    pub async fn for_each_reject(&self, run_id: &str, mut f: impl FnMut(Reject)) -> Result<()> {
+        for run in self.resume_chain(run_id).await? {
+            let mut last = i64::MIN;
+            loop {
+                let page = self
+                    .query(
+                        format!(
+                            "{SELECT} WHERE run_id = $1 AND kind = 'reject' AND seq > {last} ORDER BY seq LIMIT 2000"
+                        ),
+                        &[&run.run_id],
+                    )
+                    .await?;
+                let Some(tail) = page.last() else { break };
+                last = tail.seq;
+                for e in &page {
+                    if let Entry::Reject(r) = e.entry()? {
+                        f(r);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The database behind the log.
     pub fn db(&self) -> &Db {
         &self.db

@@ -482,3 +482,101 @@ pub fn load_all(paths: &[PathBuf], connections: &ConnectionsFile) -> Result<Vec<
     }
     Ok(defs)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn connections() -> ConnectionsFile {
+        ConnectionsFile::parse(
+            "connections:\n  store: { sqlite: { path: /tmp/x.db } }\n  legacy: { sqlite: { path: /tmp/y.db } }\n",
+            Path::new("snodo.yaml"),
+        )
+        .unwrap()
+    }
+
+    fn problems(yaml: &str) -> Vec<String> {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("def.yaml");
+        std::fs::write(&p, yaml).unwrap();
+        match load(&p, &connections()) {
+            Ok(_) => Vec::new(),
+            Err(Error::Config { problems, .. }) => problems
+                .iter()
+                .map(|p| {
+                    format!(
+                        "{}:{} {}: {}",
+                        p.location.line, p.location.column, p.path, p.message
+                    )
+                })
+                .collect(),
+            Err(other) => panic!("{other}"),
+        }
+    }
+
+    const HEAD: &str = "migration: wd\nsource_system: WD\nente: GE\nsource: { sql: { connection: legacy } }\ntarget: store\ntables:\n";
+
+    #[test]
+    fn a_good_definition_loads_and_orders_tables_by_dependency() {
+        let yaml = format!(
+            "{HEAD}  - table: pic\n    into: presa_in_carico\n    key: [id_pic]\n    columns: {{ tipo: tipo_pic }}\n  - table: anagrafica\n    into: persona_fonte\n    key: [id_anagrafica]\n    columns: {{ cognome: trim(cognome) }}\n"
+        );
+        assert!(problems(&yaml).is_empty(), "{:?}", problems(&yaml));
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("def.yaml");
+        std::fs::write(&p, &yaml).unwrap();
+        let d = load(&p, &connections()).unwrap();
+        let order: Vec<&str> = d
+            .file
+            .ordered_tables()
+            .iter()
+            .map(|t| t.table.as_str())
+            .collect();
+        assert_eq!(order, ["anagrafica", "pic"]);
+        assert_eq!(
+            d.file.pipeline_name(d.file.ordered_tables()[0]),
+            "migrate.wd.anagrafica"
+        );
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_line() {
+        let yaml = format!(
+            "{HEAD}  - table: pic\n    into: presa_in_carico\n    key: []\n    columns:\n      tipo_caso: tipo_pic\n      source_key: id_pic\n      tipo: upper(\n    validate:\n      data_apertura: {{ required: true }}\n  - table: x\n    into: nessuna\n    key: [id]\n    columns: {{}}\n"
+        );
+        let p = problems(&yaml);
+        let all = p.join("\n");
+        assert!(all.contains("tables[0].key: `key` needs"), "{all}");
+        assert!(
+            all.contains(
+                "12:7 tables[0].columns.tipo_caso: `presa_in_carico` has no column `tipo_caso`"
+            ),
+            "{all}"
+        );
+        assert!(
+            all.contains(
+                "tables[0].columns.source_key: `source_key` is set by the migrator itself"
+            ),
+            "{all}"
+        );
+        assert!(all.contains("tables[0].columns.tipo:"), "{all}");
+        assert!(all.contains("tables[0].validate.data_apertura: `data_apertura` is not one of this table's `columns`"), "{all}");
+        assert!(
+            all.contains("tables[1].into: `nessuna` is not a canonical table"),
+            "{all}"
+        );
+    }
+
+    #[test]
+    fn tables_sharing_a_canonical_table_need_key_prefixes() {
+        let yaml = format!(
+            "{HEAD}  - table: tab_a\n    into: codice\n    key: [cod]\n    columns: {{ codice: cod }}\n  - table: tab_b\n    into: codice\n    key: [cod]\n    key_prefix: b\n    columns: {{ codice: cod }}\n"
+        );
+        let p = problems(&yaml).join("\n");
+        assert!(
+            p.contains("tables[0].into: 2 legacy tables fill `codice`"),
+            "{p}"
+        );
+        assert!(!p.contains("tables[1].into"), "{p}");
+    }
+}

@@ -231,13 +231,17 @@ async fn stream_source_keys(
 
 /// The `source_key` a reject belongs to: the one the trace step stamped on the record,
 /// else the key of its source position, else its record number.
-fn reject_key(r: &snodo_core::record::Reject, prefix: Option<&str>) -> String {
-    if let Some(k) = r.payload.get("source_key").and_then(|v| v.as_str()) {
+fn reject_key(
+    payload: &serde_json::Value,
+    position: &snodo_core::record::SourcePosition,
+    prefix: Option<&str>,
+) -> String {
+    if let Some(k) = payload.get("source_key").and_then(|v| v.as_str()) {
         return k.to_string();
     }
-    match &r.position.key {
+    match &position.key {
         Some(k) => key_from_position(prefix, k),
-        None => format!("record {}", r.position.record),
+        None => format!("record {}", position.record),
     }
 }
 
@@ -275,11 +279,23 @@ pub async fn table_report(
     // Rejects are few (bounded by the reject policy), so they are held in memory.
     let mut rejects: HashMap<String, (String, String)> = HashMap::new();
     if let Some(run) = last_run {
-        for r in log.rejects(run).await? {
+        log.for_each_reject(run, |r| {
+            // The reason is kept short: only the first keys are listed with it, and the
+            // flow log has it in full.
+            let mut reason = r.reason;
+            if reason.len() > 300 {
+                let cut = (0..=300)
+                    .rev()
+                    .find(|&i| reason.is_char_boundary(i))
+                    .unwrap_or(0);
+                reason.truncate(cut);
+                reason.push('…');
+            }
             rejects
-                .entry(reject_key(&r, prefix))
-                .or_insert((r.code, r.reason));
-        }
+                .entry(reject_key(&r.payload, &r.position, prefix))
+                .or_insert((r.code, reason));
+        })
+        .await?;
     }
     let filter = target_filter(t, d, "");
     let mut migrated = KeySet::default();
