@@ -549,7 +549,7 @@ mod tests {
         assert!(all.contains("tables[0].key: `key` needs"), "{all}");
         assert!(
             all.contains(
-                "12:7 tables[0].columns.tipo_caso: `presa_in_carico` has no column `tipo_caso`"
+                "11:18 tables[0].columns.tipo_caso: `presa_in_carico` has no column `tipo_caso`"
             ),
             "{all}"
         );
