@@ -5,7 +5,7 @@ use sha2::{Digest, Sha256};
 use snodo_core::component::{Source, SourceContext};
 use snodo_core::db::{Db, quote_ident};
 use snodo_core::error::{Error, Result};
-use snodo_core::record::{Batch, Checkpoint, Record, Schema, SourcePosition};
+use snodo_core::record::{Batch, Checkpoint, Schema};
 use snodo_core::value::Value;
 use sqlx::{Column, Row};
 use tokio::sync::mpsc;
@@ -155,40 +155,18 @@ impl SqlSource {
                     schema = Some(Schema::new(names));
                 }
                 record_no += 1;
-                let key = self
-                    .key
-                    .iter()
-                    .zip(&key_idx)
-                    .map(|(name, &i)| format!("{name}={}", vals[i].to_text().unwrap_or_default()))
-                    .collect::<Vec<_>>()
-                    .join(",");
-                let next: Vec<Value> = order_idx.iter().map(|&i| vals[i].clone()).collect();
-                if let Some(pos) = next.iter().position(Value::is_null) {
-                    // `(a, b) > (NULL, …)` is never true: paging would silently stop here.
-                    return Err(Error::Input(format!(
-                        "the source query returned NULL in `{}` (record {record_no}), which orders the pages; \
-                         filter such rows out or COALESCE the column in the query",
-                        self.order[pos]
-                    )));
-                }
-                after = Some(next);
-                batch.records.push(Record {
-                    schema: schema.clone().unwrap_or_default(),
-                    values: vals,
-                    position: SourcePosition {
-                        record: record_no,
-                        line: None,
-                        byte: None,
-                        key: Some(key),
-                    },
-                });
+                let keyset = super::Keyset {
+                    key: &self.key,
+                    key_idx: &key_idx,
+                    order: &self.order,
+                    order_idx: &order_idx,
+                };
+                let schema = schema.clone().unwrap_or_default();
+                keyset.push(&mut batch, &schema, vals, record_no, &mut after)?;
             }
             batch.read = n as u64;
             total += n as u64;
-            batch.checkpoint = serde_json::json!({
-                "after": after.iter().flatten().map(Value::to_tagged_json).collect::<Vec<_>>(),
-                "record": record_no,
-            });
+            batch.checkpoint = super::page_checkpoint(&after, record_no);
             if tx.send(batch).await.is_err() {
                 return Ok(());
             }
