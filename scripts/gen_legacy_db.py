@@ -162,55 +162,23 @@ SCHEMA = {
 # Codice fiscale, partita IVA, IBAN
 # ---------------------------------------------------------------------------------------------
 
-MONTH_LETTERS = "ABCDEHLMPRST"
-CHECK_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
-VOWELS = frozenset("AEIOU")
-_ODD = (1, 0, 5, 7, 9, 13, 15, 17, 19, 21, 2, 4, 18, 20, 11, 3, 6, 8, 12, 14, 16, 10, 22, 25, 24, 23)
-CF_ODD = {chr(65 + k): v for k, v in enumerate(_ODD)}
-CF_ODD.update({str(d): _ODD[d] for d in range(10)})
-CF_EVEN = {chr(65 + k): k for k in range(26)}
-CF_EVEN.update({str(d): d for d in range(10)})
-OMOCODIA_LETTERS = "LMNPQRSTUV"
-OMOCODIA_POSITIONS = (14, 13, 12, 10, 9, 7, 6)
+# The codice fiscale and IBAN algorithms are those of the CSV fixture generator beside this
+# file: one implementation, checked by its self-test against the official examples.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gen_legacy_csv import (  # noqa: E402
+    CHECK_LETTERS,
+    OMOCODIA_LETTERS,
+    OMOCODIA_POSITIONS,
+    build_cf,
+    cf_check_char as check_char,
+    cf_letters as letters_only,
+    iban_check_digits,
+    iban_is_valid,
+    surname_code,
+)
+
 CF_PATTERN = re.compile(r"[A-Z]{6}[0-9LMNPQRSTUV]{2}[ABCDEHLMPRST][0-9LMNPQRSTUV]{2}[A-Z]"
                         r"[0-9LMNPQRSTUV]{3}[A-Z]")
-
-
-def letters_only(text: str) -> str:
-    """Normalisation used for names: upper case, diacritics dropped, only A-Z kept."""
-    decomposed = unicodedata.normalize("NFD", text.upper())
-    return "".join(ch for ch in decomposed if "A" <= ch <= "Z")
-
-
-def surname_code(surname: str) -> str:
-    letters = letters_only(surname)
-    cons = [c for c in letters if c not in VOWELS]
-    vows = [c for c in letters if c in VOWELS]
-    return ("".join(cons + vows) + "XXX")[:3]
-
-
-def name_code(name: str) -> str:
-    letters = letters_only(name)
-    cons = [c for c in letters if c not in VOWELS]
-    if len(cons) >= 4:
-        return cons[0] + cons[2] + cons[3]
-    vows = [c for c in letters if c in VOWELS]
-    return ("".join(cons + vows) + "XXX")[:3]
-
-
-def check_char(first: str) -> str:
-    """CF/CIN control character: odd/even tables over 1-based positions, sum mod 26."""
-    total = 0
-    for pos, ch in enumerate(first, 1):
-        total += CF_ODD[ch] if pos % 2 else CF_EVEN[ch]
-    return CHECK_LETTERS[total % 26]
-
-
-def build_cf(surname: str, name: str, birth: dt.date, female: bool, place: str) -> str:
-    day = birth.day + (40 if female else 0)
-    first = (surname_code(surname) + name_code(name) + f"{birth.year % 100:02d}"
-             + MONTH_LETTERS[birth.month - 1] + f"{day:02d}" + place)
-    return first + check_char(first)
 
 
 def omocodia(cf: str, level: int) -> str:
@@ -238,13 +206,7 @@ def piva_check(first10: str) -> str:
 def iban_it(abi: str, cab: str, conto: str) -> str:
     bban_nocin = abi + cab + conto
     bban = check_char(bban_nocin) + bban_nocin
-    digits = "".join(str(int(ch, 36)) for ch in bban + "IT00")
-    return f"IT{98 - int(digits) % 97:02d}{bban}"
-
-
-def iban_is_valid(iban: str) -> bool:
-    s = iban[4:] + iban[:4]
-    return int("".join(str(int(ch, 36)) for ch in s)) % 97 == 1
+    return f"IT{iban_check_digits('IT', bban)}{bban}"
 
 
 # ---------------------------------------------------------------------------------------------
