@@ -1,4 +1,4 @@
-//! Snodo's connectors, one folder per family: [`file`] (CSV, JSON lines) and [`sql`]
+//! Snodo's connectors, one folder per family: [`file`] (CSV, JSON lines, XML) and [`sql`]
 //! (SQLite, PostgreSQL). Each connector's config struct is the single source of its YAML
 //! schema, its documentation and its validation.
 
@@ -22,6 +22,7 @@ use snodo_core::steps::{self, StepContext};
 
 use file::csv::{CsvSink, CsvSinkConfig, CsvSource, CsvSourceConfig};
 use file::jsonl::{JsonlSink, JsonlSinkConfig, JsonlSource, JsonlSourceConfig};
+use file::xml::{XmlSink, XmlSinkConfig, XmlSource, XmlSourceConfig};
 use sql::{SqlSink, SqlSinkConfig, SqlSource, SqlSourceConfig};
 
 /// The source of a pipeline: exactly one of these keys.
@@ -32,6 +33,8 @@ pub enum SourceConfig {
     Csv(CsvSourceConfig),
     /// A JSON-lines file.
     Jsonl(JsonlSourceConfig),
+    /// An XML document read through a layout (and validated against its XSD).
+    Xml(XmlSourceConfig),
     /// A SQL query on SQLite or PostgreSQL.
     Sql(SqlSourceConfig),
 }
@@ -44,6 +47,8 @@ pub enum SinkConfig {
     Csv(CsvSinkConfig),
     /// A JSON-lines file.
     Jsonl(JsonlSinkConfig),
+    /// An XML document laid out by a layout file and valid against its XSD.
+    Xml(XmlSinkConfig),
     /// A table on SQLite or PostgreSQL (upsert on the natural key).
     Sql(SqlSinkConfig),
 }
@@ -61,6 +66,7 @@ impl Check for SourceConfig {
         match self {
             SourceConfig::Csv(c) => c.check(node, path, out),
             SourceConfig::Jsonl(c) => c.check(node, path, out),
+            SourceConfig::Xml(c) => c.check(node, path, out),
             SourceConfig::Sql(c) => c.check(node, path, out),
         }
     }
@@ -71,6 +77,7 @@ impl Check for SinkConfig {
         match self {
             SinkConfig::Csv(c) => c.check(node, path, out),
             SinkConfig::Jsonl(c) => c.check(node, path, out),
+            SinkConfig::Xml(c) => c.check(node, path, out),
             SinkConfig::Sql(c) => c.check(node, path, out),
         }
     }
@@ -136,6 +143,7 @@ pub async fn open_source(
     Ok(match config {
         SourceConfig::Csv(c) => Box::new(CsvSource::new(c.clone())),
         SourceConfig::Jsonl(c) => Box::new(JsonlSource::new(c.clone())),
+        SourceConfig::Xml(c) => Box::new(XmlSource::new(c.clone())),
         SourceConfig::Sql(c) => {
             let conn = connections.get(&c.connection).map_err(Error::Other)?;
             let query = match (&c.query, &c.query_file) {
@@ -166,6 +174,19 @@ pub async fn open_source(
             }
         }
     })
+}
+
+/// The sink itself, or for a dry run a sink that writes nothing but still runs the real
+/// sink's checks.
+fn dry_or_real(dry_run: bool, real: Box<dyn Sink>) -> Box<dyn Sink> {
+    if dry_run {
+        Box::new(DryRunSink {
+            target: real.describe(),
+            checks: Some(real),
+        })
+    } else {
+        real
+    }
 }
 
 /// Turns a loaded pipeline into a runnable plan: connections opened, steps compiled, code
@@ -201,26 +222,19 @@ pub async fn plan_from(
         connections.get(name).cloned().map_err(Error::Other)
     };
     let source = open_source(&pipeline.source, connections).await?;
-    let real_sink: Box<dyn Sink> = match &pipeline.sink {
-        SinkConfig::Csv(c) => Box::new(CsvSink::new(c.clone())),
-        SinkConfig::Jsonl(c) => Box::new(JsonlSink::new(c.clone())),
+    let sink: Box<dyn Sink> = match &pipeline.sink {
+        // A dry run never connects to the target database.
+        SinkConfig::Sql(c) if dry_run => Box::new(DryRunSink {
+            target: format!("sql {} table {}", c.connection, c.table),
+            checks: None,
+        }),
         SinkConfig::Sql(c) => {
-            if dry_run {
-                Box::new(DryRunSink {
-                    target: format!("sql {} table {}", c.connection, c.table),
-                })
-            } else {
-                let db = Db::connect(&open(&c.connection)?, 2).await?;
-                Box::new(SqlSink::new(c.clone(), db, &c.connection))
-            }
+            let db = Db::connect(&open(&c.connection)?, 2).await?;
+            Box::new(SqlSink::new(c.clone(), db, &c.connection))
         }
-    };
-    let sink: Box<dyn Sink> = if dry_run {
-        Box::new(DryRunSink {
-            target: real_sink.describe(),
-        })
-    } else {
-        real_sink
+        SinkConfig::Csv(c) => dry_or_real(dry_run, Box::new(CsvSink::new(c.clone()))),
+        SinkConfig::Jsonl(c) => dry_or_real(dry_run, Box::new(JsonlSink::new(c.clone()))),
+        SinkConfig::Xml(c) => dry_or_real(dry_run, Box::new(XmlSink::new(c.clone())?)),
     };
     let ctx = StepContext {
         engine: Arc::new(ExprEngine::new()),

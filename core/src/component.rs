@@ -8,6 +8,7 @@ use tokio::sync::mpsc;
 
 use crate::error::Result;
 use crate::record::{Batch, Checkpoint, Record};
+use crate::steps::StepContext;
 
 /// What a source needs to know to produce batches.
 #[derive(Debug, Clone)]
@@ -81,6 +82,10 @@ pub struct Artifact {
     pub rows: u64,
     /// Where it is meant to go (`local`, `INPS`, ...).
     pub destination: String,
+    /// The checks the content passed before it was released (`xsd:PS_PSA_SINA201812.xsd`,
+    /// `xmllint`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<String>,
 }
 
 /// A sink. Every `write` commits the records *and* the checkpoint together, so a crash
@@ -97,6 +102,18 @@ pub trait Sink: Send {
     /// `out/x.csv#17`), for lineage. Called before `write`, so that lineage is logged
     /// before the data it describes is committed.
     fn keys(&self, records: &[Record]) -> Vec<String>;
+    /// Looks at a batch before it is written. A sink that renders records into a strict
+    /// format (XML against its XSD) moves the records it cannot write into
+    /// `batch.rejects` (built with `ctx.reject`, step `sink`), and may drop records it has
+    /// nothing to deliver for (counted in `batch.filtered`). Runs in dry runs too: that is
+    /// how an operator learns, before anything is sent, which records would be refused.
+    fn check<'a>(
+        &'a mut self,
+        _batch: &'a mut Batch,
+        _ctx: &'a StepContext,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async { Ok(()) })
+    }
     /// Writes `records` and saves `checkpoint` atomically.
     fn write<'a>(
         &'a mut self,
@@ -111,16 +128,29 @@ pub trait Sink: Send {
 }
 
 /// A sink that writes nothing: `--dry-run`. Checkpoints are not saved either, so a dry
-/// run never changes where the next real run starts.
-#[derive(Debug, Default)]
+/// run never changes where the next real run starts. The real sink's [`Sink::check`]
+/// still runs when it is given, so a dry run reports every record the sink would refuse.
+#[derive(Default)]
 pub struct DryRunSink {
     /// Description of the sink that would have been written.
     pub target: String,
+    /// The real sink, only for its checks.
+    pub checks: Option<Box<dyn Sink>>,
 }
 
 impl Sink for DryRunSink {
     fn describe(&self) -> String {
         format!("dry run (would write to {})", self.target)
+    }
+    fn check<'a>(
+        &'a mut self,
+        batch: &'a mut Batch,
+        ctx: &'a StepContext,
+    ) -> BoxFuture<'a, Result<()>> {
+        match &mut self.checks {
+            Some(inner) => inner.check(batch, ctx),
+            None => Box::pin(async { Ok(()) }),
+        }
     }
     fn open<'a>(
         &'a mut self,

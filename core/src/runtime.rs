@@ -119,6 +119,9 @@ pub struct RunSummary {
     pub rejected_by_reason: BTreeMap<String, u64>,
     /// Per-step counts.
     pub steps: Vec<StepCounts>,
+    /// What the sink's own checks did (records refused by the XSD, records with nothing
+    /// new to deliver).
+    pub sink_checks: StepCounts,
     /// Files produced.
     pub artifacts: Vec<Artifact>,
     /// Seconds.
@@ -235,6 +238,10 @@ pub async fn run(mut plan: Plan, log: &FlowLog, opts: RunOptions) -> Result<RunS
                 ..Default::default()
             })
             .collect(),
+        sink_checks: StepCounts {
+            step: "sink".into(),
+            ..Default::default()
+        },
         artifacts: Vec::new(),
         seconds: 0.0,
         error: None,
@@ -282,7 +289,12 @@ pub async fn run(mut plan: Plan, log: &FlowLog, opts: RunOptions) -> Result<RunS
         rejected: summary.rejected,
         filtered: summary.filtered,
         rejected_by_reason: summary.rejected_by_reason.clone(),
-        steps: summary.steps.clone(),
+        steps: summary
+            .steps
+            .iter()
+            .chain(Some(&summary.sink_checks).filter(|c| c.rejected + c.filtered > 0))
+            .cloned()
+            .collect(),
         error: summary.error.clone(),
         finished_at: chrono::Utc::now().to_rfc3339(),
         duration_ms: (summary.seconds * 1000.0) as u64,
@@ -384,8 +396,16 @@ async fn pump(
                 break;
             }
         };
-        let Some((batch, counts)) = next else { break };
+        let Some((mut batch, counts)) = next else {
+            break;
+        };
         next_worker += 1;
+        let before = (batch.records.len(), batch.rejects.len(), batch.filtered);
+        plan.sink.check(&mut batch, &plan.ctx).await?;
+        summary.sink_checks.input += before.0 as u64;
+        summary.sink_checks.output += batch.records.len() as u64;
+        summary.sink_checks.rejected += (batch.rejects.len() - before.1) as u64;
+        summary.sink_checks.filtered += batch.filtered - before.2;
         for (total, c) in summary.steps.iter_mut().zip(counts) {
             total.input += c.input;
             total.output += c.output;

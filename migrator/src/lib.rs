@@ -697,6 +697,7 @@ async fn write_report(
             sha256: hex::encode(Sha256::digest(body.as_bytes())),
             rows: report.tables.len() as u64,
             destination: "local".into(),
+            checks: Vec::new(),
         });
         files.push(path.display().to_string());
     }

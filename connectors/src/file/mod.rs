@@ -9,6 +9,7 @@ pub mod csv;
 pub mod encoding;
 pub mod jsonl;
 pub mod output;
+pub mod xml;
 
 use std::path::Path;
 

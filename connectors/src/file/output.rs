@@ -17,6 +17,9 @@ struct FileCheckpoint {
     saved: SavedCheckpoint,
     bytes: u64,
     rows: u64,
+    /// Sink-specific state that must survive with the bytes (the XML sink's open group).
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    state: serde_json::Value,
 }
 
 /// An output file written through `PATH.partial` with an atomically replaced checkpoint.
@@ -29,6 +32,7 @@ pub struct OutputFile {
     bytes: u64,
     rows: u64,
     destination: String,
+    state: serde_json::Value,
 }
 
 fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
@@ -64,7 +68,23 @@ impl OutputFile {
             bytes: 0,
             rows: 0,
             destination: destination.to_string(),
+            state: serde_json::Value::Null,
         }
+    }
+
+    /// The sink state saved with the last checkpoint (`Null` when starting from scratch).
+    pub fn state(&self) -> &serde_json::Value {
+        &self.state
+    }
+
+    /// Sets the sink state saved with the next checkpoint.
+    pub fn set_state(&mut self, state: serde_json::Value) {
+        self.state = state;
+    }
+
+    /// The partial file being written.
+    pub fn partial(&self) -> &Path {
+        &self.partial
     }
 
     /// The final path.
@@ -133,16 +153,16 @@ impl OutputFile {
             .truncate(false)
             .open(&self.partial)
             .map_err(|e| Error::io("creating", &self.partial, e))?;
-        let (bytes, rows) = match resume {
+        let (bytes, rows, state) = match resume {
             Some(_) => {
                 let raw = std::fs::read(&self.checkpoint)
                     .map_err(|e| Error::io("reading", &self.checkpoint, e))?;
                 let cp: FileCheckpoint = serde_json::from_slice(&raw).map_err(|e| {
                     Error::Other(format!("checkpoint `{}`: {e}", self.checkpoint.display()))
                 })?;
-                (cp.bytes, cp.rows)
+                (cp.bytes, cp.rows, cp.state)
             }
-            None => (0, 0),
+            None => (0, 0, serde_json::Value::Null),
         };
         let actual = file
             .metadata()
@@ -167,6 +187,37 @@ impl OutputFile {
         self.file = Some(file);
         self.bytes = bytes;
         self.rows = rows;
+        self.state = state;
+        Ok(())
+    }
+
+    /// Appends the closing bytes of the output (an XML document's end tags) without a new
+    /// checkpoint: a crash before [`finish`](Self::finish) cuts them off again, and
+    /// `finish` counts them in the final checkpoint.
+    pub fn append_tail(&mut self, data: &[u8]) -> Result<()> {
+        let file = self
+            .file
+            .as_mut()
+            .ok_or_else(|| Error::Other("output file written before begin()".into()))?;
+        file.write_all(data)
+            .map_err(|e| Error::io("writing", &self.partial, e))?;
+        file.sync_data()
+            .map_err(|e| Error::io("syncing", &self.partial, e))?;
+        self.bytes += data.len() as u64;
+        Ok(())
+    }
+
+    /// Gives up the output: the partial file and the checkpoint are removed (a run that
+    /// had nothing to deliver publishes nothing).
+    pub fn discard(&mut self) -> Result<()> {
+        self.file = None;
+        for p in [&self.partial, &self.checkpoint] {
+            match std::fs::remove_file(p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io("removing", p, e)),
+            }
+        }
         Ok(())
     }
 
@@ -191,6 +242,7 @@ impl OutputFile {
             saved: saved.clone(),
             bytes: self.bytes,
             rows: self.rows,
+            state: self.state.clone(),
         };
         let tmp = with_suffix(&self.checkpoint, ".tmp");
         let body = serde_json::to_vec_pretty(&cp).map_err(|e| Error::Other(e.to_string()))?;
@@ -222,6 +274,7 @@ impl OutputFile {
             sha256,
             rows: self.rows,
             destination: self.destination.clone(),
+            checks: Vec::new(),
         })
     }
 }

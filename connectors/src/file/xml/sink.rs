@@ -1,0 +1,252 @@
+use std::collections::VecDeque;
+use std::path::Path;
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use snodo_core::component::{Artifact, SavedCheckpoint, Sink};
+use snodo_core::error::{Error, Result};
+use snodo_core::record::{Batch, Record};
+use snodo_core::steps::StepContext;
+
+use super::config::{XmlSinkConfig, Xmllint};
+use super::layout::{Layout, Rendered, XElem};
+use super::writer::{WriterState, XmlWriter};
+use crate::file::output::OutputFile;
+
+/// Renders and checks the records of a batch: the valid ones stay in the batch with their
+/// rendered element in `pending`, the others become rejects of step `sink`, one per
+/// record, with every problem of the record in the reason.
+pub fn check_batch(
+    layout: &Layout,
+    params: &indexmap::IndexMap<String, String>,
+    batch: &mut Batch,
+    ctx: &StepContext,
+    pending: &mut VecDeque<Rendered>,
+) {
+    let records = std::mem::take(&mut batch.records);
+    let mut kept = Vec::with_capacity(records.len());
+    for r in records {
+        match layout.render_record(&r, params) {
+            Ok(rendered) => {
+                pending.push_back(rendered);
+                kept.push(r);
+            }
+            Err(problems) => {
+                let code = problems
+                    .first()
+                    .map(|p| p.violation.rule.code())
+                    .unwrap_or("xsd");
+                let reason = problems
+                    .iter()
+                    .map(|p| p.reason())
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                batch
+                    .rejects
+                    .push(ctx.reject("sink", code.to_string(), reason, &r));
+            }
+        }
+    }
+    batch.records = kept;
+}
+
+/// The rendered elements of `records`: those `check` prepared, or rendered now when the
+/// batch did not go through `check` (a record that fails now is an internal error: every
+/// record reaching `write` passed `check`).
+pub fn take_rendered(
+    layout: &Layout,
+    params: &indexmap::IndexMap<String, String>,
+    records: &[Record],
+    pending: &mut VecDeque<Rendered>,
+) -> Result<Vec<Rendered>> {
+    if pending.len() == records.len() {
+        return Ok(pending.drain(..).collect());
+    }
+    pending.clear();
+    records
+        .iter()
+        .map(|r| {
+            layout.render_record(r, params).map_err(|p| {
+                Error::Other(format!(
+                    "record {} was not checked before being written: {}",
+                    r.position,
+                    p.iter().map(|p| p.reason()).collect::<Vec<_>>().join("; ")
+                ))
+            })
+        })
+        .collect()
+}
+
+/// Validates a finished document before it is released: snodo's validator always, then
+/// libxml2's `xmllint` as configured. Returns the checks that passed, for the flow log.
+pub fn release_checks(layout: &Layout, file: &Path, xmllint: Xmllint) -> Result<Vec<String>> {
+    let schema_name = layout
+        .schema_file
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let f = std::fs::File::open(file).map_err(|e| Error::io("opening", file, e))?;
+    let problems = layout
+        .schema
+        .validate_reader(std::io::BufReader::with_capacity(1 << 16, f), 20);
+    if !problems.is_empty() {
+        return Err(Error::Other(format!(
+            "`{}` does not validate against `{}`, so it was not released (this is a bug: every record was checked on its own): {}",
+            file.display(),
+            layout.schema_file.display(),
+            problems
+                .iter()
+                .take(10)
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join("; ")
+        )));
+    }
+    let mut checks = vec![format!("xsd:{schema_name}")];
+    let run = match xmllint {
+        Xmllint::Off => false,
+        Xmllint::Required => true,
+        Xmllint::Auto => std::process::Command::new("xmllint")
+            .arg("--version")
+            .output()
+            .is_ok(),
+    };
+    if run {
+        let out = std::process::Command::new("xmllint")
+            .args(["--noout", "--stream", "--schema"])
+            .arg(&layout.schema_file)
+            .arg(file)
+            .output()
+            .map_err(|e| {
+                Error::Other(format!(
+                    "running xmllint (required by the sink's `xmllint: required`): {e}; install libxml2-utils"
+                ))
+            })?;
+        if !out.status.success() {
+            let msg = String::from_utf8_lossy(&out.stderr);
+            return Err(Error::Other(format!(
+                "xmllint refuses `{}`, so it was not released: {}",
+                file.display(),
+                snodo_core::mask::redact_text(&msg.lines().take(10).collect::<Vec<_>>().join("; "))
+            )));
+        }
+        checks.push(format!("xmllint:{schema_name}"));
+    }
+    Ok(checks)
+}
+
+/// The `xml` sink.
+pub struct XmlSink {
+    cfg: XmlSinkConfig,
+    layout: Arc<Layout>,
+    header: Vec<XElem>,
+    out: OutputFile,
+    writer: XmlWriter,
+    pending: VecDeque<Rendered>,
+}
+
+impl XmlSink {
+    /// Loads the layout and renders the header: a bad layout or parameter fails here,
+    /// before anything is read.
+    pub fn new(cfg: XmlSinkConfig) -> Result<Self> {
+        let layout = Layout::load(Path::new(&cfg.layout))?;
+        let header = layout.render_header(&cfg.params)?;
+        Ok(XmlSink {
+            out: OutputFile::new(&cfg.path, &cfg.destination),
+            writer: XmlWriter::new(layout.clone()),
+            layout,
+            header,
+            cfg,
+            pending: VecDeque::new(),
+        })
+    }
+}
+
+impl Sink for XmlSink {
+    fn describe(&self) -> String {
+        format!("xml {} (layout {})", self.cfg.path, self.cfg.layout)
+    }
+
+    fn open<'a>(&'a mut self, pipeline: &'a str) -> BoxFuture<'a, Result<Option<SavedCheckpoint>>> {
+        Box::pin(async move { self.out.open(pipeline) })
+    }
+
+    fn begin<'a>(&'a mut self, resume: Option<&'a SavedCheckpoint>) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            self.out.begin(resume)?;
+            self.writer.state = match resume {
+                Some(_) => serde_json::from_value(self.out.state().clone()).unwrap_or_default(),
+                None => WriterState::default(),
+            };
+            Ok(())
+        })
+    }
+
+    fn check<'a>(
+        &'a mut self,
+        batch: &'a mut Batch,
+        ctx: &'a StepContext,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            check_batch(
+                &self.layout,
+                &self.cfg.params,
+                batch,
+                ctx,
+                &mut self.pending,
+            );
+            Ok(())
+        })
+    }
+
+    fn keys(&self, records: &[Record]) -> Vec<String> {
+        let first = self.writer.state.records;
+        (1..=records.len() as u64)
+            .map(|i| format!("{}#{}", self.cfg.path, first + i))
+            .collect()
+    }
+
+    fn write<'a>(
+        &'a mut self,
+        records: &'a [Record],
+        checkpoint: &'a SavedCheckpoint,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let rendered =
+                take_rendered(&self.layout, &self.cfg.params, records, &mut self.pending)?;
+            let mut text = String::with_capacity(rendered.len() * 1024);
+            if !rendered.is_empty() && !self.writer.state.started {
+                self.writer.start_document(&self.header, &mut text);
+            }
+            for r in &rendered {
+                self.writer.write(r, &mut text);
+            }
+            self.out.set_state(
+                serde_json::to_value(&self.writer.state)
+                    .map_err(|e| Error::Other(e.to_string()))?,
+            );
+            self.out
+                .append(text.as_bytes(), rendered.len() as u64, checkpoint)
+        })
+    }
+
+    fn finish<'a>(
+        &'a mut self,
+        checkpoint: &'a SavedCheckpoint,
+    ) -> BoxFuture<'a, Result<Vec<Artifact>>> {
+        Box::pin(async move {
+            if self.writer.state.records == 0 {
+                tracing::info!(path = %self.cfg.path, "no records to write: no document is produced");
+                self.out.discard()?;
+                return Ok(Vec::new());
+            }
+            let mut tail = String::new();
+            self.writer.end_document(&mut tail);
+            self.out.append_tail(tail.as_bytes())?;
+            let checks = release_checks(&self.layout, self.out.partial(), self.cfg.xmllint)?;
+            let mut artifact = self.out.finish(checkpoint)?;
+            artifact.checks = checks;
+            Ok(vec![artifact])
+        })
+    }
+}
