@@ -174,7 +174,36 @@ enum Command {
         #[command(subcommand)]
         command: StoreCommand,
     },
+    /// Serve the e-services the ente exposes: the INPS WaaS e-service (GET /status,
+    /// GET /flussi?since=MS&limit=N, POST /esiti) from `serve.waas` in the connections
+    /// file. Runs until Ctrl-C.
+    #[command(after_help = SERVE_HELP)]
+    Serve {
+        /// Address to listen on (default: `serve.listen`, else 127.0.0.1:8080).
+        #[arg(long)]
+        listen: Option<String>,
+    },
 }
+
+const SERVE_HELP: &str = "\
+The WaaS e-service hands INPS the flows queued by siuss pipelines with `channel: waas`
+(one beneficiary and one prestazione each, oldest first) and records INPS's outcomes.
+Every request needs `Authorization: Bearer TOKEN` with a token of `serve.waas.tokens`.
+
+Example connections file section:
+  serve:
+    listen: 127.0.0.1:8443
+    waas:
+      connection: store
+      ente: D969
+      denominazione: Comune di Genova
+      tokens: [\"${env:SNODO_WAAS_TOKEN}\"]
+
+Try it:
+  SNODO_WAAS_TOKEN=s3cret snodo serve &
+  curl -H 'Authorization: Bearer s3cret' 'http://127.0.0.1:8443/flussi?since=0&limit=10'
+
+Guide: docs/siuss.md";
 
 #[derive(Subcommand)]
 enum MigrateCommand {
@@ -856,7 +885,28 @@ async fn dispatch(cli: &Cli) -> Result<i32, Error> {
         } => cmd_verify(cli, expect_head, *json).await,
         Command::Migrate { command } => cmd_migrate(cli, command).await,
         Command::Store { command } => cmd_store(cli, command).await,
+        Command::Serve { listen } => cmd_serve(cli, listen.as_deref()).await,
     }
+}
+
+async fn cmd_serve(cli: &Cli, listen: Option<&str>) -> Result<i32, Error> {
+    let conns = ConnectionsFile::load(&cli.config, cli.config != Path::new("snodo.yaml"))?;
+    let log = Arc::new(open_log(&conns).await?);
+    let (waas, prefix) = snodo_connectors::inps::waas::from_config(&conns, log).await?;
+    let addr = listen
+        .map(str::to_string)
+        .or_else(|| conns.serve.as_ref().map(|s| s.listen.clone()))
+        .unwrap_or_else(|| "127.0.0.1:8080".into());
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .map_err(|e| Error::Other(format!("cannot listen on {addr}: {e}")))?;
+    let bound = listener.local_addr().map(|a| a.to_string()).unwrap_or(addr);
+    eprintln!(
+        "snodo serve: WaaS e-service on http://{bound}{prefix} (/status, /flussi, /esiti); Ctrl-C stops it"
+    );
+    let app = snodo_connectors::inps::waas::router(waas, &prefix);
+    snodo_connectors::inps::waas::serve(listener, app).await?;
+    Ok(0)
 }
 
 fn main() -> ExitCode {

@@ -3,6 +3,7 @@
 //! schema, its documentation and its validation.
 
 pub mod file;
+pub mod inps;
 pub mod sql;
 
 use std::path::Path;
@@ -51,6 +52,9 @@ pub enum SinkConfig {
     Xml(XmlSinkConfig),
     /// A table on SQLite or PostgreSQL (upsert on the natural key).
     Sql(SqlSinkConfig),
+    /// An INPS SIUSS flow (PS/PSA with SINA, or SINBA): each version of each record
+    /// delivered once, as a file or through the WaaS queue.
+    Siuss(inps::SiussSinkConfig),
 }
 
 /// Records per batch when the pipeline does not say: large enough that per-batch costs
@@ -78,6 +82,7 @@ impl Check for SinkConfig {
             SinkConfig::Csv(c) => c.check(node, path, out),
             SinkConfig::Jsonl(c) => c.check(node, path, out),
             SinkConfig::Xml(c) => c.check(node, path, out),
+            SinkConfig::Siuss(c) => c.check(node, path, out),
             SinkConfig::Sql(c) => c.check(node, path, out),
         }
     }
@@ -91,13 +96,13 @@ pub fn load(path: &Path, connections: &ConnectionsFile) -> Result<(Pipeline, Nod
     // reported together with every other problem of the file.
     let mut problems = Vec::new();
     if let Ok(root) = snodo_core::config::yaml::parse(&text) {
-        for section in ["source", "sink"] {
+        for (section, kind) in [("source", "sql"), ("sink", "sql"), ("sink", "siuss")] {
             if let Some(n) =
-                snodo_core::config::yaml::node_at(&root, &[section, "sql", "connection"])
+                snodo_core::config::yaml::node_at(&root, &[section, kind, "connection"])
                 && let snodo_core::config::yaml::NodeKind::Str(name) = &n.kind
                 && let Err(e) = connections.get(name)
             {
-                problems.push(problem(n, &format!("{section}.sql.connection"), e));
+                problems.push(problem(n, &format!("{section}.{kind}.connection"), e));
             }
         }
     }
@@ -235,12 +240,34 @@ pub async fn plan_from(
         SinkConfig::Csv(c) => dry_or_real(dry_run, Box::new(CsvSink::new(c.clone()))),
         SinkConfig::Jsonl(c) => dry_or_real(dry_run, Box::new(JsonlSink::new(c.clone()))),
         SinkConfig::Xml(c) => dry_or_real(dry_run, Box::new(XmlSink::new(c.clone())?)),
+        SinkConfig::Siuss(c) => {
+            // Dry runs connect too: the checks read what INPS already has.
+            let db = Db::connect(&open(&c.connection)?, 2).await?;
+            dry_or_real(dry_run, Box::new(inps::SiussSink::new(c.clone(), db)?))
+        }
     };
+    let key_names = pipeline.steps.iter().filter_map(|s| match s {
+        snodo_core::config::StepConfig::Pseudonym(p) => Some(p.key.as_str()),
+        _ => None,
+    });
     let ctx = StepContext {
-        engine: Arc::new(ExprEngine::new()),
-        personal: Arc::new(pipeline.personal.clone()),
+        keys: Arc::new(connections.resolve_keys(key_names).map_err(Error::Other)?),
+        ..StepContext::new(
+            Arc::new(ExprEngine::with_vars(pipeline.vars.clone())),
+            pipeline.personal.clone(),
+        )
     };
-    let steps = (0..snodo_core::runtime::default_workers())
+    // Ordered steps (aggregate) see every record, in order, on one worker.
+    let ordered = pipeline
+        .steps
+        .iter()
+        .any(|s| matches!(s, snodo_core::config::StepConfig::Aggregate(_)));
+    let workers = if ordered {
+        1
+    } else {
+        snodo_core::runtime::default_workers()
+    };
+    let steps = (0..workers)
         .map(|_| steps::build(&pipeline.steps, &ctx))
         .collect::<Result<Vec<_>>>()?;
     let limit = pipeline
@@ -261,5 +288,7 @@ pub async fn plan_from(
         batch_size: pipeline.batch_size.unwrap_or(DEFAULT_BATCH_SIZE),
         ctx,
         lineage_per_record: true,
+        report: pipeline.report.clone(),
+        resumable: !ordered,
     })
 }

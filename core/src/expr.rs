@@ -15,6 +15,7 @@
 //! `upper(trim(nome))` on an empty field yields null rather than an error.
 
 use chrono::{Datelike, NaiveDate, NaiveDateTime};
+use indexmap::IndexMap;
 use rhai::{AST, Dynamic, Engine, EvalAltResult, ImmutableString, Scope};
 use rust_decimal::Decimal;
 
@@ -218,9 +219,41 @@ fn bool_check(v: Dynamic, check: impl Fn(&str) -> bool) -> bool {
     text_of(&v).is_some_and(|s| check(&s))
 }
 
+/// The part of `[start, end]` (an open end runs to 31 December of `year`) that falls in
+/// `year`, and the whole period's length, in days (both ends included).
+fn year_days(start: NaiveDate, end: Option<NaiveDate>, year: i64) -> Option<(i64, i64)> {
+    let y = i32::try_from(year).ok()?;
+    let (jan1, dec31) = (
+        NaiveDate::from_ymd_opt(y, 1, 1)?,
+        NaiveDate::from_ymd_opt(y, 12, 31)?,
+    );
+    let end = end.unwrap_or(dec31.max(start));
+    if end < start {
+        return Some((0, 0));
+    }
+    let whole = (end - start).num_days() + 1;
+    let (a, b) = (start.max(jan1), end.min(dec31));
+    let part = if b < a { 0 } else { (b - a).num_days() + 1 };
+    Some((part, whole))
+}
+
+fn optional_date(v: &Dynamic) -> std::result::Result<Option<NaiveDate>, Box<EvalAltResult>> {
+    if v.is_unit() {
+        return Ok(None);
+    }
+    let d = lenient_date(v.clone())?;
+    Ok(d.try_cast::<NaiveDate>())
+}
+
 impl ExprEngine {
     /// Builds the sandboxed engine.
     pub fn new() -> Self {
+        Self::with_vars(IndexMap::new())
+    }
+
+    /// The engine with the pipeline's `vars` (overridden by `snodo run --var`), read by
+    /// `var("name")`.
+    pub fn with_vars(vars: IndexMap<String, String>) -> Self {
         let mut e = Engine::new();
         e.on_print(|_| {});
         e.on_debug(|_, _, _| {});
@@ -311,6 +344,48 @@ impl ExprEngine {
             }
         });
 
+        // INPS codes yes/no as 1/2 (PresaCarico, SINBA's flags): `si_no(bool_field)`.
+        e.register_fn("si_no", |v: Dynamic| -> FnResult {
+            let b = if let Ok(b) = v.as_bool() {
+                Some(b)
+            } else if let Ok(i) = v.as_int() {
+                Some(i != 0)
+            } else {
+                match text_of(&v) {
+                    None => None,
+                    Some(s) if s.trim().is_empty() => None,
+                    Some(s) => Some(value::parse_bool(&s).map_err(err)?),
+                }
+            };
+            Ok(match b {
+                Some(true) => Dynamic::from(ImmutableString::from("1")),
+                Some(false) => Dynamic::from(ImmutableString::from("2")),
+                None => Dynamic::UNIT,
+            })
+        });
+        // A list of codes separated by commas, sorted and without repetitions: what SQL's
+        // `string_agg` gives without `DISTINCT`, which SQLite does not allow with a
+        // separator.
+        e.register_fn("sorted_unique", |v: Dynamic| -> Dynamic {
+            match text_of(&v) {
+                None => Dynamic::UNIT,
+                Some(s) => {
+                    let mut items: Vec<&str> = s
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|i| !i.is_empty())
+                        .collect();
+                    items.sort_unstable();
+                    items.dedup();
+                    if items.is_empty() {
+                        Dynamic::UNIT
+                    } else {
+                        Dynamic::from(ImmutableString::from(items.join(",")))
+                    }
+                }
+            }
+        });
+
         // Dates: the format is always explicit.
         e.register_type_with_name::<NaiveDate>("date");
         e.register_type_with_name::<NaiveDateTime>("datetime");
@@ -394,6 +469,67 @@ impl ExprEngine {
                 .map(|s| Dynamic::from(ImmutableString::from(s)))
                 .unwrap_or(Dynamic::UNIT)
         });
+        e.register_fn("istat_region", |code: Dynamic, at: NaiveDate| -> Dynamic {
+            text_of(&code)
+                .and_then(|c| validators::comuni::istat_region_at(c.trim(), at))
+                .map(|s| Dynamic::from(ImmutableString::from(s)))
+                .unwrap_or(Dynamic::UNIT)
+        });
+        // A Belfiore code of a foreign state (`Z100`): born or living abroad.
+        e.register_fn("is_foreign_place", |code: Dynamic| {
+            bool_check(code, |c| {
+                let c = c.trim();
+                c.len() == 4 && c.starts_with(['Z', 'z'])
+            })
+        });
+        // Variables of the pipeline: `var("anno")`. An unknown name is an error, not null,
+        // so that a typo cannot silently select nothing.
+        e.register_fn("var", move |name: &str| -> FnResult {
+            vars.get(name)
+                .map(|v| Dynamic::from(ImmutableString::from(v.as_str())))
+                .ok_or_else(|| {
+                    err(format!(
+                        "no variable `{name}`: define it under `vars:` in the pipeline or pass `--var {name}=…`"
+                    ))
+                })
+        });
+        // Whether the period [start, end] (end null: still open) touches `year`.
+        e.register_fn(
+            "in_year",
+            |start: Dynamic, end: Dynamic, year: i64| -> FnResult {
+                let Some(s) = optional_date(&start)? else {
+                    return Ok(Dynamic::from_bool(false));
+                };
+                let (part, _) = year_days(s, optional_date(&end)?, year)
+                    .ok_or_else(|| err(format!("`{year}` is not a year")))?;
+                Ok(Dynamic::from_bool(part > 0))
+            },
+        );
+        // The share of `amount` that falls in `year`, in proportion to the days of the
+        // period [start, end] inside it (an open period runs to 31 December), rounded to
+        // the cent. Exact decimals throughout.
+        e.register_fn(
+            "year_share",
+            |amount: Dynamic, start: Dynamic, end: Dynamic, year: i64| -> FnResult {
+                let amount = lenient_decimal(amount)?;
+                let Some(a) = amount.clone().try_cast::<Decimal>() else {
+                    return Ok(Dynamic::UNIT);
+                };
+                let Some(s) = optional_date(&start)? else {
+                    return Ok(Dynamic::UNIT);
+                };
+                let (part, whole) = year_days(s, optional_date(&end)?, year)
+                    .ok_or_else(|| err(format!("`{year}` is not a year")))?;
+                if whole == 0 {
+                    return Ok(Dynamic::from_decimal(Decimal::ZERO));
+                }
+                let share = a * Decimal::from(part) / Decimal::from(whole);
+                Ok(Dynamic::from_decimal(share.round_dp_with_strategy(
+                    2,
+                    rust_decimal::RoundingStrategy::MidpointAwayFromZero,
+                )))
+            },
+        );
         e.register_fn("mask", |v: Dynamic| {
             on_text(v, |s| crate::mask::mask_keep(s, 1, 0))
         });
@@ -653,6 +789,66 @@ mod tests {
         // A huge string is refused by the size limit, not allowed to eat memory.
         let x = e.compile("\"x\".pad(2000000, 'y')").unwrap();
         assert!(e.eval(&x, &mut Scope::new()).is_err());
+    }
+
+    #[test]
+    fn codes_are_chosen_with_if_expressions_and_places_have_regions() {
+        let r = rec(&[
+            ("sesso", Value::Str("F".into())),
+            ("pic", Value::Null),
+            ("nascita", Value::Str("Z100".into())),
+            ("residenza", Value::Str("D969".into())),
+        ]);
+        assert_eq!(
+            eval(r#"if sesso == "M" { "1" } else { "2" }"#, &r).unwrap(),
+            Value::Str("2".into())
+        );
+        assert_eq!(
+            eval(r#"if is_null(pic) { "2" } else { "1" }"#, &r).unwrap(),
+            Value::Str("2".into())
+        );
+        assert_eq!(
+            eval("is_foreign_place(nascita)", &r).unwrap(),
+            Value::Bool(true)
+        );
+        assert_eq!(
+            eval(r#"sorted_unique("A2.06,A1.02, A2.06,")"#, &r).unwrap(),
+            Value::Str("A1.02,A2.06".into())
+        );
+        assert_eq!(eval(r#"si_no("S")"#, &r).unwrap(), Value::Str("1".into()));
+        assert_eq!(eval("si_no(0)", &r).unwrap(), Value::Str("2".into()));
+        assert_eq!(eval("si_no(pic)", &r).unwrap(), Value::Null);
+        // An open period runs to the end of the year: 1 July 2023 – 31 December 2024 is
+        // 550 days, 366 of them in 2024 (a leap year).
+        assert_eq!(
+            eval(r#"year_share("550.00", "2023-07-01", (), 2024)"#, &r).unwrap(),
+            Value::Decimal("366.00".parse().unwrap())
+        );
+        assert_eq!(
+            eval(
+                r#"year_share("1000", "2024-12-01", "2025-01-30", 2025)"#,
+                &r
+            )
+            .unwrap(),
+            Value::Decimal("491.80".parse().unwrap()),
+            "30 of 61 days"
+        );
+        assert_eq!(
+            eval(r#"in_year("2023-01-01", "2023-12-31", 2024)"#, &r).unwrap(),
+            Value::Bool(false)
+        );
+        assert_eq!(
+            eval(r#"in_year("2023-01-01", (), 2024)"#, &r).unwrap(),
+            Value::Bool(true)
+        );
+        assert_eq!(
+            eval("is_foreign_place(residenza)", &r).unwrap(),
+            Value::Bool(false)
+        );
+        assert_eq!(
+            eval("istat_region(residenza, ymd(2025, 1, 1))", &r).unwrap(),
+            Value::Str("07".into())
+        );
     }
 
     #[test]

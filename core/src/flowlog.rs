@@ -39,6 +39,31 @@ pub enum Entry {
     Artifact(Artifact),
     /// A run ended.
     RunFinished(RunFinished),
+    /// A counterpart's outcome for something a run delivered (INPS's esito for a flow).
+    Receipt(Receipt),
+}
+
+/// A counterpart's outcome for a delivery.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Receipt {
+    /// What was delivered (`D969.PS.20250131.0000001`).
+    pub delivery: String,
+    /// The run that delivered it, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivered_by: Option<String>,
+    /// The record it carried, by key (`intervento_id=42`), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record: Option<String>,
+    /// The outcome code (`OK`, `RICHIESTA_INVALIDA`, …).
+    pub outcome: String,
+    /// The counterpart's description, personal data scrubbed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// The counterpart's own identifier (`id_acquisizione_siuss`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
+    /// When the counterpart processed it.
+    pub processed_at: String,
 }
 
 impl Entry {
@@ -50,6 +75,7 @@ impl Entry {
             Entry::Lineage(_) => "lineage",
             Entry::Artifact(_) => "artifact",
             Entry::RunFinished(_) => "run_finished",
+            Entry::Receipt(_) => "receipt",
         }
     }
 }

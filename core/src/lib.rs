@@ -14,6 +14,7 @@ pub mod expr;
 pub mod flowlog;
 pub mod mask;
 pub mod record;
+pub mod report;
 pub mod runtime;
 pub mod secret;
 pub mod steps;

@@ -93,6 +93,11 @@ pub struct Plan {
     /// `source_key`, `loaded_by_run`), where per-record pairs would only copy millions of
     /// keys into the flow log.
     pub lineage_per_record: bool,
+    /// The pre-submission report to write after the run.
+    pub report: Option<crate::report::ReportConfig>,
+    /// False when a step keeps state across batches (`aggregate`): an interrupted run
+    /// then starts over instead of resuming, since that state was not saved.
+    pub resumable: bool,
 }
 
 /// The outcome of a run.
@@ -176,6 +181,13 @@ pub async fn run(mut plan: Plan, log: &FlowLog, opts: RunOptions) -> Result<RunS
     let saved = plan.sink.open(&plan.name).await?;
     let fingerprint = plan.source.fingerprint();
     let (from, resumed_from, base) = match &saved {
+        Some(s) if s.fingerprint == fingerprint && !s.done && !plan.resumable => {
+            tracing::info!(
+                interrupted = %s.run_id,
+                "an interrupted run is not resumed: this pipeline aggregates, so it starts over"
+            );
+            (None, None, Totals::default())
+        }
         Some(s) if s.fingerprint == fingerprint && !s.done => (
             Some(s.position.clone()),
             Some(s.run_id.clone()),
@@ -275,6 +287,12 @@ pub async fn run(mut plan: Plan, log: &FlowLog, opts: RunOptions) -> Result<RunS
     if let Some(p) = &opts.progress {
         p.finish();
     }
+    if let Some(cfg) = &plan.report {
+        match crate::report::write(cfg, &summary, &plan.file, log).await {
+            Ok(a) => summary.artifacts.push(a),
+            Err(e) => tracing::error!(error = %e, "the pre-submission report could not be written"),
+        }
+    }
 
     let mut tail: Vec<Entry> = summary
         .artifacts
@@ -335,22 +353,56 @@ async fn pump(
     let mut to_workers = Vec::new();
     let mut from_workers = Vec::new();
     let mut worker_threads = Vec::new();
+    let failure: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
     for mut steps in worker_steps {
         let (tx_in, mut rx_in) = mpsc::channel::<Batch>(1);
         let (tx_out, rx_out) = mpsc::channel::<(Batch, Vec<StepCounts>)>(1);
         let labels = step_labels.clone();
+        let failure = failure.clone();
         worker_threads.push(tokio::task::spawn_blocking(move || {
-            while let Some(mut batch) = rx_in.blocking_recv() {
-                let mut counts: Vec<StepCounts> = labels
+            let fresh = || -> Vec<StepCounts> {
+                labels
                     .iter()
                     .map(|l| StepCounts {
                         step: l.clone(),
                         ..Default::default()
                     })
-                    .collect();
+                    .collect()
+            };
+            let report = |steps: &[Box<dyn Step>]| {
+                if let Some(f) = steps.iter().find_map(|s| s.failure())
+                    && let Ok(mut slot) = failure.lock()
+                {
+                    slot.get_or_insert(f);
+                }
+            };
+            let mut last: Option<(u64, serde_json::Value, u64)> = None;
+            let mut ended = true;
+            while let Some(mut batch) = rx_in.blocking_recv() {
+                let mut counts = fresh();
                 steps::run_all(&mut steps, &mut batch, &mut counts);
+                report(&steps);
+                last = Some((batch.seq, batch.checkpoint.clone(), batch.bytes_read));
                 if tx_out.blocking_send((batch, counts)).is_err() {
+                    ended = false;
                     break;
+                }
+            }
+            // The input is over: what steps still hold (an aggregate's last group) goes
+            // out as one more batch, at the last batch's checkpoint.
+            if ended {
+                let (seq, checkpoint, bytes_read) = last.unwrap_or_default();
+                let mut batch = Batch {
+                    seq: seq + 1,
+                    checkpoint,
+                    bytes_read,
+                    ..Default::default()
+                };
+                let mut counts = fresh();
+                steps::finish_all(&mut steps, &mut batch, &mut counts);
+                report(&steps);
+                if !batch.records.is_empty() || !batch.rejects.is_empty() {
+                    let _ = tx_out.blocking_send((batch, counts));
                 }
             }
         }));
@@ -400,6 +452,12 @@ async fn pump(
             break;
         };
         next_worker += 1;
+        if let Some(f) = failure.lock().ok().and_then(|f| f.clone()) {
+            summary.status = "failed".into();
+            summary.error = Some(f);
+            stopped_early = true;
+            break;
+        }
         let before = (batch.records.len(), batch.rejects.len(), batch.filtered);
         plan.sink.check(&mut batch, &plan.ctx).await?;
         summary.sink_checks.input += before.0 as u64;

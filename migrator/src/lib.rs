@@ -234,6 +234,8 @@ pub fn table_pipeline(d: &Definition, t: &definition::TableMapping) -> Result<Pi
         on_error: d.file.on_error.clone(),
         personal: d.file.personal.clone(),
         batch_size: d.file.batch_size,
+        report: None,
+        vars: Default::default(),
     })
 }
 

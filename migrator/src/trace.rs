@@ -142,10 +142,7 @@ mod tests {
     use snodo_core::record::SourcePosition;
 
     fn ctx() -> StepContext {
-        StepContext {
-            engine: Arc::new(ExprEngine::new()),
-            personal: Arc::new(Vec::new()),
-        }
+        StepContext::new(Arc::new(ExprEngine::new()), Vec::new())
     }
 
     #[test]

@@ -20,6 +20,10 @@ struct FileCheckpoint {
     /// Sink-specific state that must survive with the bytes (the XML sink's open group).
     #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
     state: serde_json::Value,
+    /// Where the finished file goes when that is not the output path itself (a name known
+    /// only once the run has started, such as an INPS flow name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    target: Option<PathBuf>,
 }
 
 /// An output file written through `PATH.partial` with an atomically replaced checkpoint.
@@ -33,6 +37,7 @@ pub struct OutputFile {
     rows: u64,
     destination: String,
     state: serde_json::Value,
+    target: Option<PathBuf>,
 }
 
 fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
@@ -69,7 +74,19 @@ impl OutputFile {
             rows: 0,
             destination: destination.to_string(),
             state: serde_json::Value::Null,
+            target: None,
         }
+    }
+
+    /// Publishes the finished file under `target` instead of the output path; saved with
+    /// the next checkpoint, so that a publication interrupted by a crash completes under
+    /// the same name.
+    pub fn set_target(&mut self, target: PathBuf) {
+        self.target = Some(target);
+    }
+
+    fn final_path(&self) -> &Path {
+        self.target.as_deref().unwrap_or(&self.path)
     }
 
     /// The sink state saved with the last checkpoint (`Null` when starting from scratch).
@@ -132,11 +149,14 @@ impl OutputFile {
                         .map(|m| m.len())
                         .unwrap_or(0);
                     if len == cp.bytes {
-                        std::fs::rename(&self.partial, &self.path)
+                        let to = cp.target.clone().unwrap_or_else(|| self.path.clone());
+                        std::fs::rename(&self.partial, &to)
                             .map_err(|e| Error::io("renaming", &self.partial, e))?;
-                        sync_dir(&self.path);
+                        sync_dir(&to);
                     }
                 }
+                self.state = cp.state.clone();
+                self.target = cp.target.clone();
                 Ok(Some(cp.saved))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -153,16 +173,16 @@ impl OutputFile {
             .truncate(false)
             .open(&self.partial)
             .map_err(|e| Error::io("creating", &self.partial, e))?;
-        let (bytes, rows, state) = match resume {
+        let (bytes, rows, state, target) = match resume {
             Some(_) => {
                 let raw = std::fs::read(&self.checkpoint)
                     .map_err(|e| Error::io("reading", &self.checkpoint, e))?;
                 let cp: FileCheckpoint = serde_json::from_slice(&raw).map_err(|e| {
                     Error::Other(format!("checkpoint `{}`: {e}", self.checkpoint.display()))
                 })?;
-                (cp.bytes, cp.rows, cp.state)
+                (cp.bytes, cp.rows, cp.state, cp.target)
             }
-            None => (0, 0, serde_json::Value::Null),
+            None => (0, 0, serde_json::Value::Null, None),
         };
         let actual = file
             .metadata()
@@ -188,6 +208,7 @@ impl OutputFile {
         self.bytes = bytes;
         self.rows = rows;
         self.state = state;
+        self.target = target;
         Ok(())
     }
 
@@ -205,6 +226,24 @@ impl OutputFile {
             .map_err(|e| Error::io("syncing", &self.partial, e))?;
         self.bytes += data.len() as u64;
         Ok(())
+    }
+
+    /// Completes a publication that a crash interrupted after the whole file, tail
+    /// included, was written and recorded elsewhere (the siuss sink's flow registry, with
+    /// the file's SHA-256): the partial file is published as it is, if its hash is
+    /// `sha256`.
+    pub fn adopt_complete(&mut self, saved: &SavedCheckpoint, sha256: &str) -> Result<Artifact> {
+        let (size, actual) = hash_file(&self.partial)?;
+        if actual != sha256 {
+            return Err(Error::Other(format!(
+                "`{}` is not the file that was released (SHA-256 {actual}, registered {sha256}); \
+                 it was changed outside snodo: restore it or remove it and its checkpoint",
+                self.partial.display()
+            )));
+        }
+        self.file = None;
+        self.bytes = size;
+        self.finish(saved)
     }
 
     /// Gives up the output: the partial file and the checkpoint are removed (a run that
@@ -243,6 +282,7 @@ impl OutputFile {
             bytes: self.bytes,
             rows: self.rows,
             state: self.state.clone(),
+            target: self.target.clone(),
         };
         let tmp = with_suffix(&self.checkpoint, ".tmp");
         let body = serde_json::to_vec_pretty(&cp).map_err(|e| Error::Other(e.to_string()))?;
@@ -264,12 +304,12 @@ impl OutputFile {
         // The `done` checkpoint goes first: a kill before the rename is completed by the next
         // `open`; the other order would leave a checkpoint pointing at a vanished partial.
         self.save_checkpoint(saved)?;
-        std::fs::rename(&self.partial, &self.path)
-            .map_err(|e| Error::io("renaming", &self.partial, e))?;
-        sync_dir(&self.path);
-        let (size, sha256) = hash_file(&self.path)?;
+        let to = self.final_path().to_path_buf();
+        std::fs::rename(&self.partial, &to).map_err(|e| Error::io("renaming", &self.partial, e))?;
+        sync_dir(&to);
+        let (size, sha256) = hash_file(&to)?;
         Ok(Artifact {
-            path: self.path.display().to_string(),
+            path: to.display().to_string(),
             size,
             sha256,
             rows: self.rows,

@@ -7,6 +7,7 @@
 mod config;
 pub mod mssql;
 mod sink;
+pub(crate) use sink::{CHECKPOINT_DDL, CHECKPOINT_GET, CHECKPOINT_PUT};
 mod source;
 pub mod values;
 

@@ -10,12 +10,12 @@ use sqlx::{Postgres, Row};
 use super::config::SqlSinkConfig;
 use super::values;
 
-const CHECKPOINT_DDL: &str = "CREATE TABLE IF NOT EXISTS _snodo_checkpoint (
+pub(crate) const CHECKPOINT_DDL: &str = "CREATE TABLE IF NOT EXISTS _snodo_checkpoint (
     pipeline TEXT PRIMARY KEY,
     state TEXT NOT NULL,
     updated_at TEXT NOT NULL)";
-const CHECKPOINT_GET: &str = "SELECT state FROM _snodo_checkpoint WHERE pipeline = $1";
-const CHECKPOINT_PUT: &str =
+pub(crate) const CHECKPOINT_GET: &str = "SELECT state FROM _snodo_checkpoint WHERE pipeline = $1";
+pub(crate) const CHECKPOINT_PUT: &str =
     "INSERT INTO _snodo_checkpoint (pipeline, state, updated_at) VALUES ($1, $2, $3)
     ON CONFLICT (pipeline) DO UPDATE SET state = EXCLUDED.state, updated_at = EXCLUDED.updated_at";
 

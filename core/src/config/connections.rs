@@ -35,6 +35,61 @@ pub struct ConnectionsFile {
     /// Where the flow log lives. Default: the SQLite file `data/flowlog.db`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flow_log: Option<FlowLogConfig>,
+    /// Named secret keys for keyed hashes, as references: `sinba: ${env:SNODO_SINBA_KEY}`
+    /// (the key of SINBA's pseudonyms; at least 16 characters; never change it, or every
+    /// minor gets a new pseudonym).
+    #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
+    pub keys: IndexMap<String, SecretRef>,
+    /// What `snodo serve` exposes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serve: Option<ServeConfig>,
+}
+
+/// `snodo serve`: the HTTP services the city exposes.
+///
+/// ```yaml
+/// serve:
+///   listen: 127.0.0.1:8443
+///   waas:
+///     connection: store
+///     ente: D969
+///     denominazione: Comune di Genova
+///     tokens: ["${env:SNODO_WAAS_TOKEN}"]
+/// ```
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ServeConfig {
+    /// Address and port to listen on (default `127.0.0.1:8080`). In production the
+    /// e-service is published through the city's API gateway on PDND.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// The INPS WaaS e-service "WAAS-SIUSS-Alimentazione" (`GET /status`, `GET /flussi`,
+    /// `POST /esiti`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waas: Option<WaasConfig>,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8080".into()
+}
+
+/// The WaaS e-service.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WaasConfig {
+    /// The store connection whose `siuss_flusso` queue is served (the `connection` of the
+    /// siuss pipelines with `channel: waas`).
+    pub connection: String,
+    /// Codice Belfiore of the ente whose flows are served (`codice_ente`).
+    pub ente: String,
+    /// Its name (`denominazione_ente`).
+    pub denominazione: String,
+    /// Bearer tokens accepted, as secret references. Today a static token agreed with
+    /// the gateway; validating PDND vouchers (JWT) is a later step.
+    pub tokens: Vec<SecretRef>,
+    /// Path prefix of the three resources (default none: `/flussi`).
+    #[serde(default)]
+    pub prefix: String,
 }
 
 /// One database connection.
@@ -221,6 +276,33 @@ impl ConnectionsFile {
                 ));
             }
         }
+        for (name, key) in &file.keys {
+            if parse_reference(&key.0).is_none() {
+                problems.push(problem(
+                    deepest(&root, &["keys", name]),
+                    &format!("keys.{name}"),
+                    "a key must be a reference such as `${env:SNODO_SINBA_KEY}` or `${file:/run/secrets/sinba}`; never write a secret in a file",
+                ));
+            }
+        }
+        if let Some(w) = file.serve.as_ref().and_then(|s| s.waas.as_ref()) {
+            for (i, t) in w.tokens.iter().enumerate() {
+                if parse_reference(&t.0).is_none() {
+                    problems.push(problem(
+                        deepest(&root, &["serve", "waas", "tokens"]),
+                        &format!("serve.waas.tokens[{i}]"),
+                        "a token must be a reference such as `${env:SNODO_WAAS_TOKEN}`; never write a secret in a file",
+                    ));
+                }
+            }
+            if !file.connections.contains_key(&w.connection) {
+                problems.push(problem(
+                    deepest(&root, &["serve", "waas", "connection"]),
+                    "serve.waas.connection",
+                    format!("unknown connection `{}`", w.connection),
+                ));
+            }
+        }
         if let Some(fl) = &file.flow_log
             && !file.connections.contains_key(&fl.connection)
         {
@@ -261,6 +343,23 @@ impl ConnectionsFile {
                 }
             )
         })
+    }
+
+    /// Resolves the keys named in `names` (those a pipeline uses; an unknown name is left
+    /// for the step to report). The error names the key, never a value.
+    pub fn resolve_keys<'a>(
+        &self,
+        names: impl IntoIterator<Item = &'a str>,
+    ) -> std::result::Result<IndexMap<String, crate::secret::Secret>, String> {
+        names
+            .into_iter()
+            .filter_map(|k| self.keys.get(k).map(|r| (k, r)))
+            .map(|(k, r)| {
+                r.resolve()
+                    .map(|s| (k.to_string(), s))
+                    .map_err(|e| format!("key `{k}`: {e}"))
+            })
+            .collect()
     }
 
     /// The flow log's connection: the configured one, or the embedded SQLite default.

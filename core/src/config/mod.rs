@@ -71,6 +71,77 @@ fn section<T: DeserializeOwned>(node: &Node, path: &str, out: &mut Vec<Problem>)
     }
 }
 
+/// The steps of an included file. Its problems are reported at the `include` line, each
+/// naming the included file's own line and column.
+fn included_steps(
+    file: &str,
+    at: &Node,
+    path: &str,
+    out: &mut Vec<Problem>,
+) -> Option<Vec<StepConfig>> {
+    let here = deepest(at, &["include"]);
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) => {
+            out.push(problem(
+                here,
+                &format!("{path}.include"),
+                format!("cannot read `{file}` (paths are relative to the working directory): {e}"),
+            ));
+            return None;
+        }
+    };
+    let mut inner = Vec::new();
+    let relay = |p: Problem, out: &mut Vec<Problem>| {
+        out.push(problem(
+            here,
+            &format!("{path}.include"),
+            format!(
+                "{file}:{}: {}",
+                p.location,
+                if p.path.is_empty() {
+                    p.message
+                } else {
+                    format!("{}: {}", p.path, p.message)
+                }
+            ),
+        ));
+    };
+    let root = match yaml::parse(&text) {
+        Ok(r) => r,
+        Err(p) => {
+            relay(p, out);
+            return None;
+        }
+    };
+    let NodeKind::Seq(items) = &root.kind else {
+        out.push(problem(
+            here,
+            &format!("{path}.include"),
+            format!("`{file}` must hold a list of steps (`- map: …`)"),
+        ));
+        return None;
+    };
+    let mut ok = true;
+    for (j, item) in items.iter().enumerate() {
+        let p = format!("[{j}]");
+        let mut local = Vec::new();
+        match section::<StepConfig>(item, &p, &mut local) {
+            Some(StepConfig::Include(_)) => local.push(problem(item, &p, "includes do not nest")),
+            Some(s) => {
+                s.check(item, &p, &mut local);
+                inner.push(s);
+            }
+            None => ok = false,
+        }
+        ok &= local.is_empty();
+        for l in local {
+            relay(l, out);
+        }
+    }
+    ok.then_some(inner)
+}
+
 /// Loads and validates a pipeline file, collecting *all* problems: each top-level section
 /// and each step is deserialised on its own, so that a mistake in step 1 does not hide one
 /// in step 4; then semantic checks run on whatever parsed.
@@ -111,6 +182,8 @@ where
         "on_error",
         "personal",
         "batch_size",
+        "report",
+        "vars",
     ];
     for (k, _) in entries {
         if !KNOWN.contains(&k.name.as_str()) {
@@ -181,6 +254,12 @@ where
                 for (i, item) in items.iter().enumerate() {
                     let p = format!("steps[{i}]");
                     match section::<StepConfig>(item, &p, &mut problems) {
+                        Some(StepConfig::Include(file)) => {
+                            match included_steps(&file, item, &p, &mut problems) {
+                                Some(mut inner) => steps.append(&mut inner),
+                                None => steps_ok = false,
+                            }
+                        }
                         Some(s) => {
                             s.check(item, &p, &mut problems);
                             steps.push(s);
@@ -219,6 +298,13 @@ where
         ));
     }
 
+    let vars: indexmap::IndexMap<String, String> = child(&root, "vars")
+        .and_then(|n| section(n, "vars", &mut problems))
+        .unwrap_or_default();
+    let report: Option<crate::report::ReportConfig> = child(&root, "report")
+        .and_then(|n| section::<Option<crate::report::ReportConfig>>(n, "report", &mut problems))
+        .flatten();
+
     problems.sort_by_key(|p| (p.location.line, p.location.column));
     problems.dedup();
     match (name, source, sink) {
@@ -232,6 +318,8 @@ where
                 on_error,
                 personal,
                 batch_size,
+                report,
+                vars,
             },
             root,
         )),

@@ -57,6 +57,13 @@ pub struct PipelineFile<S, K> {
     /// Records per batch (default 2000). A batch is the unit of commit and checkpoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch_size: Option<usize>,
+    /// A pre-submission report in Italian, written after every run (dry runs too).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<crate::report::ReportConfig>,
+    /// Variables read by expressions as `var("name")`, e.g. the reference year of a
+    /// survey; `snodo run --var anno=2024` overrides them for one run.
+    #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
+    pub vars: IndexMap<String, String>,
 }
 
 /// One transformation step. Each list item has exactly one key, the step kind.
@@ -91,6 +98,72 @@ pub enum StepConfig {
     Lookup(LookupConfig),
     /// Keeps only the listed fields, in this order (fields not present become null).
     Select(Vec<String>),
+    /// Replaces an identifier with a stable, keyed pseudonym (HMAC-SHA-256 with a key of
+    /// the connections file, base32). SINBA's `IDBeneficiario`:
+    ///
+    /// ```yaml
+    /// - pseudonym: { field: codice_fiscale, into: id_beneficiario, key: sinba }
+    /// ```
+    Pseudonym(PseudonymConfig),
+    /// Groups records and computes per group: counts, distinct counts and exact decimal
+    /// sums. The input must be ordered by `group_by` (and, within a group, by the fields
+    /// of `count_distinct`): a group is written when the next one starts, so memory does
+    /// not depend on the input. A pipeline with an `aggregate` runs on one worker and is
+    /// not resumed: an interrupted run starts over (its file output is discarded).
+    ///
+    /// ```yaml
+    /// - aggregate:
+    ///     group_by: [area_istat, servizio_istat]
+    ///     count_distinct: { utenti: persona_id }
+    ///     sum: { spesa: spesa_anno }
+    /// ```
+    Aggregate(AggregateConfig),
+    /// The steps of another file (a YAML list of steps), in its place: for pipelines that
+    /// share their transformations and differ in their sink. Paths are relative to the
+    /// working directory; an included file cannot include others.
+    ///
+    /// ```yaml
+    /// - include: pipelines/siuss/ps_psa.steps.yaml
+    /// ```
+    Include(String),
+}
+
+/// The `aggregate` step.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AggregateConfig {
+    /// The fields that make a group (copied into the output record).
+    pub group_by: Vec<String>,
+    /// Output field → the number of records of the group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<String>,
+    /// Output field → input field: the number of distinct values in the group (nulls not
+    /// counted). Order the input by this field within each group.
+    #[serde(default)]
+    pub count_distinct: IndexMap<String, String>,
+    /// Output field → input field: the exact sum of its numbers (nulls skipped; a value
+    /// that is not a number rejects the record).
+    #[serde(default)]
+    pub sum: IndexMap<String, String>,
+}
+
+/// The `pseudonym` step.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PseudonymConfig {
+    /// The identifier (e.g. `codice_fiscale`); trimmed and upper-cased first.
+    pub field: String,
+    /// The field that receives the pseudonym.
+    pub into: String,
+    /// The name of a key under `keys:` in the connections file (at least 16 characters).
+    pub key: String,
+    /// Characters of the pseudonym, 5 bits each (default 20: SINBA's maximum, 100 bits).
+    #[serde(default = "pseudonym_length")]
+    pub length: usize,
+}
+
+fn pseudonym_length() -> usize {
+    20
 }
 
 impl StepConfig {
@@ -102,6 +175,9 @@ impl StepConfig {
             StepConfig::Validate(_) => "validate",
             StepConfig::Lookup(_) => "lookup",
             StepConfig::Select(_) => "select",
+            StepConfig::Pseudonym(_) => "pseudonym",
+            StepConfig::Include(_) => "include",
+            StepConfig::Aggregate(_) => "aggregate",
         }
     }
 }
@@ -384,6 +460,33 @@ impl Check for StepConfig {
             StepConfig::Select(fields) => {
                 if fields.is_empty() {
                     out.push(problem(node, path, "`select` needs at least one field"));
+                }
+            }
+            // Expanded by the loader: a remaining one is reported there.
+            StepConfig::Include(_) => {}
+            StepConfig::Aggregate(a) => {
+                if a.group_by.is_empty() {
+                    out.push(problem(
+                        deepest(node, &[kind, "group_by"]),
+                        &format!("{path}.{kind}.group_by"),
+                        "`group_by` needs at least one field",
+                    ));
+                }
+                if a.count.is_none() && a.count_distinct.is_empty() && a.sum.is_empty() {
+                    out.push(problem(
+                        deepest(node, &[kind]),
+                        &format!("{path}.{kind}"),
+                        "an `aggregate` computes at least one of `count`, `count_distinct`, `sum`",
+                    ));
+                }
+            }
+            StepConfig::Pseudonym(p) => {
+                if !(8..=52).contains(&p.length) {
+                    out.push(problem(
+                        deepest(node, &[kind, "length"]),
+                        &format!("{path}.{kind}.length"),
+                        "a pseudonym has between 8 and 52 characters (52 is the whole HMAC)",
+                    ));
                 }
             }
         }

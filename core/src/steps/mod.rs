@@ -2,9 +2,11 @@
 //! drops (filter) or rejects them; rejects carry the step's label, the reason, the source
 //! position and the masked record.
 
+mod aggregate;
 mod filter;
 mod lookup;
 mod map;
+mod pseudonym;
 mod select;
 mod validate;
 
@@ -16,9 +18,11 @@ use crate::expr::ExprEngine;
 use crate::mask;
 use crate::record::{Batch, Record, Reject};
 
+pub use aggregate::Aggregate;
 pub use filter::Filter;
 pub use lookup::Lookup;
 pub use map::Map;
+pub use pseudonym::Pseudonym;
 pub use select::Select;
 pub use validate::Validate;
 
@@ -44,6 +48,19 @@ pub struct StepContext {
     pub engine: Arc<ExprEngine>,
     /// Fields masked in rejects.
     pub personal: Arc<Vec<String>>,
+    /// The named keys of the connections file (`keys:`), resolved.
+    pub keys: Arc<indexmap::IndexMap<String, crate::secret::Secret>>,
+}
+
+impl StepContext {
+    /// A context with no keys.
+    pub fn new(engine: Arc<ExprEngine>, personal: Vec<String>) -> Self {
+        StepContext {
+            engine,
+            personal: Arc::new(personal),
+            keys: Arc::default(),
+        }
+    }
 }
 
 impl StepContext {
@@ -66,6 +83,16 @@ pub trait Step: Send {
     /// Processes `records`: returns those that go on, pushing rejects into `batch.rejects`
     /// and counting filtered ones in `batch.filtered`.
     fn apply(&mut self, records: Vec<Record>, batch: &mut Batch) -> Vec<Record>;
+    /// Called once after the last batch: records the step still holds (the last group of
+    /// an `aggregate`). Most steps hold nothing.
+    fn finish(&mut self, _batch: &mut Batch) -> Vec<Record> {
+        Vec::new()
+    }
+    /// A problem that makes the step's output wrong as a whole (input not ordered as an
+    /// `aggregate` needs): the run fails instead of publishing it.
+    fn failure(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Builds the runtime steps of a pipeline.
@@ -81,6 +108,14 @@ pub fn build(configs: &[StepConfig], ctx: &StepContext) -> Result<Vec<Box<dyn St
                 StepConfig::Validate(rules) => Box::new(Validate::new(label, rules, ctx.clone())?),
                 StepConfig::Lookup(l) => Box::new(Lookup::new(label, l, ctx.clone())?),
                 StepConfig::Select(f) => Box::new(Select::new(label, f)),
+                StepConfig::Pseudonym(p) => Box::new(Pseudonym::new(label, p, ctx)?),
+                StepConfig::Aggregate(a) => Box::new(Aggregate::new(label, a, ctx.clone())),
+                StepConfig::Include(f) => {
+                    return Err(config_error(
+                        &label,
+                        format!("`include: {f}` inside an included file: includes do not nest"),
+                    ));
+                }
             };
             Ok(step)
         })
@@ -100,6 +135,25 @@ pub fn run_all(steps: &mut [Box<dyn Step>], batch: &mut Batch, counts: &mut [Ste
         count.filtered += batch.filtered - before_filtered;
     }
     batch.records = records;
+}
+
+/// After the last batch: the records the steps still hold, each passed through the steps
+/// after the one that held it, into `batch`.
+pub fn finish_all(steps: &mut [Box<dyn Step>], batch: &mut Batch, counts: &mut [StepCounts]) {
+    for i in 0..steps.len() {
+        let mut records = steps[i].finish(batch);
+        counts[i].output += records.len() as u64;
+        for (step, count) in steps[i + 1..].iter_mut().zip(counts[i + 1..].iter_mut()) {
+            let before_rejects = batch.rejects.len();
+            let before_filtered = batch.filtered;
+            count.input += records.len() as u64;
+            records = step.apply(records, batch);
+            count.output += records.len() as u64;
+            count.rejected += (batch.rejects.len() - before_rejects) as u64;
+            count.filtered += batch.filtered - before_filtered;
+        }
+        batch.records.append(&mut records);
+    }
 }
 
 pub(crate) fn config_error(label: &str, message: impl std::fmt::Display) -> Error {

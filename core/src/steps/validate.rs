@@ -331,10 +331,7 @@ mod tests {
 
     fn validate(rules: &str, fields: &[(&str, Value)]) -> Vec<String> {
         let rules: IndexMap<String, FieldRule> = serde_json::from_str(rules).unwrap();
-        let ctx = StepContext {
-            engine: Arc::new(ExprEngine::new()),
-            personal: Arc::new(Vec::new()),
-        };
+        let ctx = StepContext::new(Arc::new(ExprEngine::new()), Vec::new());
         let mut step = Validate::new("steps[0].validate".into(), &rules, ctx).unwrap();
         let rec = Record {
             schema: Schema::new(fields.iter().map(|f| f.0.to_string()).collect()),
@@ -409,10 +406,7 @@ mod tests {
     fn a_bound_that_is_neither_date_nor_number_is_a_config_error() {
         let rules: IndexMap<String, FieldRule> =
             serde_json::from_str(r#"{"x": {"min": "yesterday"}}"#).unwrap();
-        let ctx = StepContext {
-            engine: Arc::new(ExprEngine::new()),
-            personal: Arc::new(Vec::new()),
-        };
+        let ctx = StepContext::new(Arc::new(ExprEngine::new()), Vec::new());
         let err = Validate::new("steps[1].validate".into(), &rules, ctx)
             .err()
             .unwrap()

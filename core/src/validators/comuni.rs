@@ -37,6 +37,9 @@ pub struct Comune {
     pub valid_to: NaiveDate,
     /// Whether this is a foreign state rather than an Italian comune.
     pub foreign: bool,
+    /// ISTAT code of the region (2 digits) during this period; empty for foreign states
+    /// and for regions no longer existing (`EX` in the archive).
+    pub region: String,
 }
 
 impl Comune {
@@ -119,7 +122,7 @@ fn is_belfiore(code: &str) -> bool {
 
 fn parse_comuni(text: &str) -> Vec<Comune> {
     let mut rdr = reader(text);
-    let Some([from, to, istat, code, name, province]) = rdr.headers().ok().and_then(|h| {
+    let Some([from, to, istat, code, name, province, region]) = rdr.headers().ok().and_then(|h| {
         columns(
             h,
             [
@@ -129,6 +132,7 @@ fn parse_comuni(text: &str) -> Vec<Comune> {
                 "CODCATASTALE",
                 "DENOMINAZIONE_IT",
                 "SIGLAPROVINCIA",
+                "IDREGIONE",
             ],
         )
     }) else {
@@ -152,6 +156,12 @@ fn parse_comuni(text: &str) -> Vec<Comune> {
                 valid_from: iso(r.get(from)?)?,
                 valid_to: iso(r.get(to)?)?,
                 foreign: false,
+                region: r
+                    .get(region)
+                    .map(str::trim)
+                    .filter(|g| g.len() == 2 && g.bytes().all(|b| b.is_ascii_digit()))
+                    .unwrap_or_default()
+                    .to_owned(),
             })
         })
         .collect()
@@ -199,6 +209,7 @@ fn parse_stati_esteri(text: &str) -> Vec<Comune> {
                 valid_from: dmy(r.get(from)?, NaiveDate::MIN)?,
                 valid_to: dmy(r.get(to)?, NaiveDate::MAX)?,
                 foreign: true,
+                region: String::new(),
             })
         })
         .collect()
@@ -258,9 +269,27 @@ pub fn istat_code_at(belfiore: &str, date: NaiveDate) -> Option<String> {
     }
 }
 
+/// The ISTAT region code (2 digits) of the comune `belfiore` on `date`; `None` for foreign
+/// states, unknown codes, codes not in force, and suppressed regions.
+pub fn istat_region_at(belfiore: &str, date: NaiveDate) -> Option<String> {
+    match lookup_at(belfiore, date) {
+        PlaceCheck::Valid(record) if !record.region.is_empty() => Some(record.region.clone()),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn regions_come_with_the_comune() {
+        let today = NaiveDate::from_ymd_opt(2025, 1, 1).unwrap();
+        assert_eq!(istat_region_at("D969", today).as_deref(), Some("07"));
+        assert_eq!(istat_code_at("D969", today).as_deref(), Some("010025"));
+        assert_eq!(istat_region_at("H501", today).as_deref(), Some("12"));
+        assert_eq!(istat_region_at("Z100", today), None);
+    }
 
     fn d(y: i32, m: u32, day: u32) -> NaiveDate {
         NaiveDate::from_ymd_opt(y, m, day).unwrap()

@@ -1,0 +1,404 @@
+//! The SIUSS ledgers in the canonical store (migration 0002): what was sent per
+//! prestazione, the flows released and their numbers, the WaaS queue and INPS's outcomes.
+//! Every statement is plain SQL that SQLite and PostgreSQL both accept, so one body serves
+//! both pools (the `both!` macro expands it once per pool type).
+
+use std::collections::HashMap;
+
+use snodo_core::db::Db;
+use snodo_core::error::{Error, Result};
+use sqlx::Row;
+
+/// Runs `$body` with `$p` bound to the SQLite or the PostgreSQL pool.
+macro_rules! both {
+    ($db:expr, $p:ident => $body:expr) => {
+        match $db {
+            Db::Sqlite($p) => $body,
+            Db::Postgres($p) => $body,
+        }
+    };
+}
+pub(crate) use both;
+
+/// The last version of a record INPS has (or is about to have).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sent {
+    /// `inviato`, `accettato`, `scartato`, `da_reinviare`, `annullato`.
+    pub stato: String,
+    /// Hash of what was sent.
+    pub hash: Option<String>,
+    /// The values sent (tagged JSON of the layout's fields), to write a cancellation.
+    pub record: Option<String>,
+    /// INPS's description of a refusal.
+    pub esito_descrizione: Option<String>,
+    /// When INPS refused it.
+    pub esito_il: Option<String>,
+}
+
+/// What one delivery does to the ledger.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// The record's key (`intervento_id=42`).
+    pub key: String,
+    /// `I` (insert, or a SINBA record), `C` (cancellation).
+    pub op: char,
+    /// Hash of the rendered element.
+    pub hash: String,
+    /// The record's values, tagged JSON.
+    pub record: String,
+}
+
+fn ctx(what: &str) -> String {
+    format!(
+        "{what} (SIUSS ledger in the canonical store; run `snodo store migrate` if the tables are missing)"
+    )
+}
+
+/// The ledger rows of `keys`.
+pub async fn lookup(
+    db: &Db,
+    ente: &str,
+    tipo: &str,
+    keys: &[String],
+) -> Result<HashMap<String, Sent>> {
+    let mut out = HashMap::with_capacity(keys.len());
+    for chunk in keys.chunks(500) {
+        let marks: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 3)).collect();
+        let sql = format!(
+            "SELECT chiave, stato, hash, record, esito_descrizione, esito_il FROM siuss_invio \
+             WHERE ente = $1 AND tipo = $2 AND chiave IN ({})",
+            marks.join(", ")
+        );
+        let rows = both!(db, p => {
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.clone())).bind(ente).bind(tipo);
+            for k in chunk {
+                q = q.bind(k);
+            }
+            q.fetch_all(p).await.map_err(|e| Error::db(ctx("reading what was sent"), e))?
+                .into_iter()
+                .map(|r| {
+                    (
+                        r.get::<String, _>(0),
+                        Sent {
+                            stato: r.get::<Option<String>, _>(1).unwrap_or_default(),
+                            hash: r.get(2),
+                            record: r.get(3),
+                            esito_descrizione: r.get(4),
+                            esito_il: r.get(5),
+                        },
+                    )
+                })
+                .collect::<Vec<_>>()
+        });
+        out.extend(rows);
+    }
+    Ok(out)
+}
+
+/// The next number of `tipo` for `giorno` (`AAAAMMGG`): one more than the last released.
+pub async fn next_number(db: &Db, ente: &str, tipo: &str, giorno: &str) -> Result<i64> {
+    let last: Option<i64> = both!(db, p => sqlx::query_scalar(
+        "SELECT ultimo FROM siuss_progressivo WHERE ente = $1 AND tipo = $2 AND giorno = $3",
+    )
+    .bind(ente)
+    .bind(tipo)
+    .bind(giorno)
+    .fetch_optional(p)
+    .await
+    .map_err(|e| Error::db(ctx("reading the flow numbers"), e))?);
+    Ok(last.unwrap_or(0) + 1)
+}
+
+/// Records a version written into the file flow `flow` (not released yet).
+pub async fn stage(
+    db: &Db,
+    ente: &str,
+    tipo: &str,
+    flow: &str,
+    deliveries: &[Delivery],
+) -> Result<()> {
+    both!(db, p => {
+        let mut tx = p.begin().await.map_err(|e| Error::db(ctx("staging a file flow"), e))?;
+        for d in deliveries {
+            sqlx::query(
+                "INSERT INTO siuss_invio (ente, tipo, chiave, in_invio_hash, in_invio_record, in_invio_operazione, in_invio_flusso)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)
+                 ON CONFLICT (ente, tipo, chiave) DO UPDATE SET in_invio_hash = EXCLUDED.in_invio_hash,
+                   in_invio_record = EXCLUDED.in_invio_record, in_invio_operazione = EXCLUDED.in_invio_operazione,
+                   in_invio_flusso = EXCLUDED.in_invio_flusso",
+            )
+            .bind(ente)
+            .bind(tipo)
+            .bind(&d.key)
+            .bind(&d.hash)
+            .bind(&d.record)
+            .bind(d.op.to_string())
+            .bind(flow)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| Error::db(ctx("staging a file flow"), e))?;
+        }
+        tx.commit().await.map_err(|e| Error::db(ctx("staging a file flow"), e))?;
+    });
+    Ok(())
+}
+
+/// Forgets what was staged for file flows that were never released (a run that starts
+/// over discards its partial file, so those versions never left).
+pub async fn clear_staged(db: &Db, ente: &str, tipo: &str) -> Result<u64> {
+    let n = both!(db, p => sqlx::query(
+        "UPDATE siuss_invio SET in_invio_hash = NULL, in_invio_record = NULL, in_invio_operazione = NULL, in_invio_flusso = NULL
+         WHERE ente = $1 AND tipo = $2 AND in_invio_flusso IS NOT NULL
+           AND in_invio_flusso NOT IN (SELECT id_flusso FROM siuss_flusso)",
+    )
+    .bind(ente)
+    .bind(tipo)
+    .execute(p)
+    .await
+    .map_err(|e| Error::db(ctx("discarding an abandoned flow"), e))?
+    .rows_affected());
+    Ok(n)
+}
+
+/// The SHA-256 registered for a released flow, or `None` when it was never released.
+pub async fn released(db: &Db, flow: &str) -> Result<Option<String>> {
+    Ok(both!(db, p => sqlx::query_scalar::<_, Option<String>>(
+        "SELECT sha256 FROM siuss_flusso WHERE id_flusso = $1",
+    )
+    .bind(flow)
+    .fetch_optional(p)
+    .await
+    .map_err(|e| Error::db(ctx("reading the flow registry"), e))?)
+    .map(Option::unwrap_or_default))
+}
+
+/// A file flow to release.
+pub struct FileFlow<'a> {
+    /// Ente code.
+    pub ente: &'a str,
+    /// `PS` or `SINBA`.
+    pub tipo: &'a str,
+    /// `AAAAMMGG`.
+    pub giorno: &'a str,
+    /// Its number in the day.
+    pub progressivo: i64,
+    /// `EEEE.PS.AAAAMMGG.NNNNNNN`.
+    pub id_flusso: &'a str,
+    /// The run that wrote it.
+    pub run_id: &'a str,
+    /// Where the file is published.
+    pub path: &'a str,
+    /// Its SHA-256.
+    pub sha256: &'a str,
+    /// Entries in it.
+    pub records: i64,
+}
+
+/// Releases a file flow, in one transaction: its number (which must be the next one:
+/// no gaps, no repeats), its registry row, and the versions staged in it become the
+/// versions INPS has.
+pub async fn release_file(db: &Db, f: &FileFlow<'_>) -> Result<()> {
+    let what = ctx(&format!("releasing flow {}", f.id_flusso));
+    let now = chrono::Utc::now().to_rfc3339();
+    both!(db, p => {
+        let mut tx = p.begin().await.map_err(|e| Error::db(&what, e))?;
+        let taken: i64 = sqlx::query_scalar(
+            "INSERT INTO siuss_progressivo (ente, tipo, giorno, ultimo) VALUES ($1, $2, $3, 1)
+             ON CONFLICT (ente, tipo, giorno) DO UPDATE SET ultimo = siuss_progressivo.ultimo + 1
+             RETURNING ultimo",
+        )
+        .bind(f.ente)
+        .bind(f.tipo)
+        .bind(f.giorno)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(|e| Error::db(&what, e))?;
+        if taken != f.progressivo {
+            return Err(Error::Other(format!(
+                "flow {} cannot be released: number {taken} is the next one for {} of {}, not {} \
+                 (another run released a flow meanwhile); run the pipeline again to write a new flow",
+                f.id_flusso, f.tipo, f.giorno, f.progressivo
+            )));
+        }
+        sqlx::query(
+            "INSERT INTO siuss_flusso (ente, tipo, id_flusso, giorno, progressivo, canale, run_id, path, sha256, records, creato_il)
+             VALUES ($1, $2, $3, $4, $5, 'file', $6, $7, $8, $9, $10)",
+        )
+        .bind(f.ente)
+        .bind(f.tipo)
+        .bind(f.id_flusso)
+        .bind(f.giorno)
+        .bind(f.progressivo)
+        .bind(f.run_id)
+        .bind(f.path)
+        .bind(f.sha256)
+        .bind(f.records)
+        .bind(&now)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| Error::db(&what, e))?;
+        sqlx::query(
+            "UPDATE siuss_invio SET
+               stato = CASE WHEN in_invio_operazione = 'C' THEN 'annullato' ELSE 'inviato' END,
+               hash = in_invio_hash, record = in_invio_record, id_flusso = in_invio_flusso,
+               run_id = $3, inviato_il = $4, esito = NULL, esito_descrizione = NULL, esito_il = NULL,
+               in_invio_hash = NULL, in_invio_record = NULL, in_invio_operazione = NULL, in_invio_flusso = NULL
+             WHERE ente = $1 AND in_invio_flusso = $2",
+        )
+        .bind(f.ente)
+        .bind(f.id_flusso)
+        .bind(f.run_id)
+        .bind(&now)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| Error::db(&what, e))?;
+        tx.commit().await.map_err(|e| Error::db(&what, e))?;
+    });
+    Ok(())
+}
+
+/// One WaaS entry to queue: a delivery and the function that renders its document once
+/// its `id_flusso` is known.
+pub struct WaasEntry<'a> {
+    /// The ledger change.
+    pub delivery: &'a Delivery,
+    /// Renders the XML document for an `id_flusso`.
+    pub render: Box<dyn Fn(&str) -> String + Send + Sync + 'a>,
+}
+
+/// Queues WaaS entries and saves the pipeline's checkpoint, in one transaction: numbers
+/// (per ente, type and day) and `ts_flusso` values (per ente, strictly increasing) are
+/// taken under row locks held until commit, so INPS, reading `ts_flusso > since`, can never
+/// see a later entry before an earlier one.
+#[allow(clippy::too_many_arguments)]
+pub async fn enqueue(
+    db: &Db,
+    ente: &str,
+    tipo: &str,
+    run_id: &str,
+    entries: &[WaasEntry<'_>],
+    pipeline: &str,
+    checkpoint: &str,
+    naming: impl Fn(i64) -> (String, String),
+) -> Result<Vec<String>> {
+    let what = ctx("queueing WaaS flows");
+    let now = chrono::Utc::now();
+    let now_text = now.to_rfc3339();
+    let n = entries.len() as i64;
+    let (giorno, _) = naming(0);
+    let mut ids = Vec::with_capacity(entries.len());
+    both!(db, p => {
+        let mut tx = p.begin().await.map_err(|e| Error::db(&what, e))?;
+        if n > 0 {
+            let last_ts: i64 = sqlx::query_scalar(
+                "INSERT INTO siuss_progressivo (ente, tipo, giorno, ultimo) VALUES ($1, 'TS', '', $2)
+                 ON CONFLICT (ente, tipo, giorno) DO UPDATE SET ultimo = CASE
+                   WHEN siuss_progressivo.ultimo + $3 > $2 THEN siuss_progressivo.ultimo + $3 ELSE $2 END
+                 RETURNING ultimo",
+            )
+            .bind(ente)
+            .bind(now.timestamp_millis() + n - 1)
+            .bind(n)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(|e| Error::db(&what, e))?;
+            let last_no: i64 = sqlx::query_scalar(
+                "INSERT INTO siuss_progressivo (ente, tipo, giorno, ultimo) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (ente, tipo, giorno) DO UPDATE SET ultimo = siuss_progressivo.ultimo + $4
+                 RETURNING ultimo",
+            )
+            .bind(ente)
+            .bind(tipo)
+            .bind(&giorno)
+            .bind(n)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(|e| Error::db(&what, e))?;
+            for (i, e) in entries.iter().enumerate() {
+                let no = last_no - n + 1 + i as i64;
+                let ts = last_ts - n + 1 + i as i64;
+                let (_, id) = naming(no);
+                let xml = (e.render)(&id);
+                let d = e.delivery;
+                sqlx::query(
+                    "INSERT INTO siuss_flusso (ente, tipo, id_flusso, giorno, progressivo, canale, run_id, ts_flusso, chiave, operazione, xml, records, creato_il)
+                     VALUES ($1, $2, $3, $4, $5, 'waas', $6, $7, $8, $9, $10, 1, $11)",
+                )
+                .bind(ente)
+                .bind(tipo)
+                .bind(&id)
+                .bind(&giorno)
+                .bind(no)
+                .bind(run_id)
+                .bind(ts)
+                .bind(&d.key)
+                .bind(d.op.to_string())
+                .bind(&xml)
+                .bind(&now_text)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| Error::db(&what, e))?;
+                sqlx::query(
+                    "INSERT INTO siuss_invio (ente, tipo, chiave, stato, hash, record, id_flusso, run_id, inviato_il)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                     ON CONFLICT (ente, tipo, chiave) DO UPDATE SET stato = EXCLUDED.stato, hash = EXCLUDED.hash,
+                       record = EXCLUDED.record, id_flusso = EXCLUDED.id_flusso, run_id = EXCLUDED.run_id,
+                       inviato_il = EXCLUDED.inviato_il, esito = NULL, esito_descrizione = NULL, esito_il = NULL",
+                )
+                .bind(ente)
+                .bind(tipo)
+                .bind(&d.key)
+                .bind(if d.op == 'C' { "annullato" } else { "inviato" })
+                .bind(&d.hash)
+                .bind(&d.record)
+                .bind(&id)
+                .bind(run_id)
+                .bind(&now_text)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| Error::db(&what, e))?;
+                ids.push(id);
+            }
+        }
+        sqlx::query(crate::sql::CHECKPOINT_PUT)
+            .bind(pipeline)
+            .bind(checkpoint)
+            .bind(&now_text)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| Error::db(&what, e))?;
+        tx.commit().await.map_err(|e| Error::db(&what, e))?;
+    });
+    Ok(ids)
+}
+
+/// The checkpoint a WaaS pipeline saved with its last queued batch.
+pub async fn checkpoint(db: &Db, pipeline: &str) -> Result<Option<String>> {
+    let what = ctx("reading the checkpoint");
+    Ok(both!(db, p => {
+        sqlx::query(crate::sql::CHECKPOINT_DDL)
+            .execute(p)
+            .await
+            .map_err(|e| Error::db(&what, e))?;
+        sqlx::query_scalar(crate::sql::CHECKPOINT_GET)
+            .bind(pipeline)
+            .fetch_optional(p)
+            .await
+            .map_err(|e| Error::db(&what, e))?
+    }))
+}
+
+/// Saves a checkpoint outside a batch (the final `done` one).
+pub async fn save_checkpoint(db: &Db, pipeline: &str, checkpoint: &str) -> Result<()> {
+    let what = ctx("saving the checkpoint");
+    let now = chrono::Utc::now().to_rfc3339();
+    both!(db, p => sqlx::query(crate::sql::CHECKPOINT_PUT)
+        .bind(pipeline)
+        .bind(checkpoint)
+        .bind(&now)
+        .execute(p)
+        .await
+        .map(|_| ())
+        .map_err(|e| Error::db(&what, e))?);
+    Ok(())
+}

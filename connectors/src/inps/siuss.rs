@@ -1,0 +1,655 @@
+//! The `siuss` sink: INPS SIUSS flows, each version of each record delivered once.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use indexmap::IndexMap;
+use sha2::{Digest, Sha256};
+use snodo_core::component::{Artifact, SavedCheckpoint, Sink};
+use snodo_core::db::Db;
+use snodo_core::error::{Error, Result};
+use snodo_core::record::{Batch, Record, Schema};
+use snodo_core::steps::StepContext;
+use snodo_core::value::Value;
+
+use super::config::{Channel, SiussSinkConfig};
+use super::ledger::{self, Delivery, FileFlow, WaasEntry};
+use crate::file::output::{OutputFile, hash_file};
+use crate::file::xml::layout::{Layout, Rendered, XElem};
+use crate::file::xml::sink::release_checks;
+use crate::file::xml::writer::{WriterState, XmlWriter, write_element};
+
+/// The file flow being written, saved with the file checkpoint.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+struct FileState {
+    writer: WriterState,
+    flow: String,
+    giorno: String,
+    progressivo: i64,
+}
+
+/// A record about to be delivered: its rendered element and what it does to the ledger.
+struct Pending {
+    rendered: Rendered,
+    delivery: Delivery,
+}
+
+/// The `siuss` sink.
+pub struct SiussSink {
+    cfg: SiussSinkConfig,
+    layout: Arc<Layout>,
+    db: Db,
+    tipo: &'static str,
+    params: IndexMap<String, String>,
+    binds_operation: bool,
+    out: Option<OutputFile>,
+    file: FileState,
+    header: Vec<XElem>,
+    writer: XmlWriter,
+    pending: VecDeque<Pending>,
+    with_op: Option<(Arc<Schema>, Arc<Schema>, usize)>,
+    pipeline: String,
+    queued: Vec<String>,
+    queued_hash: Sha256,
+    queued_bytes: u64,
+}
+
+/// `intervento_id=42,anno=2025`: the ledger key of a record, or `None` when a key field is
+/// empty.
+fn key_of(r: &Record, fields: &[String]) -> Option<String> {
+    let mut parts = Vec::with_capacity(fields.len());
+    for f in fields {
+        let v = r.get(f).and_then(Value::to_text)?;
+        if v.trim().is_empty() {
+            return None;
+        }
+        parts.push(format!("{f}={v}"));
+    }
+    Some(parts.join(","))
+}
+
+fn truthy(v: Option<&Value>) -> bool {
+    match v {
+        Some(Value::Bool(b)) => *b,
+        Some(Value::Int(i)) => *i != 0,
+        Some(Value::Str(s)) => snodo_core::value::parse_bool(s).unwrap_or(false),
+        _ => false,
+    }
+}
+
+fn element_hash(e: &XElem) -> String {
+    let mut text = String::with_capacity(1024);
+    write_element(e, 0, &mut text);
+    hex::encode(Sha256::digest(text.as_bytes()))
+}
+
+impl SiussSink {
+    /// Builds the sink: loads the layout and checks the ente's header values.
+    pub fn new(cfg: SiussSinkConfig, db: Db) -> Result<Self> {
+        let layout = Layout::load(Path::new(&cfg.layout))?;
+        let cf = match snodo_core::secret::parse_reference(&cfg.ente.cf_operatore) {
+            Some(_) => snodo_core::secret::SecretRef(cfg.ente.cf_operatore.clone())
+                .resolve()
+                .map_err(|e| Error::Other(format!("sink.siuss.ente.cf_operatore: {e}")))?
+                .expose()
+                .to_string(),
+            None => cfg.ente.cf_operatore.clone(),
+        };
+        let tipo = cfg.flow.code();
+        let mut params = IndexMap::new();
+        params.insert("ente_codice".to_string(), cfg.ente.codice.clone());
+        params.insert(
+            "ente_denominazione".to_string(),
+            cfg.ente.denominazione.clone(),
+        );
+        params.insert("ente_indirizzo".to_string(), cfg.ente.indirizzo.clone());
+        params.insert("cf_operatore".to_string(), cf);
+        params.insert(
+            "flow_name".to_string(),
+            format!("{}.{tipo}.00000000.0000000", cfg.ente.codice),
+        );
+        // A bad ente code or operator fails now, before anything is read.
+        layout.render_header(&params)?;
+        let binds_operation = layout.fields().contains(&cfg.operation);
+        let out = match cfg.channel {
+            Channel::File => {
+                let dir = cfg.dir.clone().unwrap_or_else(|| "out/siuss".into());
+                Some(OutputFile::new(
+                    PathBuf::from(dir).join(format!(".{}-in-corso.xml", tipo.to_lowercase())),
+                    "INPS SIUSS (upload)",
+                ))
+            }
+            Channel::Waas => None,
+        };
+        Ok(SiussSink {
+            writer: XmlWriter::new(layout.clone()),
+            layout,
+            db,
+            tipo,
+            params,
+            binds_operation,
+            out,
+            file: FileState::default(),
+            header: Vec::new(),
+            pending: VecDeque::new(),
+            with_op: None,
+            pipeline: String::new(),
+            queued: Vec::new(),
+            queued_hash: Sha256::new(),
+            queued_bytes: 0,
+            cfg,
+        })
+    }
+
+    /// The record with the operation field set.
+    fn with_operation(&mut self, mut r: Record, op: char) -> Record {
+        let (schema, idx) = match &self.with_op {
+            Some((i, o, idx)) if Arc::ptr_eq(i, &r.schema) => (o.clone(), *idx),
+            _ => {
+                let (o, idx) = match r.schema.index_of(&self.cfg.operation) {
+                    Some(i) => (r.schema.clone(), i),
+                    None => {
+                        let mut names = r.schema.names().to_vec();
+                        names.push(self.cfg.operation.clone());
+                        let n = names.len() - 1;
+                        (Schema::new(names), n)
+                    }
+                };
+                self.with_op = Some((r.schema.clone(), o.clone(), idx));
+                (o, idx)
+            }
+        };
+        r.values.resize(schema.len(), Value::Null);
+        r.values[idx] = Value::Str(op.to_string());
+        r.schema = schema;
+        r
+    }
+
+    /// The values the ledger keeps: the layout's fields, tagged with their types.
+    fn snapshot(&self, r: &Record) -> String {
+        let mut m = serde_json::Map::new();
+        for f in self.layout.fields() {
+            if let Some(v) = r.get(&f) {
+                m.insert(f, v.to_tagged_json());
+            }
+        }
+        serde_json::Value::Object(m).to_string()
+    }
+
+    fn restore(&self, json: &str, like: &Record) -> Option<Record> {
+        let serde_json::Value::Object(m) = serde_json::from_str(json).ok()? else {
+            return None;
+        };
+        let names: Vec<String> = m.keys().cloned().collect();
+        let values = m
+            .values()
+            .map(|v| Value::from_tagged_json(v).unwrap_or(Value::Null))
+            .collect();
+        Some(Record {
+            schema: Schema::new(names),
+            values,
+            position: like.position.clone(),
+        })
+    }
+
+    /// The cancellation (C) of the version INPS has, rebuilt from the ledger's values.
+    fn cancellation(
+        &mut self,
+        has: &ledger::Sent,
+        like: &Record,
+        key: &str,
+    ) -> std::result::Result<Option<(Record, Pending)>, String> {
+        let Some(old) = has.record.as_deref().and_then(|j| self.restore(j, like)) else {
+            return Ok(None);
+        };
+        let old = self.with_operation(old, 'C');
+        let rendered = self
+            .layout
+            .render_record(&old, &self.params)
+            .map_err(|p| p.iter().map(|p| p.reason()).collect::<Vec<_>>().join("; "))?;
+        let delivery = Delivery {
+            key: key.to_string(),
+            op: 'C',
+            hash: has.hash.clone().unwrap_or_default(),
+            record: self.snapshot(&old),
+        };
+        Ok(Some((old, Pending { rendered, delivery })))
+    }
+
+    fn flow_name(&self, giorno: &str, n: i64) -> String {
+        format!("{}.{}.{giorno}.{n:07}", self.cfg.ente.codice, self.tipo)
+    }
+
+    async fn choose_file_flow(&mut self) -> Result<()> {
+        let giorno = chrono::Local::now().format("%Y%m%d").to_string();
+        let n = ledger::next_number(&self.db, &self.cfg.ente.codice, self.tipo, &giorno).await?;
+        self.file = FileState {
+            writer: WriterState::default(),
+            flow: self.flow_name(&giorno, n),
+            giorno,
+            progressivo: n,
+        };
+        Ok(())
+    }
+
+    fn header_for(&self, flow: &str) -> Result<Vec<XElem>> {
+        let mut p = self.params.clone();
+        p.insert("flow_name".into(), flow.to_string());
+        self.layout.render_header(&p)
+    }
+
+    fn target(&self) -> PathBuf {
+        PathBuf::from(self.cfg.dir.clone().unwrap_or_else(|| "out/siuss".into()))
+            .join(format!("{}.xml", self.file.flow))
+    }
+}
+
+impl Sink for SiussSink {
+    fn describe(&self) -> String {
+        match self.cfg.channel {
+            Channel::File => format!(
+                "siuss {} file flows in {} (layout {})",
+                self.tipo,
+                self.cfg.dir.as_deref().unwrap_or("out/siuss"),
+                self.cfg.layout
+            ),
+            Channel::Waas => format!(
+                "siuss {} WaaS queue on `{}` (layout {})",
+                self.tipo, self.cfg.connection, self.cfg.layout
+            ),
+        }
+    }
+
+    fn open<'a>(&'a mut self, pipeline: &'a str) -> BoxFuture<'a, Result<Option<SavedCheckpoint>>> {
+        Box::pin(async move {
+            self.pipeline = pipeline.to_string();
+            match self.cfg.channel {
+                Channel::Waas => match ledger::checkpoint(&self.db, pipeline).await? {
+                    Some(s) => serde_json::from_str(&s).map(Some).map_err(|e| {
+                        Error::Other(format!(
+                            "the checkpoint of `{pipeline}` in _snodo_checkpoint is unreadable ({e}); delete that row to start over"
+                        ))
+                    }),
+                    None => Ok(None),
+                },
+                Channel::File => {
+                    let Some(out) = self.out.as_mut() else {
+                        return Ok(None);
+                    };
+                    let saved = out.open(pipeline)?;
+                    let Some(saved) = saved.filter(|s| !s.done) else {
+                        return Ok(None);
+                    };
+                    let state: FileState =
+                        serde_json::from_value(out.state().clone()).unwrap_or_default();
+                    if state.flow.is_empty() {
+                        return Ok(Some(saved));
+                    }
+                    // Killed after the flow was released in the store but before the file
+                    // was renamed into place: publish it now, as released.
+                    if let Some(sha) = ledger::released(&self.db, &state.flow).await? {
+                        let done = SavedCheckpoint {
+                            done: true,
+                            ..saved
+                        };
+                        let a = out.adopt_complete(&done, &sha)?;
+                        tracing::warn!(flow = %state.flow, path = %a.path, "completed the publication of a flow released by an interrupted run");
+                        return Ok(Some(done));
+                    }
+                    Ok(Some(saved))
+                }
+            }
+        })
+    }
+
+    fn begin<'a>(&'a mut self, resume: Option<&'a SavedCheckpoint>) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            if self.cfg.channel == Channel::Waas {
+                return Ok(());
+            }
+            if let Some(out) = self.out.as_mut() {
+                out.begin(resume)?;
+            }
+            let restored: Option<FileState> = match (resume, &self.out) {
+                (Some(_), Some(out)) => serde_json::from_value(out.state().clone()).ok(),
+                _ => None,
+            };
+            match restored.filter(|s| !s.flow.is_empty()) {
+                Some(s) => self.file = s,
+                None => {
+                    let n =
+                        ledger::clear_staged(&self.db, &self.cfg.ente.codice, self.tipo).await?;
+                    if n > 0 {
+                        tracing::info!(
+                            records = n,
+                            "discarded versions staged in a flow that was never released"
+                        );
+                    }
+                    self.choose_file_flow().await?;
+                }
+            }
+            self.writer.state = self.file.writer.clone();
+            self.header = self.header_for(&self.file.flow)?;
+            let target = self.target();
+            if let Some(out) = self.out.as_mut() {
+                out.set_target(target);
+            }
+            Ok(())
+        })
+    }
+
+    fn check<'a>(
+        &'a mut self,
+        batch: &'a mut Batch,
+        ctx: &'a StepContext,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let records = std::mem::take(&mut batch.records);
+            // 1. Render and check the current versions.
+            struct Candidate {
+                record: Record,
+                key: String,
+                cancelled: bool,
+                rendered: Option<Rendered>,
+                hash: String,
+            }
+            let mut candidates = Vec::with_capacity(records.len());
+            for r in records {
+                let Some(key) = key_of(&r, &self.cfg.key) else {
+                    batch.rejects.push(ctx.reject(
+                        "sink",
+                        "siuss.key".into(),
+                        format!(
+                            "the record has no value for the key field(s) {}: it cannot be tracked across deliveries",
+                            self.cfg.key.join(", ")
+                        ),
+                        &r,
+                    ));
+                    continue;
+                };
+                let cancelled = truthy(r.get(&self.cfg.cancelled));
+                let r = self.with_operation(r, 'I');
+                if cancelled {
+                    candidates.push(Candidate {
+                        record: r,
+                        key,
+                        cancelled,
+                        rendered: None,
+                        hash: String::new(),
+                    });
+                    continue;
+                }
+                match self.layout.render_record(&r, &self.params) {
+                    Ok(rendered) => {
+                        let hash = element_hash(&rendered.element);
+                        candidates.push(Candidate {
+                            record: r,
+                            key,
+                            cancelled,
+                            rendered: Some(rendered),
+                            hash,
+                        });
+                    }
+                    Err(problems) => {
+                        let code = problems
+                            .first()
+                            .map(|p| p.violation.rule.code())
+                            .unwrap_or("xsd");
+                        let reason = problems
+                            .iter()
+                            .map(|p| p.reason())
+                            .collect::<Vec<_>>()
+                            .join("; ");
+                        batch
+                            .rejects
+                            .push(ctx.reject("sink", code.into(), reason, &r));
+                    }
+                }
+            }
+            // 2. What INPS already has.
+            let keys: Vec<String> = candidates.iter().map(|c| c.key.clone()).collect();
+            let sent = ledger::lookup(&self.db, &self.cfg.ente.codice, self.tipo, &keys).await?;
+            // 3. Decide.
+            let mut out = Vec::with_capacity(candidates.len());
+            for c in candidates {
+                let prior = sent.get(&c.key);
+                let has = prior.filter(|s| matches!(s.stato.as_str(), "inviato" | "accettato"));
+                let unchanged = prior.and_then(|s| s.hash.as_deref()) == Some(c.hash.as_str());
+                let correction =
+                    !c.cancelled && has.is_some() && !unchanged && self.binds_operation;
+                if c.cancelled || correction {
+                    // The version INPS has is cancelled first (then, for a correction, the
+                    // new one follows).
+                    let why = if c.cancelled {
+                        "cancellation"
+                    } else {
+                        "correction"
+                    };
+                    match has.map(|h| self.cancellation(h, &c.record, &c.key)) {
+                        Some(Ok(Some((old, pending)))) => {
+                            self.pending.push_back(pending);
+                            out.push(old);
+                        }
+                        Some(Err(problems)) => {
+                            batch.rejects.push(ctx.reject(
+                                "sink",
+                                "siuss.cancellation".into(),
+                                format!("the {why} of the version INPS has cannot be written: {problems}"),
+                                &c.record,
+                            ));
+                            continue;
+                        }
+                        Some(Ok(None)) | None => {}
+                    }
+                    if c.cancelled {
+                        if has.is_none() {
+                            // Never sent, or already cancelled: nothing to tell INPS.
+                            batch.filtered += 1;
+                        }
+                        continue;
+                    }
+                }
+                let Some(rendered) = c.rendered else { continue };
+                match prior {
+                    Some(s) if unchanged && matches!(s.stato.as_str(), "inviato" | "accettato") => {
+                        batch.filtered += 1;
+                        continue;
+                    }
+                    Some(s) if unchanged && s.stato == "scartato" => {
+                        batch.rejects.push(ctx.reject(
+                            "sink",
+                            "inps.da_correggere".into(),
+                            format!(
+                                "INPS refused this version on {}: {}; correct the record: it is sent again once it changes",
+                                s.esito_il.as_deref().unwrap_or("?"),
+                                s.esito_descrizione.as_deref().unwrap_or("no description")
+                            ),
+                            &c.record,
+                        ));
+                        continue;
+                    }
+                    _ => {}
+                }
+                let delivery = Delivery {
+                    key: c.key,
+                    op: 'I',
+                    hash: c.hash,
+                    record: self.snapshot(&c.record),
+                };
+                self.pending.push_back(Pending { rendered, delivery });
+                out.push(c.record);
+            }
+            batch.records = out;
+            Ok(())
+        })
+    }
+
+    fn keys(&self, records: &[Record]) -> Vec<String> {
+        (0..records.len())
+            .map(|i| match self.pending.get(i) {
+                Some(p) => format!("siuss {} {} ({})", self.tipo, p.delivery.key, p.delivery.op),
+                None => String::new(),
+            })
+            .collect()
+    }
+
+    fn write<'a>(
+        &'a mut self,
+        records: &'a [Record],
+        checkpoint: &'a SavedCheckpoint,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            if self.pending.len() != records.len() {
+                return Err(Error::Other(format!(
+                    "internal error: {} records to write but {} checked; nothing was written",
+                    records.len(),
+                    self.pending.len()
+                )));
+            }
+            let batch: Vec<Pending> = self.pending.drain(..).collect();
+            let ente = self.cfg.ente.codice.clone();
+            match self.cfg.channel {
+                Channel::File => {
+                    let deliveries: Vec<Delivery> =
+                        batch.iter().map(|p| p.delivery.clone()).collect();
+                    ledger::stage(&self.db, &ente, self.tipo, &self.file.flow, &deliveries).await?;
+                    let mut text = String::with_capacity(batch.len() * 1024);
+                    if !batch.is_empty() && !self.writer.state.started {
+                        self.writer.start_document(&self.header, &mut text);
+                    }
+                    for p in &batch {
+                        self.writer.write(&p.rendered, &mut text);
+                    }
+                    self.file.writer = self.writer.state.clone();
+                    let state = serde_json::to_value(&self.file)
+                        .map_err(|e| Error::Other(e.to_string()))?;
+                    let out = self.out.as_mut().ok_or_else(|| {
+                        Error::Other("internal error: file flow without output".into())
+                    })?;
+                    out.set_state(state);
+                    out.append(text.as_bytes(), batch.len() as u64, checkpoint)
+                }
+                Channel::Waas => {
+                    let layout = self.layout.clone();
+                    let params = self.params.clone();
+                    let entries: Vec<WaasEntry> = batch
+                        .iter()
+                        .map(|p| {
+                            let layout = layout.clone();
+                            let params = params.clone();
+                            let rendered = &p.rendered;
+                            WaasEntry {
+                                delivery: &p.delivery,
+                                render: Box::new(move |id: &str| {
+                                    let mut params = params.clone();
+                                    params.insert("flow_name".into(), id.to_string());
+                                    // The header was checked with the same values and a
+                                    // valid name when the sink was built.
+                                    let header = layout.render_header(&params).unwrap_or_default();
+                                    XmlWriter::single(&layout, &header, rendered)
+                                }),
+                            }
+                        })
+                        .collect();
+                    let giorno = chrono::Local::now().format("%Y%m%d").to_string();
+                    let codice = self.cfg.ente.codice.clone();
+                    let tipo = self.tipo;
+                    let cp = serde_json::to_string(checkpoint)
+                        .map_err(|e| Error::Other(e.to_string()))?;
+                    let ids = ledger::enqueue(
+                        &self.db,
+                        &ente,
+                        tipo,
+                        &checkpoint.run_id,
+                        &entries,
+                        &self.pipeline,
+                        &cp,
+                        |n| (giorno.clone(), format!("{codice}.{tipo}.{giorno}.{n:07}")),
+                    )
+                    .await?;
+                    for (id, p) in ids.iter().zip(&batch) {
+                        self.queued_hash.update(id.as_bytes());
+                        self.queued_hash.update(p.delivery.hash.as_bytes());
+                        self.queued_bytes += 1;
+                    }
+                    self.queued.extend(ids);
+                    Ok(())
+                }
+            }
+        })
+    }
+
+    fn finish<'a>(
+        &'a mut self,
+        checkpoint: &'a SavedCheckpoint,
+    ) -> BoxFuture<'a, Result<Vec<Artifact>>> {
+        Box::pin(async move {
+            match self.cfg.channel {
+                Channel::Waas => {
+                    let cp = serde_json::to_string(checkpoint)
+                        .map_err(|e| Error::Other(e.to_string()))?;
+                    ledger::save_checkpoint(&self.db, &self.pipeline, &cp).await?;
+                    if self.queued.is_empty() {
+                        return Ok(Vec::new());
+                    }
+                    let first = self.queued.first().cloned().unwrap_or_default();
+                    let last = self.queued.last().cloned().unwrap_or_default();
+                    Ok(vec![Artifact {
+                        path: format!("siuss_flusso {first} … {last}"),
+                        size: self.queued_bytes,
+                        sha256: hex::encode(std::mem::take(&mut self.queued_hash).finalize()),
+                        rows: self.queued.len() as u64,
+                        destination: "INPS SIUSS (WaaS, pulled by INPS)".into(),
+                        checks: vec![format!(
+                            "xsd:{}",
+                            self.layout
+                                .schema_file
+                                .file_name()
+                                .map(|n| n.to_string_lossy().into_owned())
+                                .unwrap_or_default()
+                        )],
+                    }])
+                }
+                Channel::File => {
+                    let target = self.target().display().to_string();
+                    let out = self.out.as_mut().ok_or_else(|| {
+                        Error::Other("internal error: file flow without output".into())
+                    })?;
+                    if self.writer.state.records == 0 {
+                        tracing::info!(
+                            flow = self.tipo,
+                            "nothing new to send: no flow is released and no number is used"
+                        );
+                        out.discard()?;
+                        return Ok(Vec::new());
+                    }
+                    let mut tail = String::new();
+                    self.writer.end_document(&mut tail);
+                    out.append_tail(tail.as_bytes())?;
+                    let checks = release_checks(&self.layout, out.partial(), self.cfg.xmllint)?;
+                    let (_, sha) = hash_file(out.partial())?;
+                    ledger::release_file(
+                        &self.db,
+                        &FileFlow {
+                            ente: &self.cfg.ente.codice,
+                            tipo: self.tipo,
+                            giorno: &self.file.giorno,
+                            progressivo: self.file.progressivo,
+                            id_flusso: &self.file.flow,
+                            run_id: &checkpoint.run_id,
+                            path: &target,
+                            sha256: &sha,
+                            records: self.writer.state.records as i64,
+                        },
+                    )
+                    .await?;
+                    let mut a = out.finish(checkpoint)?;
+                    a.checks = checks;
+                    Ok(vec![a])
+                }
+            }
+        })
+    }
+}
