@@ -1,0 +1,432 @@
+//! INPS SIUSS end to end, on a small fixture store (`tests/fixtures/siuss/store.sql`):
+//! the PS/PSA-SINA file flow checked by libxml2 against the official XSD and against a
+//! golden file, rejects naming record and field, a rerun that sends nothing, corrections
+//! and cancellations as `TipoOperazione` C; and the WaaS e-service over real HTTP.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const CF_OPERATORE: &str = "RSSMRA85T10A562S";
+
+/// Runs SQL on the SQLite store with Python's sqlite3 (the test suite installs Python).
+fn sqlite(db: &Path, sql: &str) {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.executescript(sys.argv[2]); c.commit()",
+        ])
+        .arg(db)
+        .arg(sql)
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "sqlite script failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A migrated store with the fixture and the sample code mapping loaded.
+fn fixture_store(dir: &Path, extra_connections: &str) -> PathBuf {
+    let cfg = connections(dir, None);
+    if !extra_connections.is_empty() {
+        let mut text = std::fs::read_to_string(&cfg).unwrap();
+        text.push_str(extra_connections);
+        std::fs::write(&cfg, text).unwrap();
+    }
+    let out = run({
+        let mut c = snodo(&cfg);
+        c.args(["store", "migrate"]);
+        c
+    });
+    assert!(out.status.success(), "store migrate failed");
+    sqlite(
+        &dir.join("store.db"),
+        &std::fs::read_to_string(root().join("tests/fixtures/siuss/store.sql")).unwrap(),
+    );
+    let (code, summary) = run_pipeline(&cfg, &root().join("pipelines/siuss/mappature.yaml"));
+    assert_eq!(code, 0, "mapping load failed: {summary}");
+    assert!(summary["written"].as_u64().unwrap() >= 10, "{summary}");
+    cfg
+}
+
+/// The shipped PS/PSA pipeline with its output moved into `dir` and the given channel.
+fn ps_pipeline(dir: &Path, channel: &str) -> PathBuf {
+    let text = std::fs::read_to_string(root().join("pipelines/siuss/ps_psa.yaml"))
+        .unwrap()
+        .replace("dir: out/siuss", &format!("dir: {}/out", dir.display()))
+        .replace(
+            "path: out/siuss/controllo-ps.txt",
+            &format!("path: {}/out/controllo-ps.txt", dir.display()),
+        )
+        .replace("channel: file", &format!("channel: {channel}"))
+        // The fixture has one bad person in three: the policy lets the run go on.
+        .replace("reject_limit: 2%", "reject_limit: 50%");
+    assert!(text.contains(&format!("{}/out", dir.display())));
+    let p = dir.join(format!("ps_psa_{channel}.yaml"));
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn run_ps(cfg: &Path, pipeline: &Path) -> (i32, serde_json::Value) {
+    snodo_json_env(cfg, pipeline)
+}
+
+fn snodo_json_env(cfg: &Path, pipeline: &Path) -> (i32, serde_json::Value) {
+    let out = run({
+        let mut c = snodo(cfg);
+        c.env("SNODO_SIUSS_CF_OPERATORE", CF_OPERATORE)
+            .arg("run")
+            .arg(pipeline)
+            .arg("--json");
+        c
+    });
+    (
+        out.status.code().unwrap_or(-1),
+        serde_json::from_slice(&out.stdout).unwrap_or_default(),
+    )
+}
+
+/// The flow files published in `dir`, sorted by name (= by number).
+fn flows(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|d| d.map(|e| e.unwrap().path()).collect())
+        .unwrap_or_default();
+    v.retain(|p| {
+        p.file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("D969.PS.")
+    });
+    v.sort();
+    v
+}
+
+/// libxml2's verdict, independent of snodo's own validator.
+fn xmllint_validates(file: &Path, xsd: &str) {
+    let out = Command::new("xmllint")
+        .arg("--noout")
+        .arg("--schema")
+        .arg(root().join("specs/siuss").join(xsd))
+        .arg(file)
+        .output()
+        .expect("xmllint is needed by the tests: install libxml2-utils (scripts/test.sh does)");
+    assert!(
+        out.status.success(),
+        "{} does not validate against {xsd}: {}",
+        file.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The flow file with its day in the name made neutral, for the golden comparison.
+fn neutral(file: &Path) -> String {
+    // D969.PS.AAAAMMGG.NNNNNNN: the day is the run's, the number is the ledger's.
+    let text = std::fs::read_to_string(file).unwrap();
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text.as_str();
+    while let Some(i) = rest.find("D969.PS.") {
+        out.push_str(&rest[..i + 8]);
+        rest = &rest[i + 8..];
+        if rest.len() >= 8 && rest[..8].bytes().all(|b| b.is_ascii_digit()) {
+            out.push_str("AAAAMMGG");
+            rest = &rest[8..];
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+#[test]
+fn ps_psa_file_flow_validates_rejects_by_field_and_sends_only_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = fixture_store(dir.path(), "");
+    let pipeline = ps_pipeline(dir.path(), "file");
+    let out_dir = dir.path().join("out");
+
+    // 1. First run: the two valid persons go out, VERDI (wrong check character) does not.
+    let (code, summary) = run_ps(&cfg, &pipeline);
+    assert_eq!(code, 0, "{summary}");
+    assert_eq!(summary["written"], 3, "{summary}");
+    let files = flows(&out_dir);
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert!(
+        files[0].to_string_lossy().ends_with(".0000001.xml"),
+        "the first flow has number 1: {files:?}"
+    );
+    xmllint_validates(&files[0], "PS_PSA_SINA201812.xsd");
+    let golden = root().join("tests/fixtures/siuss/golden/ps_psa_first.xml");
+    let produced = neutral(&files[0]);
+    if std::env::var_os("SNODO_BLESS").is_some() {
+        std::fs::create_dir_all(golden.parent().unwrap()).unwrap();
+        std::fs::write(&golden, &produced).unwrap();
+    }
+    assert_eq!(
+        produced,
+        std::fs::read_to_string(&golden).unwrap(),
+        "the PS/PSA flow differs from {} (SNODO_BLESS=1 rewrites it after a checked change)",
+        golden.display()
+    );
+    let run_id = summary["run_id"].as_str().unwrap().to_string();
+    let rejects = rejects_of(&cfg, &run_id);
+    assert_eq!(rejects.len(), 1, "{rejects:?}");
+    let r = rejects[0].to_string();
+    assert!(
+        r.contains("codice_fiscale"),
+        "the reject names the field: {r}"
+    );
+    assert!(
+        !r.contains("VRDNNA50S60F205X"),
+        "no full codice fiscale in the flow log: {r}"
+    );
+    let report = std::fs::read_to_string(out_dir.join("controllo-ps.txt")).unwrap();
+    assert!(report.contains("codice_fiscale"), "{report}");
+
+    // 2. Nothing changed: no flow, no number used.
+    let (code, summary) = run_ps(&cfg, &pipeline);
+    assert_eq!(code, 0, "{summary}");
+    assert_eq!(summary["written"], 0, "{summary}");
+    assert_eq!(flows(&out_dir).len(), 1);
+
+    // 3. An amount corrected and a prestazione withdrawn: flow 2 cancels the versions INPS
+    //    has (C) and sends the corrected one (I).
+    sqlite(
+        &dir.path().join("store.db"),
+        "UPDATE intervento SET importo = '1300.00', quota_ente = '1300.00' WHERE id = 20;
+         UPDATE intervento SET annullato = 1 WHERE id = 11;",
+    );
+    let (code, summary) = run_ps(&cfg, &pipeline);
+    assert_eq!(code, 0, "{summary}");
+    let files = flows(&out_dir);
+    assert_eq!(files.len(), 2, "{files:?}");
+    assert!(files[1].to_string_lossy().ends_with(".0000002.xml"));
+    xmllint_validates(&files[1], "PS_PSA_SINA201812.xsd");
+    let second = std::fs::read_to_string(&files[1]).unwrap();
+    assert_eq!(
+        second.matches("TipoOperazione=\"C\"").count(),
+        2,
+        "a cancellation for the corrected and for the withdrawn prestazione:\n{second}"
+    );
+    assert_eq!(
+        second.matches("TipoOperazione=\"I\"").count(),
+        1,
+        "{second}"
+    );
+    assert!(
+        second.contains("ImportoPrestazione=\"1300.00\""),
+        "{second}"
+    );
+    assert!(
+        second.contains("ImportoPrestazione=\"1200.50\""),
+        "{second}"
+    );
+
+    // 4. And again nothing.
+    let (code, summary) = run_ps(&cfg, &pipeline);
+    assert_eq!(code, 0, "{summary}");
+    assert_eq!(flows(&out_dir).len(), 2);
+}
+
+/// A running `snodo serve`, stopped when dropped.
+struct Server(Child, u16);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn http(port: u16, method: &str, path: &str, token: Option<&str>, body: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let status = resp[9..12].parse().unwrap();
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+fn serve(cfg: &Path) -> Server {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new(env!("CARGO_BIN_EXE_snodo"))
+        .current_dir(root())
+        .arg("--config")
+        .arg(cfg)
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .env("SNODO_WAAS_TOKEN", "waas-test-token-0123456789")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let server = Server(child, port);
+    let start = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "snodo serve did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    server
+}
+
+#[test]
+fn waas_e_service_serves_the_queue_and_records_outcomes_over_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = fixture_store(
+        dir.path(),
+        "serve:\n  waas:\n    connection: store\n    ente: D969\n    denominazione: Comune di Genova\n    tokens: [\"${env:SNODO_WAAS_TOKEN}\"]\n",
+    );
+    let pipeline = ps_pipeline(dir.path(), "waas");
+    let (code, summary) = run_ps(&cfg, &pipeline);
+    assert_eq!(code, 0, "{summary}");
+    assert_eq!(summary["written"], 3, "{summary}");
+    let server = serve(&cfg);
+    let port = server.1;
+    let token = Some("waas-test-token-0123456789");
+
+    // Authentication.
+    assert_eq!(http(port, "GET", "/status", None, "").0, 401);
+    assert_eq!(http(port, "GET", "/status", Some("wrong"), "").0, 401);
+    assert_eq!(http(port, "GET", "/flussi?since=0", None, "").0, 401);
+    assert_eq!(http(port, "GET", "/status", token, "").0, 200);
+
+    // Bad parameters: 400 problem+json naming the parameter.
+    for q in ["/flussi", "/flussi?since=abc", "/flussi?since=0&limit=101"] {
+        let (status, body) = http(port, "GET", q, token, "");
+        assert_eq!(status, 400, "{q}: {body}");
+        let p: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(p["status"], 400, "{body}");
+    }
+
+    // The queue, oldest first, one prestazione per flow, paged by `since`.
+    let (status, body) = http(port, "GET", "/flussi?since=0&limit=2", token, "");
+    assert_eq!(status, 200, "{body}");
+    let page: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let first = page["elenco_flussi"].as_array().unwrap().clone();
+    assert_eq!(first.len(), 2, "{body}");
+    let mut ids = Vec::new();
+    let mut last_ts = 0i64;
+    for f in &first {
+        assert_eq!(f["codice_ente"], "D969");
+        assert_eq!(f["tipo"], "PS_PSA_SINA");
+        let xml = decode_b64(f["flusso"].as_str().unwrap());
+        let file = dir
+            .path()
+            .join(format!("{}.xml", f["id_flusso"].as_str().unwrap()));
+        std::fs::write(&file, &xml).unwrap();
+        xmllint_validates(&file, "PS_PSA_SINA201812.xsd");
+        assert_eq!(
+            String::from_utf8_lossy(&xml)
+                .matches("<PrestazioniSociali")
+                .count(),
+            1
+        );
+        ids.push(f["id_flusso"].as_str().unwrap().to_string());
+        let ts = chrono_ms(f["ts_flusso"].as_str().unwrap());
+        assert!(ts > last_ts, "ordered by ts_flusso");
+        last_ts = ts;
+    }
+    let (_, body) = http(port, "GET", &format!("/flussi?since={last_ts}"), token, "");
+    let rest: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let rest = rest["elenco_flussi"].as_array().unwrap();
+    assert_eq!(rest.len(), 1, "the third flow only: {body}");
+    ids.push(rest[0]["id_flusso"].as_str().unwrap().to_string());
+    let last_ts = chrono_ms(rest[0]["ts_flusso"].as_str().unwrap());
+    let (_, body) = http(port, "GET", &format!("/flussi?since={last_ts}"), token, "");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()["elenco_flussi"],
+        serde_json::json!([]),
+        "nothing new: an empty list"
+    );
+
+    // Outcomes: malformed → 400; good → 204, stored and linked; a refusal puts the record
+    // back for correction (the next run rejects it until it changes).
+    let (status, _) = http(port, "POST", "/esiti", token, "{\"elenco_esiti\":[{}]}");
+    assert_eq!(status, 400);
+    let esiti = serde_json::json!({ "elenco_esiti": [
+        { "id_flusso": ids[0], "tipo": "PS_PSA_SINA", "ts_flusso": "2026-01-01T00:00:00Z",
+          "ts_acquisizione": "2026-01-02T00:00:00Z", "codice_esito": "OK" },
+        { "id_flusso": ids[1], "tipo": "PS_PSA_SINA", "ts_flusso": "2026-01-01T00:00:00Z",
+          "ts_acquisizione": "2026-01-02T00:00:00Z", "codice_esito": "RICHIESTA_INVALIDA",
+          "descrizione_esito": "CodicePrestazione non censito" }
+    ]});
+    let (status, body) = http(port, "POST", "/esiti", token, &esiti.to_string());
+    assert_eq!(status, 204, "{body}");
+    // INPS retrying the same outcomes changes nothing.
+    assert_eq!(
+        http(port, "POST", "/esiti", token, &esiti.to_string()).0,
+        204
+    );
+    drop(server);
+
+    let (code, summary) = run_ps(&cfg, &pipeline);
+    assert_eq!(code, 0, "{summary}");
+    assert_eq!(
+        summary["written"], 0,
+        "nothing changed, nothing queued: {summary}"
+    );
+    let rejects = rejects_of(&cfg, summary["run_id"].as_str().unwrap());
+    assert!(
+        rejects
+            .iter()
+            .any(|r| r.to_string().contains("CodicePrestazione non censito")),
+        "the refused record is flagged for correction: {rejects:?}"
+    );
+    // The flow log is intact and holds the served requests.
+    let out = run({
+        let mut c = snodo(&cfg);
+        c.args(["log", "verify"]);
+        c
+    });
+    assert!(out.status.success());
+}
+
+fn decode_b64(s: &str) -> Vec<u8> {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import base64,sys; sys.stdout.buffer.write(base64.b64decode(sys.argv[1], validate=True))",
+        ])
+        .arg(s)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "not base64");
+    out.stdout
+}
+
+fn chrono_ms(rfc3339: &str) -> i64 {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import datetime,sys; print(int(datetime.datetime.fromisoformat(sys.argv[1].replace('Z','+00:00')).timestamp()*1000))",
+        ])
+        .arg(rfc3339)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
