@@ -76,13 +76,15 @@ fn ps_pipeline(dir: &Path, channel: &str) -> PathBuf {
 }
 
 fn run_ps(cfg: &Path, pipeline: &Path) -> (i32, serde_json::Value) {
-    snodo_json_env(cfg, pipeline)
+    run_with_key(cfg, pipeline, "chiave-di-prova-sinba-0123456789")
 }
 
-fn snodo_json_env(cfg: &Path, pipeline: &Path) -> (i32, serde_json::Value) {
+/// `snodo run PIPELINE --json` with the operator's codice fiscale and the SINBA key.
+fn run_with_key(cfg: &Path, pipeline: &Path, sinba_key: &str) -> (i32, serde_json::Value) {
     let out = run({
         let mut c = snodo(cfg);
         c.env("SNODO_SIUSS_CF_OPERATORE", CF_OPERATORE)
+            .env("SNODO_SINBA_KEY", sinba_key)
             .arg("run")
             .arg(pipeline)
             .arg("--json");
@@ -96,15 +98,14 @@ fn snodo_json_env(cfg: &Path, pipeline: &Path) -> (i32, serde_json::Value) {
 
 /// The flow files published in `dir`, sorted by name (= by number).
 fn flows(dir: &Path) -> Vec<PathBuf> {
+    flows_of(dir, "D969.PS.")
+}
+
+fn flows_of(dir: &Path, prefix: &str) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
         .map(|d| d.map(|e| e.unwrap().path()).collect())
         .unwrap_or_default();
-    v.retain(|p| {
-        p.file_name()
-            .unwrap()
-            .to_string_lossy()
-            .starts_with("D969.PS.")
-    });
+    v.retain(|p| p.file_name().unwrap().to_string_lossy().starts_with(prefix));
     v.sort();
     v
 }
@@ -151,10 +152,10 @@ fn ps_psa_file_flow_validates_rejects_by_field_and_sends_only_changes() {
     let pipeline = ps_pipeline(dir.path(), "file");
     let out_dir = dir.path().join("out");
 
-    // 1. First run: the two valid persons go out, VERDI (wrong check character) does not.
+    // 1. First run: the three valid persons go out, VERDI (wrong check character) does not.
     let (code, summary) = run_ps(&cfg, &pipeline);
     assert_eq!(code, 0, "{summary}");
-    assert_eq!(summary["written"], 3, "{summary}");
+    assert_eq!(summary["written"], 4, "{summary}");
     let files = flows(&out_dir);
     assert_eq!(files.len(), 1, "{files:?}");
     assert!(
@@ -234,6 +235,79 @@ fn ps_psa_file_flow_validates_rejects_by_field_and_sends_only_changes() {
     assert_eq!(flows(&out_dir).len(), 2);
 }
 
+#[test]
+fn sinba_is_pseudonymous_stable_and_valid() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = fixture_store(dir.path(), "keys:\n  sinba: \"${env:SNODO_SINBA_KEY}\"\n");
+    let text = std::fs::read_to_string(root().join("pipelines/siuss/sinba.yaml"))
+        .unwrap()
+        .replace(
+            "dir: out/siuss",
+            &format!("dir: {}/out", dir.path().display()),
+        )
+        .replace(
+            "path: out/siuss/controllo-sinba.txt",
+            &format!("path: {}/out/controllo-sinba.txt", dir.path().display()),
+        );
+    let pipeline = dir.path().join("sinba.yaml");
+    std::fs::write(&pipeline, text).unwrap();
+    let out_dir = dir.path().join("out");
+    let (code, summary) = run_ps(&cfg, &pipeline);
+    assert_eq!(code, 0, "{summary}");
+    assert_eq!(summary["written"], 1, "{summary}");
+    let files = flows_of(&out_dir, "D969.SINBA.");
+    assert_eq!(files.len(), 1, "{files:?}");
+    xmllint_validates(&files[0], "SINBA.xsd");
+    let xml = std::fs::read_to_string(&files[0]).unwrap();
+    assert!(
+        !xml.contains("NRELCU14E09D969L") && !xml.contains("NERI"),
+        "SINBA never carries the minor's identity:\n{xml}"
+    );
+    // Month and year only, as SINBA.xsd wants them.
+    assert!(xml.contains("DataPrimaSegnalazione=\"09/2024\""), "{xml}");
+    assert!(
+        xml.contains("DataProvvedimentoGiudiziario=\"01/2025\""),
+        "{xml}"
+    );
+    assert!(
+        xml.contains("<CodicePrestazione>A1.05</CodicePrestazione>"),
+        "{xml}"
+    );
+    let id = |xml: &str| {
+        let start = xml.find("IDBeneficiario=\"").unwrap() + 16;
+        xml[start..start + 20].to_string()
+    };
+    let first_id = id(&xml);
+    assert!(
+        first_id.bytes().all(|b| b.is_ascii_alphanumeric()),
+        "{first_id}"
+    );
+
+    // Nothing changed: nothing sent.
+    let (code, summary) = run_ps(&cfg, &pipeline);
+    assert_eq!(code, 0, "{summary}");
+    assert_eq!(summary["written"], 0, "{summary}");
+
+    // The same minor in a fresh store (another year's run) gets the same pseudonym with the
+    // same key, and a different one with another key.
+    let again = |key: &str| {
+        let d = tempfile::tempdir().unwrap();
+        let cfg = fixture_store(d.path(), "keys:\n  sinba: \"${env:SNODO_SINBA_KEY}\"\n");
+        let text = std::fs::read_to_string(&pipeline).unwrap().replace(
+            &dir.path().display().to_string(),
+            &d.path().display().to_string(),
+        );
+        let p = d.path().join("sinba.yaml");
+        std::fs::write(&p, text).unwrap();
+        let (code, summary) = run_with_key(&cfg, &p, key);
+        assert_eq!(code, 0, "{summary}");
+        let f = flows_of(&d.path().join("out"), "D969.SINBA.");
+        id(&std::fs::read_to_string(&f[0]).unwrap())
+    };
+    assert_eq!(again("chiave-di-prova-sinba-0123456789"), first_id);
+    assert_ne!(again("un-altra-chiave-sinba-9876543210"), first_id);
+}
+
 /// A running `snodo serve`, stopped when dropped.
 struct Server(Child, u16);
 
@@ -304,7 +378,7 @@ fn waas_e_service_serves_the_queue_and_records_outcomes_over_http() {
     let pipeline = ps_pipeline(dir.path(), "waas");
     let (code, summary) = run_ps(&cfg, &pipeline);
     assert_eq!(code, 0, "{summary}");
-    assert_eq!(summary["written"], 3, "{summary}");
+    assert_eq!(summary["written"], 4, "{summary}");
     let server = serve(&cfg);
     let port = server.1;
     let token = Some("waas-test-token-0123456789");
@@ -354,9 +428,16 @@ fn waas_e_service_serves_the_queue_and_records_outcomes_over_http() {
     let (_, body) = http(port, "GET", &format!("/flussi?since={last_ts}"), token, "");
     let rest: serde_json::Value = serde_json::from_str(&body).unwrap();
     let rest = rest["elenco_flussi"].as_array().unwrap();
-    assert_eq!(rest.len(), 1, "the third flow only: {body}");
-    ids.push(rest[0]["id_flusso"].as_str().unwrap().to_string());
-    let last_ts = chrono_ms(rest[0]["ts_flusso"].as_str().unwrap());
+    assert_eq!(rest.len(), 2, "the flows after the first page only: {body}");
+    for f in rest {
+        ids.push(f["id_flusso"].as_str().unwrap().to_string());
+    }
+    assert_eq!(
+        ids.iter().collect::<std::collections::BTreeSet<_>>().len(),
+        4,
+        "{ids:?}"
+    );
+    let last_ts = chrono_ms(rest[1]["ts_flusso"].as_str().unwrap());
     let (_, body) = http(port, "GET", &format!("/flussi?since={last_ts}"), token, "");
     assert_eq!(
         serde_json::from_str::<serde_json::Value>(&body).unwrap()["elenco_flussi"],

@@ -456,7 +456,7 @@ impl SimpleType {
             },
             Builtin::Base64Binary => {
                 let compact: String = v.split_whitespace().collect();
-                if compact.len() % 4 == 0
+                if compact.len().is_multiple_of(4)
                     && compact
                         .bytes()
                         .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/' || b == b'=')
