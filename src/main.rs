@@ -118,6 +118,10 @@ enum Command {
         /// Who starts the run, recorded in the flow log.
         #[arg(long, default_value = "user", value_parser = ["user", "cron", "api"])]
         trigger: String,
+        /// Set a pipeline variable for this run, read by expressions as `param("NAME")`
+        /// (overrides `vars:` in the file); repeatable: `--var anno=2024`.
+        #[arg(long = "var", value_name = "NAME=VALUE", value_parser = parse_var)]
+        vars: Vec<(String, String)>,
     },
     /// Check pipeline files and report every problem with file:line:column.
     Lint {
@@ -411,6 +415,14 @@ fn print_summary(s: &RunSummary) {
     );
 }
 
+/// `NAME=VALUE` of `--var`.
+fn parse_var(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((n, v)) if !n.trim().is_empty() => Ok((n.trim().to_string(), v.to_string())),
+        _ => Err(format!("`{s}` is not NAME=VALUE (e.g. --var anno=2024)")),
+    }
+}
+
 async fn cmd_run(
     cli: &Cli,
     pipeline: &Path,
@@ -418,9 +430,13 @@ async fn cmd_run(
     limit: Option<u64>,
     json: bool,
     trigger: &str,
+    vars: &[(String, String)],
 ) -> Result<i32, Error> {
     let conns = ConnectionsFile::load(&cli.config, cli.config != Path::new("snodo.yaml"))?;
-    let (p, _) = snodo_connectors::load(pipeline, &conns)?;
+    let (mut p, _) = snodo_connectors::load(pipeline, &conns)?;
+    for (name, value) in vars {
+        p.vars.insert(name.clone(), value.clone());
+    }
     let log = open_log(&conns).await?;
     let plan = snodo_connectors::plan(pipeline, &p, &conns, dry_run).await?;
     let progress = progress(plan.source.size_hint(), json);
@@ -859,7 +875,8 @@ async fn dispatch(cli: &Cli) -> Result<i32, Error> {
             limit,
             json,
             trigger,
-        } => cmd_run(cli, pipeline, *dry_run, *limit, *json, trigger).await,
+            vars,
+        } => cmd_run(cli, pipeline, *dry_run, *limit, *json, trigger, vars).await,
         Command::Lint { files, json } => cmd_lint(cli, files, *json),
         Command::Schema {
             connections,

@@ -511,3 +511,70 @@ fn chrono_ms(rfc3339: &str) -> i64 {
         .unwrap();
     String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
 }
+
+/// The ISTAT survey table from the fixture: the expected figures are worked out by hand
+/// from `tests/fixtures/siuss/store.sql` (who received what, and who paid for it).
+#[test]
+fn istat_users_and_expenditure_per_area_and_intervention() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = fixture_store(dir.path(), "");
+    let out = dir.path().join("istat.csv");
+    let text = std::fs::read_to_string(root().join("pipelines/istat/interventi_spesa.yaml"))
+        .unwrap()
+        .replace(
+            "path: out/istat/interventi_spesa.csv",
+            &format!("path: {}", out.display()),
+        );
+    let pipeline = dir.path().join("istat.yaml");
+    std::fs::write(&pipeline, text).unwrap();
+    let header = "TIME_PERIOD;CATEG_OF_BENEFICIARIES;CATEGORY_OF_SERVICE;utenti;spesa_comune;compartecipazione_utenti;spesa_ssn;spesa_totale";
+
+    let (code, summary) = run_pipeline(&cfg, &pipeline);
+    assert_eq!(code, 0, "{summary}");
+    assert_eq!(
+        std::fs::read_to_string(&out)
+            .unwrap()
+            .lines()
+            .collect::<Vec<_>>(),
+        vec![
+            header,
+            // ROSSI's and VERDI's home care: 300 + 200 from the comune, 50 from ROSSI.
+            "2025;ELD;HOMECARE;2;500.00;50.00;0;550.00",
+            // NERI's educational service.
+            "2025;FAM;AGGRC;1;420.00;0;0;420.00",
+            // ROSSI's and BIANCHI's economic contributions: 500 + 1200.50.
+            "2025;POV;CONTEMP;2;1700.50;0;0;1700.50",
+        ]
+    );
+
+    // A withdrawn intervention is not counted; another year has other figures.
+    sqlite(
+        &dir.path().join("store.db"),
+        "UPDATE intervento SET annullato = 1 WHERE id = 11;
+         UPDATE intervento SET data_fine = '2026-03-31' WHERE id = 20;",
+    );
+    let (code, summary) = run_pipeline(&cfg, &pipeline);
+    assert_eq!(code, 0, "{summary}");
+    let lines = std::fs::read_to_string(&out).unwrap();
+    assert!(
+        lines.contains("2025;POV;CONTEMP;1;1200.50;0;0;1200.50"),
+        "{lines}"
+    );
+    let (code, summary) = snodo_json(
+        &cfg,
+        &[
+            "run".as_ref(),
+            pipeline.as_os_str(),
+            "--var".as_ref(),
+            "anno=2026".as_ref(),
+        ],
+    );
+    assert_eq!(code, 0, "{summary}");
+    assert_eq!(
+        std::fs::read_to_string(&out)
+            .unwrap()
+            .lines()
+            .collect::<Vec<_>>(),
+        vec![header, "2026;POV;CONTEMP;1;1200.50;0;0;1200.50"]
+    );
+}

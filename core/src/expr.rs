@@ -252,7 +252,7 @@ impl ExprEngine {
     }
 
     /// The engine with the pipeline's `vars` (overridden by `snodo run --var`), read by
-    /// `var("name")`.
+    /// `param("name")`.
     pub fn with_vars(vars: IndexMap<String, String>) -> Self {
         let mut e = Engine::new();
         e.on_print(|_| {});
@@ -482,9 +482,9 @@ impl ExprEngine {
                 c.len() == 4 && c.starts_with(['Z', 'z'])
             })
         });
-        // Variables of the pipeline: `var("anno")`. An unknown name is an error, not null,
+        // Variables of the pipeline: `param("anno")`. An unknown name is an error, not null,
         // so that a typo cannot silently select nothing.
-        e.register_fn("var", move |name: &str| -> FnResult {
+        e.register_fn("param", move |name: &str| -> FnResult {
             vars.get(name)
                 .map(|v| Dynamic::from(ImmutableString::from(v.as_str())))
                 .ok_or_else(|| {

@@ -60,7 +60,7 @@ pub struct PipelineFile<S, K> {
     /// A pre-submission report in Italian, written after every run (dry runs too).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub report: Option<crate::report::ReportConfig>,
-    /// Variables read by expressions as `var("name")`, e.g. the reference year of a
+    /// Variables read by expressions as `param("name")`, e.g. the reference year of a
     /// survey; `snodo run --var anno=2024` overrides them for one run.
     #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
     pub vars: IndexMap<String, String>,
