@@ -578,3 +578,41 @@ fn istat_users_and_expenditure_per_area_and_intervention() {
         vec![header, "2026;POV;CONTEMP;1;1200.50;0;0;1200.50"]
     );
 }
+
+/// The CSV variant for the web upload: one row per prestazione, every column an attribute
+/// of the official XSD, withdrawn prestazioni left out, bad records rejected.
+#[test]
+fn ps_psa_csv_has_the_xsd_attribute_names_as_columns() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = fixture_store(dir.path(), "");
+    sqlite(
+        &dir.path().join("store.db"),
+        "UPDATE intervento SET annullato = 1 WHERE id = 11;",
+    );
+    let out = dir.path().join("ps_psa.csv");
+    let text = std::fs::read_to_string(root().join("pipelines/siuss/ps_psa_csv.yaml"))
+        .unwrap()
+        .replace(
+            "path: out/siuss/ps_psa.csv",
+            &format!("path: {}", out.display()),
+        )
+        .replace("reject_limit: 2%", "reject_limit: 50%");
+    let pipeline = dir.path().join("csv.yaml");
+    std::fs::write(&pipeline, text).unwrap();
+    let (code, summary) = run_pipeline(&cfg, &pipeline);
+    assert_eq!(code, 0, "{summary}");
+    assert_eq!(summary["rejected"], 1, "VERDI's codice fiscale: {summary}");
+    let csv = std::fs::read_to_string(&out).unwrap();
+    let mut lines = csv.lines();
+    let xsd = std::fs::read_to_string(root().join("specs/siuss/PS_PSA_SINA201812.xsd")).unwrap();
+    for column in lines.next().unwrap().split(';') {
+        assert!(
+            xsd.contains(&format!("name=\"{column}\"")),
+            "column {column} is not an attribute of the XSD"
+        );
+    }
+    let rows: Vec<&str> = lines.collect();
+    assert_eq!(rows.len(), 3, "{csv}");
+    assert!(rows.iter().all(|r| !r.contains("GE-2025-000124")), "{csv}");
+    assert!(rows.iter().any(|r| r.contains(";1200.50;")), "{csv}");
+}
