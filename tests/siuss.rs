@@ -233,6 +233,23 @@ fn ps_psa_file_flow_validates_rejects_by_field_and_sends_only_changes() {
     let (code, summary) = run_ps(&cfg, &pipeline);
     assert_eq!(code, 0, "{summary}");
     assert_eq!(flows(&out_dir).len(), 2);
+
+    // The flows carry the codici fiscali to INPS; the flow log never does.
+    let mut log = std::fs::read(dir.path().join("flowlog.db")).unwrap();
+    if let Ok(wal) = std::fs::read(dir.path().join("flowlog.db-wal")) {
+        log.extend(wal);
+    }
+    let log = String::from_utf8_lossy(&log);
+    assert!(log.contains("siuss-ps-psa"), "the flow log was read");
+    for cf in [
+        "RSSMRA40C52D969D",
+        "BNCLGU75L01D969L",
+        "VRDNNA50S60F205X",
+        "NRELCU14E09D969L",
+        CF_OPERATORE,
+    ] {
+        assert!(!log.contains(cf), "{cf} is in the flow log");
+    }
 }
 
 #[test]
@@ -287,6 +304,37 @@ fn sinba_is_pseudonymous_stable_and_valid() {
     let (code, summary) = run_ps(&cfg, &pipeline);
     assert_eq!(code, 0, "{summary}");
     assert_eq!(summary["written"], 0, "{summary}");
+
+    // A second minor with no prestazione breaks SINBA.xsd (Prestazioni needs at least one
+    // CodicePrestazione): rejected by the sink with the location and the rule, while the
+    // corrected first minor still goes out.
+    sqlite(
+        &dir.path().join("store.db"),
+        "INSERT INTO persona (id, ente, chiave, source_system, source_key, codice_fiscale, cognome, nome, sesso, data_nascita, comune_nascita, cittadinanza, comune_residenza)
+         VALUES (6, 'GE', 'p6', 'wd', '6', 'NRESRA16A41D969E', 'NERI', 'SARA', 'F', '2016-01-01', 'D969', '100', 'D969');
+         INSERT INTO valutazione_minore (id, ente, source_system, source_key, persona_id, data_valutazione, condizione_minore)
+         VALUES (2, 'GE', 'wd', 'vm2', 6, '2025-07-01', '1');
+         UPDATE valutazione_minore SET scuola = '3' WHERE id = 1;",
+    );
+    let (code, summary) = run_ps(&cfg, &pipeline);
+    assert_eq!(code, 0, "{summary}");
+    assert_eq!(summary["written"], 1, "the corrected record: {summary}");
+    assert_eq!(summary["rejected"], 1, "{summary}");
+    let rejects = rejects_of(&cfg, summary["run_id"].as_str().unwrap());
+    let r = rejects[0].to_string();
+    assert!(
+        r.contains("xsd.") && r.contains("CodicePrestazione") && r.contains("sink"),
+        "the reject names the rule, the field and the step: {r}"
+    );
+    let files = flows_of(&out_dir, "D969.SINBA.");
+    assert_eq!(files.len(), 2, "{files:?}");
+    assert!(files[1].to_string_lossy().ends_with(".0000002.xml"));
+    xmllint_validates(&files[1], "SINBA.xsd");
+    assert!(
+        std::fs::read_to_string(&files[1])
+            .unwrap()
+            .contains(&format!("IDBeneficiario=\"{first_id}\""))
+    );
 
     // The same minor in a fresh store (another year's run) gets the same pseudonym with the
     // same key, and a different one with another key.
