@@ -57,7 +57,13 @@ impl Db {
                     .map_err(|e| Error::Other(format!("{what}: {e}")))?;
                 let opts = PgConnectOptions::from_str(&url)
                     .map_err(|e| Error::db(&what, e))?
-                    .application_name("snodo");
+                    .application_name("snodo")
+                    // Keyset pages are one prepared statement run with a new key each time.
+                    // After five runs PostgreSQL may switch to a generic plan that ignores
+                    // the key and sorts the whole query for every page (quadratic: measured
+                    // on the SIUSS query, scripts/bench_siuss.sh); a plan per key keeps each
+                    // page an index range scan.
+                    .options([("plan_cache_mode", "force_custom_plan")]);
                 let pool = PgPoolOptions::new()
                     .max_connections(max_connections)
                     .acquire_timeout(Duration::from_secs(30))

@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Benchmark of the INPS PS/PSA-SINA flow: N prestazioni (default 1M, two per person, one
+# person in three with a SINA assessment) in a PostgreSQL store, rendered to one XML file
+# through the layout with per-record XSD validation, the ledger and libxml2's final check.
+# Compared with `psql \copy` exporting the same query to CSV (no rendering, no validation).
+# Reports wall time and snodo's peak RSS. Usage: scripts/bench_siuss.sh [N...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export SQLX_OFFLINE=true
+cargo build --release --locked -q
+SNODO=$PWD/target/release/snodo
+WORK=${WORK:-$(mktemp -d /tmp/snodo-bench-siuss.XXXXXX)}
+chmod 755 "$WORK" # the cluster runs as the postgres user when this runs as root
+source scripts/pg_throwaway.sh
+export SNODO_SIUSS_CF_OPERATORE=RSSMRA85T10A562S SNODO_PG_PASSWORD=unused
+printf '| prestazioni | snodo (XML + XSD) | peak RSS | psql \\copy CSV | ratio |\n|---:|---:|---:|---:|---:|\n'
+for n in "${@:-1000000}"; do
+  db=siuss_$n
+  $PSQL -c "CREATE DATABASE $db"
+  cat > "$WORK/snodo.yaml" <<YAML
+connections:
+  store:
+    postgres: { host: 127.0.0.1, port: $PORT, database: $db, user: postgres, password: "\${env:SNODO_PG_PASSWORD}" }
+  flowlog:
+    sqlite: { path: $WORK/flowlog_$n.db }
+flow_log:
+  connection: flowlog
+YAML
+  $SNODO --config "$WORK/snodo.yaml" store migrate >/dev/null
+  persons=$((n / 2))
+  # Persons with valid codici fiscali (the generator's algorithm), then interventions and
+  # assessments by generate_series.
+  python3 - "$persons" > "$WORK/persons.csv" <<'PY'
+import datetime as dt, random, sys
+sys.path.insert(0, "scripts")
+import gen_legacy_csv as g
+rng = random.Random(1)
+names = ["ROSSI", "BIANCHI", "VERDI", "RUSSO", "FERRARI", "ESPOSITO", "ROMANO", "COLOMBO"]
+first = [("MARIA", True), ("LUIGI", False), ("ANNA", True), ("GIUSEPPE", False)]
+for i in range(1, int(sys.argv[1]) + 1):
+    s, (f, fem) = rng.choice(names), rng.choice(first)
+    b = dt.date(1930, 1, 1) + dt.timedelta(days=rng.randrange(30000))
+    print(f"{i},GE,p{i},bench,{i},{g.build_cf(s, f, b, fem, 'D969')},{s},{f},{'F' if fem else 'M'},{b},D969,100,D969")
+PY
+  $PSQL -d "$db" -c "\copy persona (id, ente, chiave, source_system, source_key, codice_fiscale, cognome, nome, sesso, data_nascita, comune_nascita, cittadinanza, comune_residenza) FROM '$WORK/persons.csv' WITH (FORMAT csv)"
+  $PSQL -d "$db" <<SQL
+INSERT INTO intervento_catalogo (id, ente, source_system, source_key, codice)
+VALUES (1, 'GE', 'bench', 'ADA01', 'ADA01'), (2, 'GE', 'bench', 'CEC01', 'CEC01');
+INSERT INTO intervento (id, ente, source_system, source_key, persona_id, catalogo_id, protocollo_domanda,
+                        data_inizio, data_fine, importo, periodo_erogazione, importo_mensile, quota_ente, annullato)
+SELECT g, 'GE', 'bench', 'i' || g, (g + 1) / 2, 1 + g % 2, 'GE-2025-' || g, DATE '2025-02-01', DATE '2025-12-31',
+       CASE WHEN g % 2 = 1 THEN 500.00 END, CASE WHEN g % 2 = 0 THEN 11 END,
+       CASE WHEN g % 2 = 0 THEN 350.00 END, 300.00, false
+FROM generate_series(1, $n) g;
+INSERT INTO valutazione_sina (id, ente, source_system, source_key, persona_id, data_valutazione, mobilita,
+       attivita_vita_quotidiana, disturbi_cognitivi, disturbi_comportamentali, necessita_cure_sanitarie,
+       area_reddituale, area_supporto, fonte_valutazione, strumento_valutazione, invalidita_civile, necessita_interventi)
+SELECT g, 'GE', 'bench', 's' || g, g, DATE '2025-01-10', '2', '2', '1', '1', '2', '2', '2', '1', '1', '1,3', 'A1.02'
+FROM generate_series(1, $persons, 3) g;
+ANALYZE;
+SQL
+  $SNODO --config "$WORK/snodo.yaml" run pipelines/siuss/mappature.yaml >/dev/null
+  sed -e "s#dir: out/siuss#dir: $WORK/out#; s#path: out/siuss/controllo-ps.txt#path: $WORK/out/controllo.txt#" \
+    pipelines/siuss/ps_psa.yaml > "$WORK/ps.yaml"
+  /usr/bin/time -f "%e %M" -o "$WORK/time" "$SNODO" --config "$WORK/snodo.yaml" run "$WORK/ps.yaml" --json > "$WORK/run.json"
+  read -r secs kb < "$WORK/time"
+  written=$(python3 -c "import json;print(json.load(open('$WORK/run.json'))['written'])")
+  [ "$written" = "$n" ] || { echo "snodo wrote $written of $n" >&2; exit 1; }
+  query=$(grep -v '^--' pipelines/siuss/prestazioni.sql | tr '\n' ' ')
+  start=$(date +%s.%N)
+  $PSQL -d "$db" -c "\copy ($query ORDER BY persona_id, intervento_id) TO '$WORK/export.csv' WITH (FORMAT csv, HEADER)"
+  copy=$(python3 -c "import time;print(round(time.time()-$start,1))")
+  printf '| %d | %s s | %d MB | %s s | %.1f× |\n' "$n" "$secs" $((kb / 1024)) "$copy" \
+    "$(python3 -c "print($secs/$copy)")"
+  rm -rf "$WORK/out" "$WORK/export.csv" "$WORK/persons.csv"
+done
