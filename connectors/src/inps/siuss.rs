@@ -18,7 +18,7 @@ use super::config::{Channel, SiussSinkConfig};
 use super::ledger::{self, Delivery, FileFlow, WaasEntry};
 use crate::file::output::{OutputFile, hash_file};
 use crate::file::xml::layout::{Layout, Rendered, XElem};
-use crate::file::xml::sink::release_checks;
+use crate::file::xml::sink::{release_checks, xsd_reject};
 use crate::file::xml::writer::{WriterState, XmlWriter, write_element};
 
 /// The file flow being written, saved with the file checkpoint.
@@ -392,20 +392,7 @@ impl Sink for SiussSink {
                             hash,
                         });
                     }
-                    Err(problems) => {
-                        let code = problems
-                            .first()
-                            .map(|p| p.violation.rule.code())
-                            .unwrap_or("xsd");
-                        let reason = problems
-                            .iter()
-                            .map(|p| p.reason())
-                            .collect::<Vec<_>>()
-                            .join("; ");
-                        batch
-                            .rejects
-                            .push(ctx.reject("sink", code.into(), reason, &r));
-                    }
+                    Err(problems) => batch.rejects.push(xsd_reject(&problems, &r, ctx)),
                 }
             }
             // 2. What INPS already has.

@@ -124,7 +124,17 @@ pub fn build(configs: &[StepConfig], ctx: &StepContext) -> Result<Vec<Box<dyn St
 
 /// Runs `records` through all steps, updating `counts` (one per step).
 pub fn run_all(steps: &mut [Box<dyn Step>], batch: &mut Batch, counts: &mut [StepCounts]) {
-    let mut records = std::mem::take(&mut batch.records);
+    let records = std::mem::take(&mut batch.records);
+    batch.records = apply_counted(steps, counts, records, batch);
+}
+
+/// `records` through `steps` in order, each step's counts updated.
+fn apply_counted(
+    steps: &mut [Box<dyn Step>],
+    counts: &mut [StepCounts],
+    mut records: Vec<Record>,
+    batch: &mut Batch,
+) -> Vec<Record> {
     for (step, count) in steps.iter_mut().zip(counts.iter_mut()) {
         let before_rejects = batch.rejects.len();
         let before_filtered = batch.filtered;
@@ -134,24 +144,16 @@ pub fn run_all(steps: &mut [Box<dyn Step>], batch: &mut Batch, counts: &mut [Ste
         count.rejected += (batch.rejects.len() - before_rejects) as u64;
         count.filtered += batch.filtered - before_filtered;
     }
-    batch.records = records;
+    records
 }
 
 /// After the last batch: the records the steps still hold, each passed through the steps
 /// after the one that held it, into `batch`.
 pub fn finish_all(steps: &mut [Box<dyn Step>], batch: &mut Batch, counts: &mut [StepCounts]) {
     for i in 0..steps.len() {
-        let mut records = steps[i].finish(batch);
-        counts[i].output += records.len() as u64;
-        for (step, count) in steps[i + 1..].iter_mut().zip(counts[i + 1..].iter_mut()) {
-            let before_rejects = batch.rejects.len();
-            let before_filtered = batch.filtered;
-            count.input += records.len() as u64;
-            records = step.apply(records, batch);
-            count.output += records.len() as u64;
-            count.rejected += (batch.rejects.len() - before_rejects) as u64;
-            count.filtered += batch.filtered - before_filtered;
-        }
+        let held = steps[i].finish(batch);
+        counts[i].output += held.len() as u64;
+        let mut records = apply_counted(&mut steps[i + 1..], &mut counts[i + 1..], held, batch);
         batch.records.append(&mut records);
     }
 }

@@ -5,11 +5,11 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 use snodo_core::component::{Artifact, SavedCheckpoint, Sink};
 use snodo_core::error::{Error, Result};
-use snodo_core::record::{Batch, Record};
+use snodo_core::record::{Batch, Record, Reject};
 use snodo_core::steps::StepContext;
 
 use super::config::{XmlSinkConfig, Xmllint};
-use super::layout::{Layout, Rendered, XElem};
+use super::layout::{Layout, RecordProblem, Rendered, XElem};
 use super::writer::{WriterState, XmlWriter};
 use crate::file::output::OutputFile;
 
@@ -31,20 +31,7 @@ pub fn check_batch(
                 pending.push_back(rendered);
                 kept.push(r);
             }
-            Err(problems) => {
-                let code = problems
-                    .first()
-                    .map(|p| p.violation.rule.code())
-                    .unwrap_or("xsd");
-                let reason = problems
-                    .iter()
-                    .map(|p| p.reason())
-                    .collect::<Vec<_>>()
-                    .join("; ");
-                batch
-                    .rejects
-                    .push(ctx.reject("sink", code.to_string(), reason, &r));
-            }
+            Err(problems) => batch.rejects.push(xsd_reject(&problems, &r, ctx)),
         }
     }
     batch.records = kept;
@@ -75,6 +62,21 @@ pub fn take_rendered(
             })
         })
         .collect()
+}
+
+/// The reject of a record whose element breaks the XSD: the first rule's code, and every
+/// problem (location, field, rule) in the reason.
+pub fn xsd_reject(problems: &[RecordProblem], r: &Record, ctx: &StepContext) -> Reject {
+    let code = problems
+        .first()
+        .map(|p| p.violation.rule.code())
+        .unwrap_or("xsd");
+    let reason = problems
+        .iter()
+        .map(|p| p.reason())
+        .collect::<Vec<_>>()
+        .join("; ");
+    ctx.reject("sink", code.to_string(), reason, r)
 }
 
 /// Validates a finished document before it is released: snodo's validator always, then
