@@ -47,6 +47,48 @@ impl Schema {
     }
 }
 
+/// One field a step writes into every record: the record's schema extended with the field
+/// when it lacks it. Records of a batch share their schema, so the extended schema is
+/// computed once per input schema and shared in turn.
+#[derive(Debug, Clone)]
+pub struct OutputField {
+    name: String,
+    cache: Option<(Arc<Schema>, Arc<Schema>, usize)>,
+}
+
+impl OutputField {
+    /// The field `name`.
+    pub fn new(name: impl Into<String>) -> Self {
+        OutputField {
+            name: name.into(),
+            cache: None,
+        }
+    }
+
+    /// Sets the field of `rec` to `value`, adding it to the schema if needed.
+    pub fn set(&mut self, rec: &mut Record, value: Value) {
+        let (schema, idx) = match &self.cache {
+            Some((i, o, idx)) if Arc::ptr_eq(i, &rec.schema) => (o.clone(), *idx),
+            _ => {
+                let (out, idx) = match rec.schema.index_of(&self.name) {
+                    Some(i) => (rec.schema.clone(), i),
+                    None => {
+                        let mut names = rec.schema.names().to_vec();
+                        names.push(self.name.clone());
+                        let n = names.len() - 1;
+                        (Schema::new(names), n)
+                    }
+                };
+                self.cache = Some((rec.schema.clone(), out.clone(), idx));
+                (out, idx)
+            }
+        };
+        rec.values.resize(schema.len(), Value::Null);
+        rec.values[idx] = value;
+        rec.schema = schema;
+    }
+}
+
 /// Where a record came from, precise enough for an operator to open the source and find it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SourcePosition {

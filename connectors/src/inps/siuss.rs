@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 use snodo_core::component::{Artifact, SavedCheckpoint, Sink};
 use snodo_core::db::Db;
 use snodo_core::error::{Error, Result};
-use snodo_core::record::{Batch, Record, Schema};
+use snodo_core::record::{Batch, OutputField, Record, Schema};
 use snodo_core::steps::StepContext;
 use snodo_core::value::Value;
 
@@ -49,7 +49,7 @@ pub struct SiussSink {
     header: Vec<XElem>,
     writer: XmlWriter,
     pending: VecDeque<Pending>,
-    with_op: Option<(Arc<Schema>, Arc<Schema>, usize)>,
+    operation: OutputField,
     pipeline: String,
     queued: Vec<String>,
     queued_hash: Sha256,
@@ -134,7 +134,7 @@ impl SiussSink {
             file: FileState::default(),
             header: Vec::new(),
             pending: VecDeque::new(),
-            with_op: None,
+            operation: OutputField::new(cfg.operation.clone()),
             pipeline: String::new(),
             queued: Vec::new(),
             queued_hash: Sha256::new(),
@@ -145,25 +145,7 @@ impl SiussSink {
 
     /// The record with the operation field set.
     fn with_operation(&mut self, mut r: Record, op: char) -> Record {
-        let (schema, idx) = match &self.with_op {
-            Some((i, o, idx)) if Arc::ptr_eq(i, &r.schema) => (o.clone(), *idx),
-            _ => {
-                let (o, idx) = match r.schema.index_of(&self.cfg.operation) {
-                    Some(i) => (r.schema.clone(), i),
-                    None => {
-                        let mut names = r.schema.names().to_vec();
-                        names.push(self.cfg.operation.clone());
-                        let n = names.len() - 1;
-                        (Schema::new(names), n)
-                    }
-                };
-                self.with_op = Some((r.schema.clone(), o.clone(), idx));
-                (o, idx)
-            }
-        };
-        r.values.resize(schema.len(), Value::Null);
-        r.values[idx] = Value::Str(op.to_string());
-        r.schema = schema;
+        self.operation.set(&mut r, Value::Str(op.to_string()));
         r
     }
 

@@ -4,20 +4,18 @@ use super::{Step, StepContext, config_error};
 use crate::config::LookupConfig;
 use crate::config::pipeline::Missing;
 use crate::error::Result;
-use crate::record::{Batch, Record, Schema};
+use crate::record::{Batch, OutputField, Record};
 use crate::value::Value;
-use std::sync::Arc;
 
 /// The `lookup` step: translates a code through a code table held in memory (code tables
 /// are small: thousands of rows, not millions).
 pub struct Lookup {
     label: String,
     key: String,
-    into: String,
+    into: OutputField,
     missing: Missing,
     table: HashMap<String, String>,
     ctx: StepContext,
-    cache: Option<(Arc<Schema>, Arc<Schema>, usize)>,
 }
 
 impl Lookup {
@@ -71,31 +69,11 @@ impl Lookup {
         Ok(Lookup {
             label,
             key: cfg.key.clone(),
-            into: cfg.into.clone(),
+            into: OutputField::new(cfg.into.clone()),
             missing: cfg.missing,
             table,
             ctx,
-            cache: None,
         })
-    }
-
-    fn layout(&mut self, input: &Arc<Schema>) -> (Arc<Schema>, usize) {
-        if let Some((i, o, idx)) = &self.cache
-            && Arc::ptr_eq(i, input)
-        {
-            return (o.clone(), *idx);
-        }
-        let (out, idx) = match input.index_of(&self.into) {
-            Some(i) => (input.clone(), i),
-            None => {
-                let mut names = input.names().to_vec();
-                names.push(self.into.clone());
-                let n = names.len() - 1;
-                (Schema::new(names), n)
-            }
-        };
-        self.cache = Some((input.clone(), out.clone(), idx));
-        (out, idx)
     }
 }
 
@@ -129,10 +107,7 @@ impl Step for Lookup {
                     continue;
                 }
             };
-            let (schema, idx) = self.layout(&rec.schema);
-            rec.values.resize(schema.len(), Value::Null);
-            rec.values[idx] = value;
-            rec.schema = schema;
+            self.into.set(&mut rec, value);
             out.push(rec);
         }
         out

@@ -1,12 +1,10 @@
-use std::sync::Arc;
-
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 use super::{Step, StepContext, config_error};
 use crate::config::pipeline::PseudonymConfig;
 use crate::error::Result;
-use crate::record::{Batch, Record, Schema};
+use crate::record::{Batch, OutputField, Record};
 use crate::secret::Secret;
 use crate::value::Value;
 
@@ -19,10 +17,9 @@ use crate::value::Value;
 pub struct Pseudonym {
     label: String,
     field: String,
-    into: String,
+    into: OutputField,
     length: usize,
     key: Secret,
-    cache: Option<(Arc<Schema>, Arc<Schema>, usize)>,
 }
 
 impl Pseudonym {
@@ -54,10 +51,9 @@ impl Pseudonym {
         Ok(Pseudonym {
             label,
             field: cfg.field.clone(),
-            into: cfg.into.clone(),
+            into: OutputField::new(cfg.into.clone()),
             length: cfg.length,
             key,
-            cache: None,
         })
     }
 
@@ -65,25 +61,6 @@ impl Pseudonym {
     /// the same codice fiscale).
     pub fn pseudonym(&self, id: &str) -> String {
         compute(self.key.expose(), id, self.length)
-    }
-
-    fn layout(&mut self, input: &Arc<Schema>) -> (Arc<Schema>, usize) {
-        if let Some((i, o, idx)) = &self.cache
-            && Arc::ptr_eq(i, input)
-        {
-            return (o.clone(), *idx);
-        }
-        let (out, idx) = match input.index_of(&self.into) {
-            Some(i) => (input.clone(), i),
-            None => {
-                let mut names = input.names().to_vec();
-                names.push(self.into.clone());
-                let n = names.len() - 1;
-                (Schema::new(names), n)
-            }
-        };
-        self.cache = Some((input.clone(), out.clone(), idx));
-        (out, idx)
     }
 }
 
@@ -115,10 +92,7 @@ impl Step for Pseudonym {
                     Some(id) if !id.trim().is_empty() => Value::Str(self.pseudonym(&id)),
                     _ => Value::Null,
                 };
-                let (schema, idx) = self.layout(&rec.schema);
-                rec.values.resize(schema.len(), Value::Null);
-                rec.values[idx] = value;
-                rec.schema = schema;
+                self.into.set(&mut rec, value);
                 rec
             })
             .collect()
