@@ -4,6 +4,8 @@
 # through the layout with per-record XSD validation, the ledger and libxml2's final check.
 # Compared with `psql \copy` exporting the same query to CSV (no rendering, no validation).
 # Reports wall time and snodo's peak RSS. Usage: scripts/bench_siuss.sh [N...]
+# PROFILE=1 also records a perf profile per N in $WORK; KEEP=1 keeps the XML files;
+# BATCH_SIZE=N overrides the pipeline's batch size.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export SQLX_OFFLINE=true
@@ -61,8 +63,12 @@ ANALYZE;
 SQL
   $SNODO --config "$WORK/snodo.yaml" run pipelines/siuss/mappature.yaml >/dev/null
   sed -e "s#dir: out/siuss#dir: $WORK/out#; s#path: out/siuss/controllo-ps.txt#path: $WORK/out/controllo.txt#" \
+    -e "${BATCH_SIZE:+s#^pipeline: .*#&\nbatch_size: $BATCH_SIZE#}" \
     pipelines/siuss/ps_psa.yaml > "$WORK/ps.yaml"
-  /usr/bin/time -f "%e %M" -o "$WORK/time" "$SNODO" --config "$WORK/snodo.yaml" run "$WORK/ps.yaml" --json > "$WORK/run.json"
+  # PROFILE=1 records a perf profile of the run in $WORK/perf-N.data (slower; for analysis).
+  wrap=()
+  [ -n "${PROFILE:-}" ] && wrap=(perf record -F 499 -g -o "$WORK/perf-$n.data" --)
+  /usr/bin/time -f "%e %M" -o "$WORK/time" "${wrap[@]}" "$SNODO" --config "$WORK/snodo.yaml" run "$WORK/ps.yaml" --json > "$WORK/run.json"
   read -r secs kb < "$WORK/time"
   written=$(python3 -c "import json;print(json.load(open('$WORK/run.json'))['written'])")
   [ "$written" = "$n" ] || { echo "snodo wrote $written of $n" >&2; exit 1; }
@@ -72,5 +78,5 @@ SQL
   copy=$(python3 -c "import time;print(round(time.time()-$start,1))")
   printf '| %d | %s s | %d MB | %s s | %.1f× |\n' "$n" "$secs" $((kb / 1024)) "$copy" \
     "$(python3 -c "print($secs/$copy)")"
-  rm -rf "$WORK/out" "$WORK/export.csv" "$WORK/persons.csv"
+  [ -n "${KEEP:-}" ] || rm -rf "$WORK/out" "$WORK/export.csv" "$WORK/persons.csv"
 done
