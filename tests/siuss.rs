@@ -33,7 +33,25 @@ fn sqlite(db: &Path, sql: &str) {
     );
 }
 
-/// A migrated store with the fixture and the sample code mapping loaded.
+/// Where a test's canonical store lives.
+enum Store {
+    Sqlite(PathBuf),
+    Postgres(PgDb),
+}
+
+impl Store {
+    /// Runs SQL statements on the store.
+    fn exec(&self, sql: &str) {
+        match self {
+            Store::Sqlite(db) => sqlite(db, sql),
+            Store::Postgres(pg) => {
+                pg.psql(sql);
+            }
+        }
+    }
+}
+
+/// A migrated SQLite store with the fixture and the sample code mapping loaded.
 fn fixture_store(dir: &Path, extra_connections: &str) -> PathBuf {
     let cfg = connections(dir, None);
     if !extra_connections.is_empty() {
@@ -41,20 +59,47 @@ fn fixture_store(dir: &Path, extra_connections: &str) -> PathBuf {
         text.push_str(extra_connections);
         std::fs::write(&cfg, text).unwrap();
     }
+    load_fixture(&cfg, &Store::Sqlite(dir.join("store.db")));
+    cfg
+}
+
+/// The same fixture in a PostgreSQL store (the flow log stays in SQLite).
+fn fixture_store_pg(dir: &Path, pg: &PgDb) -> PathBuf {
+    // SAFETY: set before any thread of this test reads it; other tests set the same value.
+    unsafe { std::env::set_var("SNODO_TEST_PG_PASSWORD", "test-only-password") };
+    let cfg = dir.join("snodo.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "connections:\n  store:\n    postgres: {{ host: 127.0.0.1, port: {}, database: {}, user: postgres, password: \"${{env:SNODO_TEST_PG_PASSWORD}}\" }}\n  flowlog:\n    sqlite: {{ path: {}/flowlog.db }}\nflow_log:\n  connection: flowlog\n",
+            pg.port,
+            pg.name,
+            dir.display()
+        ),
+    )
+    .unwrap();
+    load_fixture(
+        &cfg,
+        &Store::Postgres(PgDb {
+            port: pg.port,
+            name: pg.name.clone(),
+        }),
+    );
+    cfg
+}
+
+/// `snodo store migrate`, the fixture rows, then the sample code mapping.
+fn load_fixture(cfg: &Path, store: &Store) {
     let out = run({
-        let mut c = snodo(&cfg);
+        let mut c = snodo(cfg);
         c.args(["store", "migrate"]);
         c
     });
     assert!(out.status.success(), "store migrate failed");
-    sqlite(
-        &dir.join("store.db"),
-        &std::fs::read_to_string(root().join("tests/fixtures/siuss/store.sql")).unwrap(),
-    );
-    let (code, summary) = run_pipeline(&cfg, &root().join("pipelines/siuss/mappature.yaml"));
+    store.exec(&std::fs::read_to_string(root().join("tests/fixtures/siuss/store.sql")).unwrap());
+    let (code, summary) = run_pipeline(cfg, &root().join("pipelines/siuss/mappature.yaml"));
     assert_eq!(code, 0, "mapping load failed: {summary}");
     assert!(summary["written"].as_u64().unwrap() >= 10, "{summary}");
-    cfg
 }
 
 /// The shipped PS/PSA pipeline with its output moved into `dir` and the given channel.
@@ -149,8 +194,29 @@ fn neutral(file: &Path) -> String {
 fn ps_psa_file_flow_validates_rejects_by_field_and_sends_only_changes() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = fixture_store(dir.path(), "");
-    let pipeline = ps_pipeline(dir.path(), "file");
-    let out_dir = dir.path().join("out");
+    ps_file_flow(
+        dir.path(),
+        &cfg,
+        &Store::Sqlite(dir.path().join("store.db")),
+    );
+}
+
+/// The same flow from a PostgreSQL store: the same bytes as the golden file (so as from
+/// SQLite), and the ledger's batched statements hold when one batch cancels and re-sends
+/// the same key (PostgreSQL refuses to upsert a row twice in one statement).
+#[test]
+fn ps_psa_file_flow_from_postgresql_matches_the_golden_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let pg = pg_db("siuss_ps");
+    let cfg = fixture_store_pg(dir.path(), &pg);
+    ps_file_flow(dir.path(), &cfg, &Store::Postgres(pg));
+}
+
+/// First run, rerun, correction and withdrawal, rerun; golden file and xmllint each time.
+fn ps_file_flow(dir: &Path, cfg: &Path, store: &Store) {
+    let cfg = cfg.to_path_buf();
+    let pipeline = ps_pipeline(dir, "file");
+    let out_dir = dir.join("out");
 
     // 1. First run: the three valid persons go out, VERDI (wrong check character) does not.
     let (code, summary) = run_ps(&cfg, &pipeline);
@@ -198,10 +264,9 @@ fn ps_psa_file_flow_validates_rejects_by_field_and_sends_only_changes() {
 
     // 3. An amount corrected and a prestazione withdrawn: flow 2 cancels the versions INPS
     //    has (C) and sends the corrected one (I).
-    sqlite(
-        &dir.path().join("store.db"),
+    store.exec(
         "UPDATE intervento SET importo = '1300.00', quota_ente = '1300.00' WHERE id = 20;
-         UPDATE intervento SET annullato = 1 WHERE id = 11;",
+         UPDATE intervento SET annullato = TRUE WHERE id = 11;",
     );
     let (code, summary) = run_ps(&cfg, &pipeline);
     assert_eq!(code, 0, "{summary}");
@@ -235,8 +300,8 @@ fn ps_psa_file_flow_validates_rejects_by_field_and_sends_only_changes() {
     assert_eq!(flows(&out_dir).len(), 2);
 
     // The flows carry the codici fiscali to INPS; the flow log never does.
-    let mut log = std::fs::read(dir.path().join("flowlog.db")).unwrap();
-    if let Ok(wal) = std::fs::read(dir.path().join("flowlog.db-wal")) {
+    let mut log = std::fs::read(dir.join("flowlog.db")).unwrap();
+    if let Ok(wal) = std::fs::read(dir.join("flowlog.db-wal")) {
         log.extend(wal);
     }
     let log = String::from_utf8_lossy(&log);
