@@ -88,6 +88,22 @@ pub struct Artifact {
     pub checks: Vec<String>,
 }
 
+/// What a sink's [`Prepare`] made of a batch's records, carried with the batch to
+/// [`Sink::check`], which downcasts it to its own type.
+pub type Prepared = Box<dyn std::any::Any + Send>;
+
+/// The part of a sink's per-record work that needs none of its run state: rendering a
+/// record into the target format and checking it. The runtime calls it on the step
+/// workers, after the steps, so that the batches are prepared in parallel while the sink
+/// (which is one) writes the previous batch. Without it that work sat on the sink's
+/// single thread and left a core idle (the PS/PSA flow spent most of its time there).
+pub trait Prepare: Send + Sync {
+    /// Prepares `records` (the sink may set fields it writes itself, such as an
+    /// operation code). The result must describe them one by one, in order: `check`
+    /// trusts it only for a batch of that many records.
+    fn prepare(&self, records: &mut [Record]) -> Prepared;
+}
+
 /// A sink. Every `write` commits the records *and* the checkpoint together, so a crash
 /// between two writes loses nothing and a restart duplicates nothing.
 pub trait Sink: Send {
@@ -113,6 +129,12 @@ pub trait Sink: Send {
         _ctx: &'a StepContext,
     ) -> BoxFuture<'a, Result<()>> {
         Box::pin(async { Ok(()) })
+    }
+    /// The work `check` can have done in advance on the step workers (see [`Prepare`]);
+    /// `None` when there is none. `check` must still work on a batch that was not
+    /// prepared.
+    fn preparer(&self) -> Option<Arc<dyn Prepare>> {
+        None
     }
     /// Writes `records` and saves `checkpoint` atomically.
     fn write<'a>(
@@ -151,6 +173,9 @@ impl Sink for DryRunSink {
             Some(inner) => inner.check(batch, ctx),
             None => Box::pin(async { Ok(()) }),
         }
+    }
+    fn preparer(&self) -> Option<Arc<dyn Prepare>> {
+        self.checks.as_ref().and_then(|c| c.preparer())
     }
     fn open<'a>(
         &'a mut self,

@@ -190,4 +190,6 @@ pub struct Batch {
     pub checkpoint: Checkpoint,
     /// Bytes of input consumed so far, for progress bars (0 when unknown).
     pub bytes_read: u64,
+    /// What the sink's [`crate::component::Prepare`] made of `records`, if it ran.
+    pub prepared: Option<crate::component::Prepared>,
 }

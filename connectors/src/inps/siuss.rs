@@ -7,7 +7,7 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 use indexmap::IndexMap;
 use sha2::{Digest, Sha256};
-use snodo_core::component::{Artifact, SavedCheckpoint, Sink};
+use snodo_core::component::{Artifact, Prepare, Prepared, SavedCheckpoint, Sink};
 use snodo_core::db::Db;
 use snodo_core::error::{Error, Result};
 use snodo_core::record::{Batch, OutputField, Record, Schema};
@@ -17,9 +17,9 @@ use snodo_core::value::Value;
 use super::config::{Channel, SiussSinkConfig};
 use super::ledger::{self, Delivery, FileFlow, WaasEntry};
 use crate::file::output::{OutputFile, hash_file};
-use crate::file::xml::layout::{Layout, Rendered, XElem};
+use crate::file::xml::layout::{Layout, RecordProblem, XElem};
 use crate::file::xml::sink::{release_checks, xsd_reject};
-use crate::file::xml::writer::{WriterState, XmlWriter, write_element};
+use crate::file::xml::writer::{RenderedText, WriterState, XmlWriter};
 
 /// The file flow being written, saved with the file checkpoint.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
@@ -32,14 +32,95 @@ struct FileState {
 
 /// A record about to be delivered: its rendered element and what it does to the ledger.
 struct Pending {
-    rendered: Rendered,
+    rendered: RenderedText,
     delivery: Delivery,
+}
+
+/// What the step workers make of one record before `check` (see [`Prepare`]).
+struct Prep {
+    /// The ledger key, `None` when a key field is empty.
+    key: Option<String>,
+    /// The record asks for the cancellation of what INPS has.
+    cancelled: bool,
+    /// The current version rendered, with its hash and its ledger snapshot, or what
+    /// breaks the XSD; `None` for a record without key or a cancelled one.
+    current: Option<std::result::Result<Current, Vec<RecordProblem>>>,
+}
+
+/// A current version, rendered and checked.
+struct Current {
+    rendered: RenderedText,
+    hash: String,
+    snapshot: String,
+}
+
+/// The record-by-record work of the sink that depends on nothing but the configuration:
+/// runs on the step workers, in parallel (see [`Prepare`]).
+struct SiussPrepare {
+    layout: Arc<Layout>,
+    params: IndexMap<String, String>,
+    key: Vec<String>,
+    cancelled: String,
+    operation: String,
+}
+
+impl SiussPrepare {
+    /// The values the ledger keeps: the layout's fields, tagged with their types.
+    fn snapshot(&self, r: &Record) -> String {
+        let mut m = serde_json::Map::new();
+        for f in self.layout.fields() {
+            if let Some(v) = r.get(&f) {
+                m.insert(f, v.to_tagged_json());
+            }
+        }
+        serde_json::Value::Object(m).to_string()
+    }
+
+    fn prepare_records(&self, records: &mut [Record]) -> Vec<Prep> {
+        let mut operation = OutputField::new(self.operation.clone());
+        records
+            .iter_mut()
+            .map(|r| {
+                let Some(key) = key_of(r, &self.key) else {
+                    return Prep {
+                        key: None,
+                        cancelled: false,
+                        current: None,
+                    };
+                };
+                let cancelled = truthy(r.get(&self.cancelled));
+                operation.set(r, Value::Str("I".into()));
+                let current = (!cancelled).then(|| {
+                    self.layout.render_record(r, &self.params).map(|rendered| {
+                        let rendered = RenderedText::new(&self.layout, &rendered);
+                        Current {
+                            hash: text_hash(&rendered),
+                            snapshot: self.snapshot(r),
+                            rendered,
+                        }
+                    })
+                });
+                Prep {
+                    key: Some(key),
+                    cancelled,
+                    current,
+                }
+            })
+            .collect()
+    }
+}
+
+impl Prepare for SiussPrepare {
+    fn prepare(&self, records: &mut [Record]) -> Prepared {
+        Box::new(self.prepare_records(records))
+    }
 }
 
 /// The `siuss` sink.
 pub struct SiussSink {
     cfg: SiussSinkConfig,
     layout: Arc<Layout>,
+    prep: Arc<SiussPrepare>,
     db: Db,
     tipo: &'static str,
     params: IndexMap<String, String>,
@@ -79,10 +160,13 @@ fn truthy(v: Option<&Value>) -> bool {
     }
 }
 
-fn element_hash(e: &XElem) -> String {
-    let mut text = String::with_capacity(1024);
-    write_element(e, 0, &mut text);
-    hex::encode(Sha256::digest(text.as_bytes()))
+/// The hash the ledger compares to tell a changed version from the one INPS has: of the
+/// record's text as it goes into the file (beneficiary and prestazione).
+fn text_hash(t: &RenderedText) -> String {
+    let mut h = Sha256::new();
+    h.update(t.open.as_bytes());
+    h.update(t.body.as_bytes());
+    hex::encode(h.finalize())
 }
 
 impl SiussSink {
@@ -125,6 +209,13 @@ impl SiussSink {
         };
         Ok(SiussSink {
             writer: XmlWriter::new(layout.clone()),
+            prep: Arc::new(SiussPrepare {
+                layout: layout.clone(),
+                params: params.clone(),
+                key: cfg.key.clone(),
+                cancelled: cfg.cancelled.clone(),
+                operation: cfg.operation.clone(),
+            }),
             layout,
             db,
             tipo,
@@ -147,17 +238,6 @@ impl SiussSink {
     fn with_operation(&mut self, mut r: Record, op: char) -> Record {
         self.operation.set(&mut r, Value::Str(op.to_string()));
         r
-    }
-
-    /// The values the ledger keeps: the layout's fields, tagged with their types.
-    fn snapshot(&self, r: &Record) -> String {
-        let mut m = serde_json::Map::new();
-        for f in self.layout.fields() {
-            if let Some(v) = r.get(&f) {
-                m.insert(f, v.to_tagged_json());
-            }
-        }
-        serde_json::Value::Object(m).to_string()
     }
 
     fn restore(&self, json: &str, like: &Record) -> Option<Record> {
@@ -191,11 +271,12 @@ impl SiussSink {
             .layout
             .render_record(&old, &self.params)
             .map_err(|p| p.iter().map(|p| p.reason()).collect::<Vec<_>>().join("; "))?;
+        let rendered = RenderedText::new(&self.layout, &rendered);
         let delivery = Delivery {
             key: key.to_string(),
             op: 'C',
             hash: has.hash.clone().unwrap_or_default(),
-            record: self.snapshot(&old),
+            record: self.prep.snapshot(&old),
         };
         Ok(Some((old, Pending { rendered, delivery })))
     }
@@ -242,6 +323,10 @@ impl Sink for SiussSink {
                 self.tipo, self.cfg.connection, self.cfg.layout
             ),
         }
+    }
+
+    fn preparer(&self) -> Option<Arc<dyn Prepare>> {
+        Some(self.prep.clone())
     }
 
     fn open<'a>(&'a mut self, pipeline: &'a str) -> BoxFuture<'a, Result<Option<SavedCheckpoint>>> {
@@ -328,18 +413,26 @@ impl Sink for SiussSink {
         ctx: &'a StepContext,
     ) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
-            let records = std::mem::take(&mut batch.records);
-            // 1. Render and check the current versions.
+            let mut records = std::mem::take(&mut batch.records);
+            // 1. The current versions, rendered and checked on the step workers (or now,
+            //    for a batch that did not go through them).
+            let preps = match batch
+                .prepared
+                .take()
+                .and_then(|p| p.downcast::<Vec<Prep>>().ok())
+            {
+                Some(p) if p.len() == records.len() => *p,
+                _ => self.prep.prepare_records(&mut records),
+            };
             struct Candidate {
                 record: Record,
                 key: String,
                 cancelled: bool,
-                rendered: Option<Rendered>,
-                hash: String,
+                current: Option<Current>,
             }
             let mut candidates = Vec::with_capacity(records.len());
-            for r in records {
-                let Some(key) = key_of(&r, &self.cfg.key) else {
+            for (r, p) in records.into_iter().zip(preps) {
+                let Some(key) = p.key else {
                     batch.rejects.push(ctx.reject(
                         "sink",
                         "siuss.key".into(),
@@ -351,30 +444,14 @@ impl Sink for SiussSink {
                     ));
                     continue;
                 };
-                let cancelled = truthy(r.get(&self.cfg.cancelled));
-                let r = self.with_operation(r, 'I');
-                if cancelled {
-                    candidates.push(Candidate {
+                match p.current {
+                    Some(Err(problems)) => batch.rejects.push(xsd_reject(&problems, &r, ctx)),
+                    current => candidates.push(Candidate {
                         record: r,
                         key,
-                        cancelled,
-                        rendered: None,
-                        hash: String::new(),
-                    });
-                    continue;
-                }
-                match self.layout.render_record(&r, &self.params) {
-                    Ok(rendered) => {
-                        let hash = element_hash(&rendered.element);
-                        candidates.push(Candidate {
-                            record: r,
-                            key,
-                            cancelled,
-                            rendered: Some(rendered),
-                            hash,
-                        });
-                    }
-                    Err(problems) => batch.rejects.push(xsd_reject(&problems, &r, ctx)),
+                        cancelled: p.cancelled,
+                        current: current.and_then(|c| c.ok()),
+                    }),
                 }
             }
             // 2. What INPS already has.
@@ -385,7 +462,8 @@ impl Sink for SiussSink {
             for c in candidates {
                 let prior = sent.get(&c.key);
                 let has = prior.filter(|s| matches!(s.stato.as_str(), "inviato" | "accettato"));
-                let unchanged = prior.and_then(|s| s.hash.as_deref()) == Some(c.hash.as_str());
+                let hash = c.current.as_ref().map(|c| c.hash.as_str()).unwrap_or("");
+                let unchanged = prior.and_then(|s| s.hash.as_deref()) == Some(hash);
                 let correction =
                     !c.cancelled && has.is_some() && !unchanged && self.binds_operation;
                 if c.cancelled || correction {
@@ -420,7 +498,7 @@ impl Sink for SiussSink {
                         continue;
                     }
                 }
-                let Some(rendered) = c.rendered else { continue };
+                let Some(current) = c.current else { continue };
                 match prior {
                     Some(s) if unchanged && matches!(s.stato.as_str(), "inviato" | "accettato") => {
                         batch.filtered += 1;
@@ -444,10 +522,13 @@ impl Sink for SiussSink {
                 let delivery = Delivery {
                     key: c.key,
                     op: 'I',
-                    hash: c.hash,
-                    record: self.snapshot(&c.record),
+                    hash: current.hash,
+                    record: current.snapshot,
                 };
-                self.pending.push_back(Pending { rendered, delivery });
+                self.pending.push_back(Pending {
+                    rendered: current.rendered,
+                    delivery,
+                });
                 out.push(c.record);
             }
             batch.records = out;
@@ -489,7 +570,7 @@ impl Sink for SiussSink {
                         self.writer.start_document(&self.header, &mut text);
                     }
                     for p in &batch {
-                        self.writer.write(&p.rendered, &mut text);
+                        self.writer.write_text(&p.rendered, &mut text);
                     }
                     self.file.writer = self.writer.state.clone();
                     let state = serde_json::to_value(&self.file)

@@ -114,6 +114,62 @@ pub fn write_element(e: &XElem, depth: usize, out: &mut String) {
     end_tag(&e.name, depth, out);
 }
 
+/// A rendered record as the text it becomes in the document. Sinks build it on the step
+/// workers, so that only these bytes, not element trees (several times larger), wait in
+/// the channels between the workers and the sink.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RenderedText {
+    /// The values of the `group_by` fields.
+    pub group: Vec<String>,
+    /// For a grouped layout, the record element's start tag and its group children,
+    /// written when the group opens; empty otherwise.
+    pub open: String,
+    /// The record's own part: its per-record children (grouped layout) or its whole
+    /// element.
+    pub body: String,
+}
+
+impl RenderedText {
+    /// The text of `r` as `layout` places it in a document.
+    pub fn new(layout: &Layout, r: &Rendered) -> Self {
+        let e = &r.element;
+        if layout.group_by.is_empty() {
+            let mut body = String::with_capacity(1024);
+            write_element(e, 1, &mut body);
+            return RenderedText {
+                group: r.group.clone(),
+                open: String::new(),
+                body,
+            };
+        }
+        let mut open = String::with_capacity(512);
+        start_tag(e, 1, &mut open, None, false);
+        open.push('\n');
+        for c in e.children.iter().filter(|c| !c.per_record) {
+            write_element(c, 2, &mut open);
+        }
+        let mut body = String::with_capacity(512);
+        for c in e.children.iter().filter(|c| c.per_record) {
+            write_element(c, 2, &mut body);
+        }
+        RenderedText {
+            group: r.group.clone(),
+            open,
+            body,
+        }
+    }
+
+    /// Bytes held, for memory accounting.
+    pub fn len(&self) -> usize {
+        self.open.len() + self.body.len()
+    }
+
+    /// True when nothing was rendered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 impl XmlWriter {
     /// A writer for `layout`.
     pub fn new(layout: Arc<Layout>) -> Self {
@@ -141,28 +197,27 @@ impl XmlWriter {
 
     /// Appends one record: a new element, or the record's part of the open group's.
     pub fn write(&mut self, r: &Rendered, out: &mut String) {
-        let e = &r.element;
+        let text = RenderedText::new(&self.layout, r);
+        self.write_text(&text, out);
+    }
+
+    /// Appends one record already turned into text (see [`RenderedText`]).
+    pub fn write_text(&mut self, r: &RenderedText, out: &mut String) {
         self.state.records += 1;
         if self.layout.group_by.is_empty() {
-            write_element(e, 1, out);
+            out.push_str(&r.body);
             self.state.groups += 1;
             return;
         }
         if self.state.open_group.as_ref() != Some(&r.group) {
             if self.state.open_group.is_some() {
-                end_tag(&e.name, 1, out);
+                end_tag(&self.layout.record.name, 1, out);
             }
-            start_tag(e, 1, out, None, false);
-            out.push('\n');
-            for c in e.children.iter().filter(|c| !c.per_record) {
-                write_element(c, 2, out);
-            }
+            out.push_str(&r.open);
             self.state.open_group = Some(r.group.clone());
             self.state.groups += 1;
         }
-        for c in e.children.iter().filter(|c| c.per_record) {
-            write_element(c, 2, out);
-        }
+        out.push_str(&r.body);
     }
 
     /// Closes the open group and the root.
@@ -175,11 +230,11 @@ impl XmlWriter {
 
     /// A complete document with one record: the WaaS channel's unit (one beneficiary, one
     /// prestazione per flow).
-    pub fn single(layout: &Arc<Layout>, header: &[XElem], r: &Rendered) -> String {
+    pub fn single(layout: &Arc<Layout>, header: &[XElem], r: &RenderedText) -> String {
         let mut w = XmlWriter::new(layout.clone());
         let mut out = String::with_capacity(2048);
         w.start_document(header, &mut out);
-        w.write(r, &mut out);
+        w.write_text(r, &mut out);
         w.end_document(&mut out);
         out
     }
