@@ -3,30 +3,66 @@ use std::path::Path;
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
-use snodo_core::component::{Artifact, SavedCheckpoint, Sink};
+use snodo_core::component::{Artifact, Prepare, Prepared, SavedCheckpoint, Sink};
 use snodo_core::error::{Error, Result};
 use snodo_core::record::{Batch, Record, Reject};
 use snodo_core::steps::StepContext;
 
 use super::config::{XmlSinkConfig, Xmllint};
-use super::layout::{Layout, RecordProblem, Rendered, XElem};
-use super::writer::{WriterState, XmlWriter};
+use super::layout::{Layout, RecordProblem, XElem};
+use super::writer::{RenderedText, WriterState, XmlWriter};
 use crate::file::output::OutputFile;
 
-/// Renders and checks the records of a batch: the valid ones stay in the batch with their
-/// rendered element in `pending`, the others become rejects of step `sink`, one per
-/// record, with every problem of the record in the reason.
-pub fn check_batch(
-    layout: &Layout,
-    params: &indexmap::IndexMap<String, String>,
+/// Renders and checks records one by one (see [`Prepare`]): on the step workers, in
+/// parallel, when the runtime prepares the batch.
+struct XmlPrepare {
+    layout: Arc<Layout>,
+    params: indexmap::IndexMap<String, String>,
+}
+
+type Checked = Vec<std::result::Result<RenderedText, Vec<RecordProblem>>>;
+
+impl XmlPrepare {
+    fn render(&self, records: &[Record]) -> Checked {
+        records
+            .iter()
+            .map(|r| {
+                self.layout
+                    .render_record(r, &self.params)
+                    .map(|e| RenderedText::new(&self.layout, &e))
+            })
+            .collect()
+    }
+}
+
+impl Prepare for XmlPrepare {
+    fn prepare(&self, records: &mut [Record]) -> Prepared {
+        Box::new(self.render(records))
+    }
+}
+
+/// Sorts the records of a batch by what [`XmlPrepare`] made of them (rendering them now
+/// when the batch was not prepared): the valid ones stay in the batch with their rendered
+/// element in `pending`, the others become rejects of step `sink`, one per record, with
+/// every problem of the record in the reason.
+fn check_batch(
+    prep: &XmlPrepare,
     batch: &mut Batch,
     ctx: &StepContext,
-    pending: &mut VecDeque<Rendered>,
+    pending: &mut VecDeque<RenderedText>,
 ) {
     let records = std::mem::take(&mut batch.records);
+    let checked = match batch
+        .prepared
+        .take()
+        .and_then(|p| p.downcast::<Checked>().ok())
+    {
+        Some(c) if c.len() == records.len() => *c,
+        _ => prep.render(&records),
+    };
     let mut kept = Vec::with_capacity(records.len());
-    for r in records {
-        match layout.render_record(&r, params) {
+    for (r, c) in records.into_iter().zip(checked) {
+        match c {
             Ok(rendered) => {
                 pending.push_back(rendered);
                 kept.push(r);
@@ -44,8 +80,8 @@ pub fn take_rendered(
     layout: &Layout,
     params: &indexmap::IndexMap<String, String>,
     records: &[Record],
-    pending: &mut VecDeque<Rendered>,
-) -> Result<Vec<Rendered>> {
+    pending: &mut VecDeque<RenderedText>,
+) -> Result<Vec<RenderedText>> {
     if pending.len() == records.len() {
         return Ok(pending.drain(..).collect());
     }
@@ -53,13 +89,16 @@ pub fn take_rendered(
     records
         .iter()
         .map(|r| {
-            layout.render_record(r, params).map_err(|p| {
-                Error::Other(format!(
-                    "record {} was not checked before being written: {}",
-                    r.position,
-                    p.iter().map(|p| p.reason()).collect::<Vec<_>>().join("; ")
-                ))
-            })
+            layout
+                .render_record(r, params)
+                .map(|e| RenderedText::new(layout, &e))
+                .map_err(|p| {
+                    Error::Other(format!(
+                        "record {} was not checked before being written: {}",
+                        r.position,
+                        p.iter().map(|p| p.reason()).collect::<Vec<_>>().join("; ")
+                    ))
+                })
         })
         .collect()
 }
@@ -87,10 +126,42 @@ pub fn release_checks(layout: &Layout, file: &Path, xmllint: Xmllint) -> Result<
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
+    let run = match xmllint {
+        Xmllint::Off => false,
+        Xmllint::Required => true,
+        Xmllint::Auto => std::process::Command::new("xmllint")
+            .arg("--version")
+            .output()
+            .is_ok(),
+    };
+    // libxml2 reads the file in its own process while snodo's validator reads it here:
+    // on a large flow the two passes take the time of one.
+    let lint = if run {
+        Some(
+            std::process::Command::new("xmllint")
+                .args(["--noout", "--stream", "--schema"])
+                .arg(&layout.schema_file)
+                .arg(file)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .map_err(|e| {
+                    Error::Other(format!(
+                        "running xmllint (required by the sink's `xmllint: required`): {e}; install libxml2-utils"
+                    ))
+                })?,
+        )
+    } else {
+        None
+    };
     let f = std::fs::File::open(file).map_err(|e| Error::io("opening", file, e))?;
     let problems = layout
         .schema
         .validate_reader(std::io::BufReader::with_capacity(1 << 16, f), 20);
+    let lint = lint
+        .map(|child| child.wait_with_output())
+        .transpose()
+        .map_err(|e| Error::Other(format!("waiting for xmllint: {e}")))?;
     if !problems.is_empty() {
         return Err(Error::Other(format!(
             "`{}` does not validate against `{}`, so it was not released (this is a bug: every record was checked on its own): {}",
@@ -105,25 +176,7 @@ pub fn release_checks(layout: &Layout, file: &Path, xmllint: Xmllint) -> Result<
         )));
     }
     let mut checks = vec![format!("xsd:{schema_name}")];
-    let run = match xmllint {
-        Xmllint::Off => false,
-        Xmllint::Required => true,
-        Xmllint::Auto => std::process::Command::new("xmllint")
-            .arg("--version")
-            .output()
-            .is_ok(),
-    };
-    if run {
-        let out = std::process::Command::new("xmllint")
-            .args(["--noout", "--stream", "--schema"])
-            .arg(&layout.schema_file)
-            .arg(file)
-            .output()
-            .map_err(|e| {
-                Error::Other(format!(
-                    "running xmllint (required by the sink's `xmllint: required`): {e}; install libxml2-utils"
-                ))
-            })?;
+    if let Some(out) = lint {
         if !out.status.success() {
             let msg = String::from_utf8_lossy(&out.stderr);
             return Err(Error::Other(format!(
@@ -144,7 +197,8 @@ pub struct XmlSink {
     header: Vec<XElem>,
     out: OutputFile,
     writer: XmlWriter,
-    pending: VecDeque<Rendered>,
+    pending: VecDeque<RenderedText>,
+    prep: Arc<XmlPrepare>,
 }
 
 impl XmlSink {
@@ -156,6 +210,10 @@ impl XmlSink {
         Ok(XmlSink {
             out: OutputFile::new(&cfg.path, &cfg.destination),
             writer: XmlWriter::new(layout.clone()),
+            prep: Arc::new(XmlPrepare {
+                layout: layout.clone(),
+                params: cfg.params.clone(),
+            }),
             layout,
             header,
             cfg,
@@ -190,15 +248,13 @@ impl Sink for XmlSink {
         ctx: &'a StepContext,
     ) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
-            check_batch(
-                &self.layout,
-                &self.cfg.params,
-                batch,
-                ctx,
-                &mut self.pending,
-            );
+            check_batch(&self.prep, batch, ctx, &mut self.pending);
             Ok(())
         })
+    }
+
+    fn preparer(&self) -> Option<Arc<dyn Prepare>> {
+        Some(self.prep.clone())
     }
 
     fn keys(&self, records: &[Record]) -> Vec<String> {
@@ -221,7 +277,7 @@ impl Sink for XmlSink {
                 self.writer.start_document(&self.header, &mut text);
             }
             for r in &rendered {
-                self.writer.write(r, &mut text);
+                self.writer.write_text(r, &mut text);
             }
             self.out.set_state(
                 serde_json::to_value(&self.writer.state)
