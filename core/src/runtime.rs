@@ -35,7 +35,7 @@ pub fn default_workers() -> usize {
 
 /// Batches in flight between two stages: enough to keep both cores busy, small enough that
 /// memory does not depend on input size.
-const CHANNEL_DEPTH: usize = 2;
+const CHANNEL_DEPTH: usize = 1;
 
 /// Percentages are judged once this many records have been read.
 const MIN_SAMPLE: u64 = 1000;
@@ -354,7 +354,14 @@ async fn pump(
     let mut from_workers = Vec::new();
     let mut worker_threads = Vec::new();
     let failure: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
+    let preparer = plan.sink.preparer();
     for mut steps in worker_steps {
+        let preparer = preparer.clone();
+        let prepare = move |batch: &mut Batch| {
+            if let Some(p) = &preparer {
+                batch.prepared = Some(p.prepare(&mut batch.records));
+            }
+        };
         let (tx_in, mut rx_in) = mpsc::channel::<Batch>(1);
         let (tx_out, rx_out) = mpsc::channel::<(Batch, Vec<StepCounts>)>(1);
         let labels = step_labels.clone();
@@ -382,6 +389,7 @@ async fn pump(
                 let mut counts = fresh();
                 steps::run_all(&mut steps, &mut batch, &mut counts);
                 report(&steps);
+                prepare(&mut batch);
                 last = Some((batch.seq, batch.checkpoint.clone(), batch.bytes_read));
                 if tx_out.blocking_send((batch, counts)).is_err() {
                     ended = false;
@@ -401,6 +409,7 @@ async fn pump(
                 let mut counts = fresh();
                 steps::finish_all(&mut steps, &mut batch, &mut counts);
                 report(&steps);
+                prepare(&mut batch);
                 if !batch.records.is_empty() || !batch.rejects.is_empty() {
                     let _ = tx_out.blocking_send((batch, counts));
                 }
