@@ -13,6 +13,7 @@ cd "$(dirname "$0")/.."
 export SQLX_OFFLINE=true
 ROWS=${ROWS:-"1000000 4000000"}
 WORK=${WORK:-$(mktemp -d /tmp/snodo-bench.XXXXXX)}
+chmod 755 "$WORK" # the cluster runs as the postgres user when this runs as root
 cargo build --release --quiet
 BIN=$PWD/target/release/snodo
 

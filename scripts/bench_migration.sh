@@ -12,6 +12,7 @@ cd "$(dirname "$0")/.."
 export SQLX_OFFLINE=true
 PERSONS=${PERSONS:-"1000000"}
 WORK=${WORK:-$(mktemp -d /tmp/snodo-bench-migration.XXXXXX)}
+chmod 755 "$WORK" # the cluster runs as the postgres user when this runs as root
 cargo build --release --quiet
 BIN=$PWD/target/release/snodo
 

@@ -63,7 +63,7 @@ ANALYZE;
 SQL
   $SNODO --config "$WORK/snodo.yaml" run pipelines/siuss/mappature.yaml >/dev/null
   sed -e "s#dir: out/siuss#dir: $WORK/out#; s#path: out/siuss/controllo-ps.txt#path: $WORK/out/controllo.txt#" \
-    -e "${BATCH_SIZE:+s#^pipeline: .*#&\nbatch_size: $BATCH_SIZE#}" \
+    -e "${BATCH_SIZE:+s#^batch_size: .*#batch_size: $BATCH_SIZE#}" \
     pipelines/siuss/ps_psa.yaml > "$WORK/ps.yaml"
   # PROFILE=1 records a perf profile of the run in $WORK/perf-N.data (slower; for analysis).
   wrap=()
