@@ -145,9 +145,12 @@ enum Command {
         #[arg(long = "var", value_name = "NAME=VALUE", value_parser = parse_var)]
         vars: Vec<(String, String)>,
     },
-    /// Check pipeline files and report every problem with file:line:column.
+    /// Check pipeline files and report every problem with file:line:column. A file that
+    /// is a YAML list is a steps file (the target of `- include:`) and is checked step by
+    /// step; a file with `migration:` is checked as a migration definition. So
+    /// `snodo lint pipelines/*/*.yaml` covers them all.
     Lint {
-        /// Pipeline files.
+        /// Pipeline files, steps files and migration definitions.
         #[arg(required = true)]
         files: Vec<PathBuf>,
         /// Print problems as JSON.
@@ -498,7 +501,20 @@ fn cmd_lint(cli: &Cli, files: &[PathBuf], json: bool) -> Result<i32, Error> {
     };
     let mut all = Vec::new();
     for f in files {
-        for p in snodo_connectors::lint(f, &conns) {
+        let text = std::fs::read_to_string(f).unwrap_or_default();
+        let problems = match snodo_core::config::file_kind(&text) {
+            snodo_core::config::FileKind::Migration => match snodo_migrator::load(f, &conns) {
+                Ok(_) => Vec::new(),
+                Err(Error::Config { problems, .. }) => problems,
+                Err(e) => vec![snodo_core::config::yaml::Problem {
+                    location: Default::default(),
+                    path: String::new(),
+                    message: e.to_string(),
+                }],
+            },
+            _ => snodo_connectors::lint(f, &conns),
+        };
+        for p in problems {
             all.push((f.clone(), p));
         }
     }

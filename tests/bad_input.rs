@@ -226,3 +226,83 @@ fn lint_reports_every_problem_with_line_column_and_path() {
     assert_eq!(k["path"], "on_error.reject_limit");
     assert!(problems.len() >= 6, "{problems:#?}");
 }
+
+#[test]
+fn lint_checks_steps_files_at_their_own_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = connections(dir.path(), None);
+    // The shipped steps file of the PS/PSA pipelines, with the pipelines that include it.
+    let shipped = root().join("pipelines/siuss/ps_psa.steps.yaml");
+    let out = run({
+        let mut c = snodo(&cfg);
+        c.arg("lint")
+            .arg(&shipped)
+            .arg(root().join("pipelines/siuss/ps_psa.yaml"));
+        c
+    });
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    assert!(stdout(&out).contains("2 file(s) checked, no problems"));
+
+    let file = dir.path().join("shared.steps.yaml");
+    std::fs::write(
+        &file,
+        "# shared steps\n- map:\n    a: upper(b)\n- mapp:\n    x: y\n- map:\n    c: upper(\n",
+    )
+    .unwrap();
+    let out = run({
+        let mut c = snodo(&cfg);
+        c.arg("lint").arg(&file).arg("--json");
+        c
+    });
+    assert_eq!(out.status.code(), Some(3));
+    let problems: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(problems.len(), 2, "{problems:#?}");
+    assert!(
+        problems
+            .iter()
+            .any(|p| p["line"] == 4 && p["message"].as_str().unwrap().contains("mapp")),
+        "the unknown step is named at line 4: {problems:#?}"
+    );
+    assert!(
+        problems.iter().any(|p| p["line"] == 7),
+        "the broken expression is at line 7: {problems:#?}"
+    );
+    assert!(
+        problems
+            .iter()
+            .all(|p| p["file"] == file.display().to_string())
+    );
+}
+
+#[test]
+fn lint_checks_migration_definitions_as_such() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = connections(dir.path(), None);
+    let file = dir.path().join("m.yaml");
+    std::fs::write(
+        &file,
+        "migration: x\nsource_system: WD\nente: GE\nsource: { sql: { connection: nowhere } }\ntarget: store\ntablez: []\n",
+    )
+    .unwrap();
+    let out = run({
+        let mut c = snodo(&cfg);
+        c.arg("lint").arg(&file).arg("--json");
+        c
+    });
+    assert_eq!(out.status.code(), Some(3));
+    let problems: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let messages: Vec<&str> = problems
+        .iter()
+        .map(|p| p["message"].as_str().unwrap())
+        .collect();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p["line"] == 6 && p["message"].as_str().unwrap().contains("`tables`")),
+        "the misspelt key is named with the migration's own key: {messages:?}"
+    );
+    assert!(
+        !messages.iter().any(|m| m.contains("a pipeline has")),
+        "a migration definition is not judged as a pipeline: {messages:?}"
+    );
+}

@@ -38,7 +38,7 @@ use snodo_core::flowlog::{Entry, FlowLog, RunFinished, RunStarted};
 use snodo_core::runtime::{Progress, RunOptions, new_run_id};
 use sqlx::Row;
 
-pub use definition::{Definition, MigrationFile, load_all};
+pub use definition::{Definition, MigrationFile, load, load_all};
 use phases::{Phase, lit};
 use report::Report;
 

@@ -91,7 +91,6 @@ fn included_steps(
             return None;
         }
     };
-    let mut inner = Vec::new();
     let relay = |p: Problem, out: &mut Vec<Problem>| {
         out.push(problem(
             here,
@@ -107,39 +106,74 @@ fn included_steps(
             ),
         ));
     };
-    let root = match yaml::parse(&text) {
+    let (steps, problems) = steps_file(&text, file);
+    for p in problems {
+        relay(p, out);
+    }
+    steps
+}
+
+/// Parses and checks a steps file (what `- include:` names): the steps, or `None` when
+/// any of them has a problem; the problems at the file's own lines.
+pub fn steps_file(text: &str, file: &str) -> (Option<Vec<StepConfig>>, Vec<Problem>) {
+    let mut out = Vec::new();
+    let root = match yaml::parse(text) {
         Ok(r) => r,
-        Err(p) => {
-            relay(p, out);
-            return None;
-        }
+        Err(p) => return (None, vec![p]),
     };
     let NodeKind::Seq(items) = &root.kind else {
         out.push(problem(
-            here,
-            &format!("{path}.include"),
+            &root,
+            "",
             format!("`{file}` must hold a list of steps (`- map: …`)"),
         ));
-        return None;
+        return (None, out);
     };
-    let mut ok = true;
+    let mut inner = Vec::new();
     for (j, item) in items.iter().enumerate() {
         let p = format!("[{j}]");
-        let mut local = Vec::new();
-        match section::<StepConfig>(item, &p, &mut local) {
-            Some(StepConfig::Include(_)) => local.push(problem(item, &p, "includes do not nest")),
+        let before = out.len();
+        match section::<StepConfig>(item, &p, &mut out) {
+            Some(StepConfig::Include(_)) => out.push(problem(item, &p, "includes do not nest")),
             Some(s) => {
-                s.check(item, &p, &mut local);
+                s.check(item, &p, &mut out);
                 inner.push(s);
             }
-            None => ok = false,
+            None => {}
         }
-        ok &= local.is_empty();
-        for l in local {
-            relay(l, out);
+        if out.len() > before {
+            // Keep reporting the other steps, but do not hand out a partial list.
+            inner.clear();
         }
     }
-    ok.then_some(inner)
+    if out.is_empty() {
+        (Some(inner), out)
+    } else {
+        (None, out)
+    }
+}
+
+/// What a YAML file of the project is, judged from its top level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    /// A pipeline (`pipeline:`), or anything that is not one of the others.
+    Pipeline,
+    /// A list of steps, the target of `- include:`.
+    Steps,
+    /// A migration definition (`migration:`).
+    Migration,
+}
+
+/// The kind of the YAML file `text` (a file that does not parse is a pipeline, so that
+/// the pipeline loader reports where it breaks).
+pub fn file_kind(text: &str) -> FileKind {
+    match yaml::parse(text) {
+        Ok(r) if matches!(r.kind, NodeKind::Seq(_)) => FileKind::Steps,
+        Ok(r) if child(&r, "migration").is_some() && child(&r, "pipeline").is_none() => {
+            FileKind::Migration
+        }
+        _ => FileKind::Pipeline,
+    }
 }
 
 /// Loads and validates a pipeline file, collecting *all* problems: each top-level section
