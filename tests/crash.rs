@@ -5,55 +5,11 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use common::*;
 
 const ROWS: u64 = 200_000;
-
-/// A small deterministic generator of kill delays, so a failure can be replayed.
-struct Lcg(u64);
-impl Lcg {
-    fn next_ms(&mut self, max: u64) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (self.0 >> 33) % max
-    }
-}
-
-/// Starts the run and SIGKILLs it after `ms` milliseconds (or lets it finish if faster).
-/// Returns true if it was killed before finishing.
-fn run_and_kill(cfg: &std::path::Path, pipeline: &std::path::Path, ms: u64) -> bool {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_snodo"))
-        .current_dir(root())
-        .arg("--config")
-        .arg(cfg)
-        .arg("run")
-        .arg(pipeline)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_millis(ms);
-    loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            assert!(
-                st.success() || st.code() == Some(0),
-                "run failed on its own: {st:?}"
-            );
-            return false;
-        }
-        if Instant::now() >= deadline {
-            child.kill().unwrap(); // SIGKILL
-            child.wait().unwrap();
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
 
 /// Runs the pipeline to completion once (reference), then from scratch with kills.
 fn crash_and_compare(
@@ -80,7 +36,9 @@ fn crash_and_compare(
     let mut kills = 0;
     for _ in 0..4 {
         let ms = full_ms / 4 + rng.next_ms(full_ms.max(300));
-        if run_and_kill(&cfg, &crashy, ms) {
+        let mut cmd = snodo(&cfg);
+        cmd.arg("run").arg(&crashy);
+        if run_and_kill(cmd, ms) {
             kills += 1;
         }
     }

@@ -729,3 +729,178 @@ fn ps_psa_csv_has_the_xsd_attribute_names_as_columns() {
     assert!(rows.iter().all(|r| !r.contains("GE-2025-000124")), "{csv}");
     assert!(rows.iter().any(|r| r.contains(";1200.50;")), "{csv}");
 }
+
+/// Prestazioni in the crash test's store: enough for a run of a few seconds, so that kills
+/// land before, between and after batches.
+const CRASH_PRESTAZIONI: u64 = 20_000;
+
+/// A store with `CRASH_PRESTAZIONI` prestazioni (two per person, valid codici fiscali from
+/// the generator's algorithm, a SINA assessment for one person in three): the same rows
+/// for the same seed.
+fn generated_store(dir: &Path) -> PathBuf {
+    let cfg = connections(dir, None);
+    let out = run({
+        let mut c = snodo(&cfg);
+        c.args(["store", "migrate"]);
+        c
+    });
+    assert!(out.status.success(), "store migrate failed");
+    let script = r#"
+import datetime as dt, random, sqlite3, sys
+sys.path.insert(0, "scripts")
+import gen_legacy_csv as g
+db, n = sys.argv[1], int(sys.argv[2])
+rng = random.Random(7)
+names = ["ROSSI", "BIANCHI", "VERDI", "RUSSO", "FERRARI", "ESPOSITO", "ROMANO", "COLOMBO"]
+first = [("MARIA", True), ("LUIGI", False), ("ANNA", True), ("GIUSEPPE", False)]
+c = sqlite3.connect(db)
+c.executescript("""
+INSERT INTO intervento_catalogo (id, ente, source_system, source_key, codice)
+VALUES (1, 'GE', 't', 'ADA01', 'ADA01'), (2, 'GE', 't', 'CEC01', 'CEC01');""")
+persons = []
+for i in range(1, n // 2 + 1):
+    s, (f, fem) = rng.choice(names), rng.choice(first)
+    b = dt.date(1930, 1, 1) + dt.timedelta(days=rng.randrange(30000))
+    persons.append((i, "GE", f"p{i}", "t", str(i), g.build_cf(s, f, b, fem, "D969"), s, f,
+                    "F" if fem else "M", b.isoformat(), "D969", "100", "D969"))
+c.executemany("INSERT INTO persona (id, ente, chiave, source_system, source_key, codice_fiscale, cognome, nome, sesso, data_nascita, comune_nascita, cittadinanza, comune_residenza) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", persons)
+c.executemany("""INSERT INTO intervento (id, ente, source_system, source_key, persona_id, catalogo_id,
+  protocollo_domanda, data_inizio, data_fine, importo, periodo_erogazione, importo_mensile, quota_ente, annullato)
+  VALUES (?, 'GE', 't', ?, ?, ?, ?, '2025-02-01', '2025-12-31', ?, ?, ?, '300.00', 0)""",
+  [(k, f"i{k}", (k + 1) // 2, 1 + k % 2, f"GE-2025-{k}", "500.00" if k % 2 else None,
+    None if k % 2 else 11, None if k % 2 else "350.00") for k in range(1, n + 1)])
+c.executemany("""INSERT INTO valutazione_sina (id, ente, source_system, source_key, persona_id, data_valutazione,
+  mobilita, attivita_vita_quotidiana, disturbi_cognitivi, disturbi_comportamentali, necessita_cure_sanitarie,
+  area_reddituale, area_supporto, fonte_valutazione, strumento_valutazione, invalidita_civile, necessita_interventi)
+  VALUES (?, 'GE', 't', ?, ?, '2025-01-10', '2', '2', '1', '1', '2', '2', '2', '1', '1', '1,3', 'A1.02')""",
+  [(k, f"s{k}", k) for k in range(1, n // 2 + 1, 3)])
+c.commit()
+"#;
+    let out = Command::new("python3")
+        .current_dir(root())
+        .arg("-c")
+        .arg(script)
+        .arg(dir.join("store.db"))
+        .arg(CRASH_PRESTAZIONI.to_string())
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "generating the store failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (code, summary) = run_pipeline(&cfg, &root().join("pipelines/siuss/mappature.yaml"));
+    assert_eq!(code, 0, "mapping load failed: {summary}");
+    cfg
+}
+
+/// What INPS will have been told, per store: each key's state and the hash of the version
+/// sent, and the released flows with their record counts and SHA-256.
+fn ledger_state(dir: &Path) -> (String, String) {
+    let db = dir.join("store.db");
+    (
+        sqlite_query(
+            &db,
+            "SELECT count(*) || ' ' || group_concat(chiave || '=' || stato || ':' || hash || ':' || coalesce(in_invio_flusso, '-'), ';') \
+             FROM (SELECT * FROM siuss_invio ORDER BY chiave)",
+        ),
+        sqlite_query(
+            &db,
+            "SELECT group_concat(progressivo || ':' || records || ':' || sha256, ';') FROM (SELECT * FROM siuss_flusso ORDER BY progressivo)",
+        ),
+    )
+}
+
+/// SIGKILL at random moments of a PS/PSA file flow, then a run to the end: the same single
+/// flow (number 1, same bytes) and the same ledger as an uninterrupted run on an identical
+/// store; no number used twice or skipped, nothing left staged, and a rerun sends nothing.
+#[test]
+fn sigkill_during_a_ps_psa_flow_sends_each_prestazione_once() {
+    let reference = tempfile::tempdir().unwrap();
+    let crashy = tempfile::tempdir().unwrap();
+    let ref_cfg = generated_store(reference.path());
+    let crash_cfg = generated_store(crashy.path());
+    let ref_pipeline = ps_pipeline(reference.path(), "file");
+    let crash_pipeline = ps_pipeline(crashy.path(), "file");
+
+    let started = Instant::now();
+    let (code, summary) = run_ps(&ref_cfg, &ref_pipeline);
+    let full_ms = started.elapsed().as_millis() as u64;
+    assert_eq!(code, 0, "{summary}");
+    assert_eq!(summary["written"], CRASH_PRESTAZIONI, "{summary}");
+
+    let mut rng = Lcg(0x5eed_0003);
+    let mut kills = 0;
+    for _ in 0..4 {
+        let ms = full_ms / 5 + rng.next_ms(full_ms.max(300));
+        let mut cmd = snodo(&crash_cfg);
+        cmd.env("SNODO_SIUSS_CF_OPERATORE", CF_OPERATORE)
+            .arg("run")
+            .arg(&crash_pipeline);
+        if run_and_kill(cmd, ms) {
+            kills += 1;
+        }
+    }
+    let (code, summary) = run_ps(&crash_cfg, &crash_pipeline);
+    assert_eq!(code, 0, "{summary}");
+    assert!(
+        kills >= 1,
+        "no run was killed (the run took {full_ms} ms): the test proved nothing"
+    );
+
+    let (ref_out, crash_out) = (reference.path().join("out"), crashy.path().join("out"));
+    let (ref_files, crash_files) = (flows(&ref_out), flows(&crash_out));
+    assert_eq!(ref_files.len(), 1, "{ref_files:?}");
+    assert_eq!(
+        crash_files.len(),
+        1,
+        "after {kills} kills there must be exactly one flow: {crash_files:?}"
+    );
+    assert!(
+        crash_files[0].to_string_lossy().ends_with(".0000001.xml"),
+        "the killed runs used no number: {crash_files:?}"
+    );
+    assert!(
+        neutral(&crash_files[0]) == neutral(&ref_files[0]),
+        "the flow written across {kills} kills differs from the uninterrupted one"
+    );
+    xmllint_validates(&crash_files[0], "PS_PSA_SINA201812.xsd");
+    assert_eq!(
+        ledger_state(crashy.path()),
+        ledger_state(reference.path()),
+        "the ledger after {kills} kills differs from the uninterrupted run's"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(&crash_out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("in-corso"))
+        .collect();
+    assert!(
+        leftovers.iter().all(|n| n.ends_with(".checkpoint.json")),
+        "no partial flow is left behind: {leftovers:?}"
+    );
+
+    // At least one run continued from a checkpoint rather than starting over.
+    let runs = run({
+        let mut c = snodo(&crash_cfg);
+        c.args(["runs", "--json", "--limit", "100"]);
+        c
+    });
+    let runs: Vec<serde_json::Value> = serde_json::from_slice(&runs.stdout).unwrap();
+    assert!(
+        runs.iter().any(|r| !r["started"]["resumed_from"].is_null()),
+        "no run resumed from a checkpoint; the {kills} kills all came before the first batch"
+    );
+
+    // Nothing changed since: nothing more is sent.
+    let (code, summary) = run_ps(&crash_cfg, &crash_pipeline);
+    assert_eq!(code, 0, "{summary}");
+    assert_eq!(summary["written"], 0, "{summary}");
+    assert_eq!(flows(&crash_out).len(), 1);
+    let v = run({
+        let mut c = snodo(&crash_cfg);
+        c.args(["log", "verify"]);
+        c
+    });
+    assert_eq!(v.status.code(), Some(0));
+}

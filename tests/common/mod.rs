@@ -346,3 +346,40 @@ pub fn sqlite_query(db: &Path, sql: &str) -> String {
             .join("\n")
     })
 }
+
+/// A small deterministic generator of kill delays, so a failure can be replayed.
+pub struct Lcg(pub u64);
+
+impl Lcg {
+    /// The next delay, below `max` milliseconds.
+    pub fn next_ms(&mut self, max: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 33) % max
+    }
+}
+
+/// Starts `cmd` and SIGKILLs it after `ms` milliseconds (or lets it finish if faster).
+/// Returns true if it was killed before finishing.
+pub fn run_and_kill(mut cmd: Command, ms: u64) -> bool {
+    let mut child = cmd
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(ms);
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            assert!(st.success(), "run failed on its own: {st:?}");
+            return false;
+        }
+        if std::time::Instant::now() >= deadline {
+            child.kill().unwrap(); // SIGKILL
+            child.wait().unwrap();
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
