@@ -186,13 +186,7 @@ fn lint_reports_every_problem_with_line_column_and_path() {
         ),
     )
     .unwrap();
-    let out = run({
-        let mut c = snodo(&cfg);
-        c.arg("lint").arg(&p).arg("--json");
-        c
-    });
-    assert_eq!(out.status.code(), Some(3));
-    let problems: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let problems = lint_problems(&cfg, &p);
     let find = |needle: &str| {
         problems
             .iter()
@@ -227,6 +221,13 @@ fn lint_reports_every_problem_with_line_column_and_path() {
     assert!(problems.len() >= 6, "{problems:#?}");
 }
 
+/// `snodo lint FILE --json` on a file with problems: exit code 3 and the problems.
+fn lint_problems(cfg: &Path, file: &Path) -> Vec<serde_json::Value> {
+    let (code, v) = snodo_json(cfg, &["lint".as_ref(), file.as_os_str()]);
+    assert_eq!(code, 3, "{v}");
+    serde_json::from_value(v).unwrap()
+}
+
 #[test]
 fn lint_checks_steps_files_at_their_own_lines() {
     let dir = tempfile::tempdir().unwrap();
@@ -249,13 +250,7 @@ fn lint_checks_steps_files_at_their_own_lines() {
         "# shared steps\n- map:\n    a: upper(b)\n- mapp:\n    x: y\n- map:\n    c: upper(\n",
     )
     .unwrap();
-    let out = run({
-        let mut c = snodo(&cfg);
-        c.arg("lint").arg(&file).arg("--json");
-        c
-    });
-    assert_eq!(out.status.code(), Some(3));
-    let problems: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let problems = lint_problems(&cfg, &file);
     assert_eq!(problems.len(), 2, "{problems:#?}");
     assert!(
         problems
@@ -284,13 +279,7 @@ fn lint_checks_migration_definitions_as_such() {
         "migration: x\nsource_system: WD\nente: GE\nsource: { sql: { connection: nowhere } }\ntarget: store\ntablez: []\n",
     )
     .unwrap();
-    let out = run({
-        let mut c = snodo(&cfg);
-        c.arg("lint").arg(&file).arg("--json");
-        c
-    });
-    assert_eq!(out.status.code(), Some(3));
-    let problems: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let problems = lint_problems(&cfg, &file);
     let messages: Vec<&str> = problems
         .iter()
         .map(|p| p["message"].as_str().unwrap())
