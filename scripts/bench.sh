@@ -39,7 +39,10 @@ for n in $ROWS; do
       -e "s#connection: store#connection: pg#" \
       -e "s#pipeline: esempio-assistiti#pipeline: bench-$n#" \
       pipelines/esempio/assistiti_csv_sqlite.yaml > "$WORK/p.yaml"
-  /usr/bin/time -f "%e %M" -o "$WORK/time" "$BIN" --config "$WORK/snodo.yaml" run "$WORK/p.yaml" --json > "$WORK/summary.json"
+  # PROFILE=1 records a perf profile of snodo's run in $WORK/perf-N.data (slower; for analysis).
+  wrap=()
+  [ -n "${PROFILE:-}" ] && wrap=(perf record -F 499 -g -o "$WORK/perf-$n.data" --)
+  /usr/bin/time -f "%e %M" -o "$WORK/time" "${wrap[@]}" "$BIN" --config "$WORK/snodo.yaml" run "$WORK/p.yaml" --json > "$WORK/summary.json"
   read -r secs kb < "$WORK/time"
   written=$(python3 -c "import json; print(json.load(open('$WORK/summary.json'))['read'])")
 
