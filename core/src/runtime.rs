@@ -3,7 +3,9 @@
 //! The steps are CPU-bound, so batches are dealt round-robin to one worker thread per core
 //! (each with its own instances of the steps) and collected in the same round-robin order:
 //! the sink sees batches in source order without a reordering buffer, which keeps
-//! checkpoints monotonic.
+//! checkpoints monotonic. After its steps, a worker also runs the sink's
+//! [`crate::component::Prepare`] on the batch (rendering and checking records for an XML
+//! sink), so that this work too is spread over the cores instead of waiting on the one sink.
 //!
 //! Per batch, in this order: rejects and lineage go to the flow log, then the sink commits
 //! the records together with the source checkpoint. A crash before the commit means the
