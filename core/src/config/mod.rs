@@ -132,7 +132,6 @@ pub fn steps_file(text: &str, file: &str) -> (Option<Vec<StepConfig>>, Vec<Probl
     let mut inner = Vec::new();
     for (j, item) in items.iter().enumerate() {
         let p = format!("[{j}]");
-        let before = out.len();
         match section::<StepConfig>(item, &p, &mut out) {
             Some(StepConfig::Include(_)) => out.push(problem(item, &p, "includes do not nest")),
             Some(s) => {
@@ -141,11 +140,8 @@ pub fn steps_file(text: &str, file: &str) -> (Option<Vec<StepConfig>>, Vec<Probl
             }
             None => {}
         }
-        if out.len() > before {
-            // Keep reporting the other steps, but do not hand out a partial list.
-            inner.clear();
-        }
     }
+    // Every step is reported, but a list with a problem is not handed out.
     if out.is_empty() {
         (Some(inner), out)
     } else {

@@ -76,9 +76,8 @@ fn check_batch(
 /// The rendered elements of `records`: those `check` prepared, or rendered now when the
 /// batch did not go through `check` (a record that fails now is an internal error: every
 /// record reaching `write` passed `check`).
-pub fn take_rendered(
-    layout: &Layout,
-    params: &indexmap::IndexMap<String, String>,
+fn take_rendered(
+    prep: &XmlPrepare,
     records: &[Record],
     pending: &mut VecDeque<RenderedText>,
 ) -> Result<Vec<RenderedText>> {
@@ -88,17 +87,15 @@ pub fn take_rendered(
     pending.clear();
     records
         .iter()
-        .map(|r| {
-            layout
-                .render_record(r, params)
-                .map(|e| RenderedText::new(layout, &e))
-                .map_err(|p| {
-                    Error::Other(format!(
-                        "record {} was not checked before being written: {}",
-                        r.position,
-                        p.iter().map(|p| p.reason()).collect::<Vec<_>>().join("; ")
-                    ))
-                })
+        .zip(prep.render(records))
+        .map(|(r, c)| {
+            c.map_err(|p| {
+                Error::Other(format!(
+                    "record {} was not checked before being written: {}",
+                    r.position,
+                    p.iter().map(|p| p.reason()).collect::<Vec<_>>().join("; ")
+                ))
+            })
         })
         .collect()
 }
@@ -270,8 +267,7 @@ impl Sink for XmlSink {
         checkpoint: &'a SavedCheckpoint,
     ) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
-            let rendered =
-                take_rendered(&self.layout, &self.cfg.params, records, &mut self.pending)?;
+            let rendered = take_rendered(&self.prep, records, &mut self.pending)?;
             let mut text = String::with_capacity(rendered.len() * 1024);
             if !rendered.is_empty() && !self.writer.state.started {
                 self.writer.start_document(&self.header, &mut text);

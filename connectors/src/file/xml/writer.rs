@@ -158,16 +158,6 @@ impl RenderedText {
             body,
         }
     }
-
-    /// Bytes held, for memory accounting.
-    pub fn len(&self) -> usize {
-        self.open.len() + self.body.len()
-    }
-
-    /// True when nothing was rendered.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 impl XmlWriter {
