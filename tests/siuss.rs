@@ -174,13 +174,18 @@ fn xmllint_validates(file: &Path, xsd: &str) {
 
 /// The flow file with its day in the name made neutral, for the golden comparison.
 fn neutral(file: &Path) -> String {
-    // D969.PS.AAAAMMGG.NNNNNNN: the day is the run's, the number is the ledger's.
+    neutral_of(file, "D969.PS.")
+}
+
+/// The same for the flows named `prefix` + `AAAAMMGG.NNNNNNN`.
+fn neutral_of(file: &Path, prefix: &str) -> String {
+    // The day is the run's, the number is the ledger's.
     let text = std::fs::read_to_string(file).unwrap();
     let mut out = String::with_capacity(text.len());
     let mut rest = text.as_str();
-    while let Some(i) = rest.find("D969.PS.") {
-        out.push_str(&rest[..i + 8]);
-        rest = &rest[i + 8..];
+    while let Some(i) = rest.find(prefix) {
+        out.push_str(&rest[..i + prefix.len()]);
+        rest = &rest[i + prefix.len()..];
         if rest.len() >= 8 && rest[..8].bytes().all(|b| b.is_ascii_digit()) {
             out.push_str("AAAAMMGG");
             rest = &rest[8..];
@@ -340,6 +345,18 @@ fn sinba_is_pseudonymous_stable_and_valid() {
     let files = flows_of(&out_dir, "D969.SINBA.");
     assert_eq!(files.len(), 1, "{files:?}");
     xmllint_validates(&files[0], "SINBA.xsd");
+    // The golden file is what the xmllint check above accepted (SNODO_BLESS=1 rewrites it).
+    let golden = root().join("tests/fixtures/siuss/golden/sinba_first.xml");
+    let produced = neutral_of(&files[0], "D969.SINBA.");
+    if std::env::var_os("SNODO_BLESS").is_some() {
+        std::fs::write(&golden, &produced).unwrap();
+    }
+    assert_eq!(
+        produced,
+        std::fs::read_to_string(&golden).unwrap(),
+        "the SINBA flow differs from {} (SNODO_BLESS=1 rewrites it after a checked change)",
+        golden.display()
+    );
     let xml = std::fs::read_to_string(&files[0]).unwrap();
     assert!(
         !xml.contains("NRELCU14E09D969L") && !xml.contains("NERI"),
