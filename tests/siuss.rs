@@ -840,30 +840,36 @@ fn sigkill_during_a_ps_psa_flow_sends_each_prestazione_once() {
     let ref_pipeline = ps_pipeline(reference.path(), "file");
     let crash_pipeline = ps_pipeline(crashy.path(), "file");
 
-    let started = Instant::now();
     let (code, summary) = run_ps(&ref_cfg, &ref_pipeline);
-    let full_ms = started.elapsed().as_millis() as u64;
     assert_eq!(code, 0, "{summary}");
     assert_eq!(summary["written"], CRASH_PRESTAZIONI, "{summary}");
 
+    // Each attempt is killed once the partial flow holds a random share of the records
+    // (about 1/6, 2/6, 3/6, 4/6 of them, read from its checkpoint), plus up to 40 ms so
+    // that kills land inside batches as well as between them.
+    let checkpoint = crashy.path().join("out/.ps-in-corso.xml.checkpoint.json");
+    let written = || -> u64 {
+        std::fs::read(&checkpoint)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|v| v["rows"].as_u64())
+            .unwrap_or(0)
+    };
     let mut rng = Lcg(0x5eed_0003);
     let mut kills = 0;
-    for _ in 0..4 {
-        let ms = full_ms / 5 + rng.next_ms(full_ms.max(300));
+    for i in 1..=4 {
+        let target = CRASH_PRESTAZIONI * i / 6 + rng.next_ms(CRASH_PRESTAZIONI / 12);
         let mut cmd = snodo(&crash_cfg);
         cmd.env("SNODO_SIUSS_CF_OPERATORE", CF_OPERATORE)
             .arg("run")
             .arg(&crash_pipeline);
-        if run_and_kill(cmd, ms) {
+        if run_and_kill_when(cmd, || written() >= target, rng.next_ms(40)) {
             kills += 1;
         }
     }
     let (code, summary) = run_ps(&crash_cfg, &crash_pipeline);
     assert_eq!(code, 0, "{summary}");
-    assert!(
-        kills >= 1,
-        "no run was killed (the run took {full_ms} ms): the test proved nothing"
-    );
+    assert_eq!(kills, 4, "every attempt is killed mid-flow");
 
     let (ref_out, crash_out) = (reference.path().join("out"), crashy.path().join("out"));
     let (ref_files, crash_files) = (flows(&ref_out), flows(&crash_out));

@@ -363,22 +363,34 @@ impl Lcg {
 
 /// Starts `cmd` and SIGKILLs it after `ms` milliseconds (or lets it finish if faster).
 /// Returns true if it was killed before finishing.
-pub fn run_and_kill(mut cmd: Command, ms: u64) -> bool {
+pub fn run_and_kill(cmd: Command, ms: u64) -> bool {
+    run_and_kill_when(cmd, || true, ms)
+}
+
+/// Starts `cmd`, waits until `ready()` holds (polled every 5 ms), then SIGKILLs it `ms`
+/// milliseconds later, or lets it finish if it is faster. Killing on progress rather than
+/// on the clock keeps a test's kills mid-run however busy the machine is.
+pub fn run_and_kill_when(mut cmd: Command, ready: impl Fn() -> bool, ms: u64) -> bool {
     let mut child = cmd
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(ms);
+    let mut deadline: Option<std::time::Instant> = None;
     loop {
         if let Some(st) = child.try_wait().unwrap() {
             assert!(st.success(), "run failed on its own: {st:?}");
             return false;
         }
-        if std::time::Instant::now() >= deadline {
-            child.kill().unwrap(); // SIGKILL
-            child.wait().unwrap();
-            return true;
+        let now = std::time::Instant::now();
+        match deadline {
+            None if ready() => deadline = Some(now + std::time::Duration::from_millis(ms)),
+            Some(d) if now >= d => {
+                child.kill().unwrap(); // SIGKILL
+                child.wait().unwrap();
+                return true;
+            }
+            _ => {}
         }
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
