@@ -16,6 +16,7 @@ fn crash_and_compare(
     name: &str,
     make_pipeline: &dyn Fn(&std::path::Path, &str) -> std::path::PathBuf,
     state: &dyn Fn(&std::path::Path, &str) -> String,
+    progress: &dyn Fn(&std::path::Path) -> u64,
     seed: u64,
 ) {
     let dir = tempfile::tempdir().unwrap();
@@ -30,23 +31,37 @@ fn crash_and_compare(
     assert_eq!(code, 0, "{summary}");
     let expected = state(dir.path(), "reference");
 
-    // Interrupted: kill at random moments spread over the run's duration, then finish.
+    // Interrupted, then finished. The first attempt dies early, by the clock: before or
+    // around the first commit, so a run that starts over is tested too. The next three die
+    // on progress (about 1/5, 2/5, 3/5 of the rows committed, read from the checkpoint),
+    // plus up to 40 ms so that kills land inside batches as well as between them: a kill on
+    // the clock alone could come after a busy machine's run had finished.
     let crashy = make_pipeline(dir.path(), "crashy");
     let mut rng = Lcg(seed);
     let mut kills = 0;
-    for _ in 0..4 {
-        let ms = full_ms / 4 + rng.next_ms(full_ms.max(300));
+    let attempt = || {
         let mut cmd = snodo(&cfg);
         cmd.arg("run").arg(&crashy);
-        if run_and_kill(cmd, ms) {
+        cmd
+    };
+    if run_and_kill(attempt(), rng.next_ms((full_ms / 8).max(50))) {
+        kills += 1;
+    }
+    for i in 1..=3 {
+        let target = ROWS * i / 5 + rng.next_ms(ROWS / 10);
+        if run_and_kill_when(
+            attempt(),
+            || progress(dir.path()) >= target,
+            rng.next_ms(40),
+        ) {
             kills += 1;
         }
     }
     let (code, summary) = run_pipeline(&cfg, &crashy);
     assert_eq!(code, 0, "{summary}");
     assert!(
-        kills >= 1,
-        "no run was killed (the run took {full_ms} ms): the test proved nothing"
+        kills >= 3,
+        "only {kills} of 4 attempts were killed (a full run takes {full_ms} ms)"
     );
     assert_eq!(
         state(dir.path(), "crashy"),
@@ -128,7 +143,21 @@ fn sigkill_during_csv_to_postgres_loses_and_duplicates_nothing() {
             "SELECT count(*) || ' ' || md5(string_agg(t::text, '|' ORDER BY id_anagrafica)) FROM assistito_{variant} t"
         ))
     };
-    crash_and_compare("pg", &make, &state, 0x5eed_0001);
+    // Rows committed so far: the checkpoint saved in the same transaction as each batch.
+    let progress = |_dir: &std::path::Path| -> u64 {
+        let out = std::process::Command::new("psql")
+            .args(["-h", "127.0.0.1", "-p", &pg_cluster().port.to_string()])
+            .args(["-U", "postgres", "-d", "crash_pg", "-At", "-c"])
+            .arg("SELECT state FROM _snodo_checkpoint WHERE pipeline = 'crash-pg-crashy'")
+            .output()
+            .unwrap();
+        // Before the first commit the table does not exist yet: no progress.
+        serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .ok()
+            .and_then(|v| v["records_written"].as_u64())
+            .unwrap_or(0)
+    };
+    crash_and_compare("pg", &make, &state, &progress, 0x5eed_0001);
 }
 
 #[test]
@@ -162,5 +191,13 @@ fn sigkill_during_csv_to_csv_file_loses_and_duplicates_nothing() {
         use sha2::Digest;
         format!("{lines} {}", hex::encode(sha2::Sha256::digest(&bytes)))
     };
-    crash_and_compare("csv", &make, &state, 0x5eed_0002);
+    // Rows in the partial file so far, from the checkpoint renamed into place after each.
+    let progress = |dir: &std::path::Path| -> u64 {
+        std::fs::read(dir.join("crashy.csv.checkpoint.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|v| v["rows"].as_u64())
+            .unwrap_or(0)
+    };
+    crash_and_compare("csv", &make, &state, &progress, 0x5eed_0002);
 }
