@@ -512,7 +512,10 @@ fn cmd_lint(cli: &Cli, files: &[PathBuf], json: bool) -> Result<i32, Error> {
                     message: e.to_string(),
                 }],
             },
-            _ => snodo_connectors::lint(f, &conns),
+            snodo_core::config::FileKind::Steps => {
+                snodo_core::config::steps_file(&text, &f.display().to_string()).1
+            }
+            snodo_core::config::FileKind::Pipeline => snodo_connectors::lint(f, &conns),
         };
         for p in problems {
             all.push((f.clone(), p));

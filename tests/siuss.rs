@@ -206,6 +206,36 @@ fn ps_psa_file_flow_validates_rejects_by_field_and_sends_only_changes() {
     );
 }
 
+/// Compares a produced flow with its golden file in `tests/fixtures/siuss/golden/`, showing
+/// the first differing line; `SNODO_BLESS=1` rewrites the file after a change checked by hand
+/// (and by the xmllint check that precedes every call).
+fn assert_golden(produced: &str, name: &str) {
+    let golden = root().join("tests/fixtures/siuss/golden").join(name);
+    if std::env::var_os("SNODO_BLESS").is_some() {
+        std::fs::create_dir_all(golden.parent().unwrap()).unwrap();
+        std::fs::write(&golden, produced).unwrap();
+    }
+    let expected = std::fs::read_to_string(&golden).unwrap();
+    if let Some((n, (want, got))) = expected
+        .lines()
+        .zip(produced.lines())
+        .enumerate()
+        .find(|(_, (a, b))| a != b)
+    {
+        panic!(
+            "{} differs at line {}:\n  golden:   {want}\n  produced: {got}\n(SNODO_BLESS=1 rewrites it after a checked change)",
+            golden.display(),
+            n + 1
+        );
+    }
+    assert_eq!(
+        produced,
+        expected,
+        "{} differs in length (SNODO_BLESS=1 rewrites it after a checked change)",
+        golden.display()
+    );
+}
+
 /// The same flow from a PostgreSQL store: the same bytes as the golden file (so as from
 /// SQLite), and the ledger's batched statements hold when one batch cancels and re-sends
 /// the same key (PostgreSQL refuses to upsert a row twice in one statement).
@@ -234,18 +264,7 @@ fn ps_file_flow(dir: &Path, cfg: &Path, store: &Store) {
         "the first flow has number 1: {files:?}"
     );
     xmllint_validates(&files[0], "PS_PSA_SINA201812.xsd");
-    let golden = root().join("tests/fixtures/siuss/golden/ps_psa_first.xml");
-    let produced = neutral(&files[0]);
-    if std::env::var_os("SNODO_BLESS").is_some() {
-        std::fs::create_dir_all(golden.parent().unwrap()).unwrap();
-        std::fs::write(&golden, &produced).unwrap();
-    }
-    assert_eq!(
-        produced,
-        std::fs::read_to_string(&golden).unwrap(),
-        "the PS/PSA flow differs from {} (SNODO_BLESS=1 rewrites it after a checked change)",
-        golden.display()
-    );
+    assert_golden(&neutral(&files[0]), "ps_psa_first.xml");
     let run_id = summary["run_id"].as_str().unwrap().to_string();
     let rejects = rejects_of(&cfg, &run_id);
     assert_eq!(rejects.len(), 1, "{rejects:?}");
@@ -346,17 +365,7 @@ fn sinba_is_pseudonymous_stable_and_valid() {
     assert_eq!(files.len(), 1, "{files:?}");
     xmllint_validates(&files[0], "SINBA.xsd");
     // The golden file is what the xmllint check above accepted (SNODO_BLESS=1 rewrites it).
-    let golden = root().join("tests/fixtures/siuss/golden/sinba_first.xml");
-    let produced = neutral_of(&files[0], "D969.SINBA.");
-    if std::env::var_os("SNODO_BLESS").is_some() {
-        std::fs::write(&golden, &produced).unwrap();
-    }
-    assert_eq!(
-        produced,
-        std::fs::read_to_string(&golden).unwrap(),
-        "the SINBA flow differs from {} (SNODO_BLESS=1 rewrites it after a checked change)",
-        golden.display()
-    );
+    assert_golden(&neutral_of(&files[0], "D969.SINBA."), "sinba_first.xml");
     let xml = std::fs::read_to_string(&files[0]).unwrap();
     assert!(
         !xml.contains("NRELCU14E09D969L") && !xml.contains("NERI"),

@@ -126,15 +126,9 @@ pub fn load(path: &Path, connections: &ConnectionsFile) -> Result<(Pipeline, Nod
     }
 }
 
-/// Checks a pipeline file, or a steps file shared through `- include:`, without running it
-/// (`snodo lint`).
+/// Checks a pipeline file without running it (`snodo lint`, which sends steps files and
+/// migration definitions to their own checks).
 pub fn lint(path: &Path, connections: &ConnectionsFile) -> Vec<Problem> {
-    // A steps file shared through `- include:` is checked step by step, at its own lines.
-    if let Ok(text) = std::fs::read_to_string(path)
-        && snodo_core::config::file_kind(&text) == snodo_core::config::FileKind::Steps
-    {
-        return snodo_core::config::steps_file(&text, &path.display().to_string()).1;
-    }
     match load(path, connections) {
         Ok(_) => Vec::new(),
         Err(Error::Config { problems, .. }) => problems,
