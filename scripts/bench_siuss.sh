@@ -5,7 +5,8 @@
 # Compared with `psql \copy` exporting the same query to CSV (no rendering, no validation).
 # Reports wall time and snodo's peak RSS. Usage: scripts/bench_siuss.sh [N...]
 # PROFILE=1 also records a perf profile per N in $WORK; KEEP=1 keeps the XML files;
-# BATCH_SIZE=N overrides the pipeline's batch size.
+# BATCH_SIZE=N overrides the pipeline's batch size; STATS=1 prints PostgreSQL's ten
+# statements with the most total time in snodo's run (pg_stat_statements).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export SQLX_OFFLINE=true
@@ -13,6 +14,7 @@ cargo build --release --locked -q
 SNODO=$PWD/target/release/snodo
 WORK=${WORK:-$(mktemp -d /tmp/snodo-bench-siuss.XXXXXX)}
 chmod 755 "$WORK" # the cluster runs as the postgres user when this runs as root
+[ -n "${STATS:-}" ] && PG_OPTS="${PG_OPTS:-} -c shared_preload_libraries=pg_stat_statements -c pg_stat_statements.track=all"
 source scripts/pg_throwaway.sh
 export SNODO_SIUSS_CF_OPERATORE=RSSMRA85T10A562S SNODO_PG_PASSWORD=unused
 printf '| prestazioni | snodo (XML + XSD) | peak RSS | psql \\copy CSV | ratio |\n|---:|---:|---:|---:|---:|\n'
@@ -65,12 +67,22 @@ SQL
   sed -e "s#dir: out/siuss#dir: $WORK/out#; s#path: out/siuss/controllo-ps.txt#path: $WORK/out/controllo.txt#" \
     -e "${BATCH_SIZE:+s#^batch_size: .*#batch_size: $BATCH_SIZE#}" \
     pipelines/siuss/ps_psa.yaml > "$WORK/ps.yaml"
+  if [ -n "${STATS:-}" ]; then
+    $PSQL -d "$db" -c "CREATE EXTENSION IF NOT EXISTS pg_stat_statements" -c "SELECT pg_stat_statements_reset()" >/dev/null
+  fi
   # PROFILE=1 records a perf profile of the run in $WORK/perf-N.data (slower; for analysis).
   wrap=()
   [ -n "${PROFILE:-}" ] && wrap=(perf record -F 499 -g -o "$WORK/perf-$n.data" --)
   /usr/bin/time -f "%e %M" -o "$WORK/time" "${wrap[@]}" "$SNODO" --config "$WORK/snodo.yaml" run "$WORK/ps.yaml" --json > "$WORK/run.json"
   read -r secs kb < "$WORK/time"
   written=$(python3 -c "import json;print(json.load(open('$WORK/run.json'))['written'])")
+  if [ -n "${STATS:-}" ]; then
+    echo "PostgreSQL statements of the run at $n, by total time (ms):" >&2
+    $PSQL -d "$db" -F ' | ' -c "SELECT round(total_exec_time) AS total_ms, calls, round(mean_exec_time::numeric, 2) AS mean_ms,
+        left(regexp_replace(query, '\s+', ' ', 'g'), 110) FROM pg_stat_statements
+        WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+        ORDER BY total_exec_time DESC LIMIT 10" >&2
+  fi
   [ "$written" = "$n" ] || { echo "snodo wrote $written of $n" >&2; exit 1; }
   query=$(grep -v '^--' pipelines/siuss/prestazioni.sql | tr '\n' ' ')
   start=$(date +%s.%N)

@@ -135,6 +135,7 @@ pub struct SiussSink {
     queued: Vec<String>,
     queued_hash: Sha256,
     queued_bytes: u64,
+    ledger_stats: ledger::Statistics,
 }
 
 /// `intervento_id=42,anno=2025`: the ledger key of a record, or `None` when a key field is
@@ -230,6 +231,7 @@ impl SiussSink {
             queued: Vec::new(),
             queued_hash: Sha256::new(),
             queued_bytes: 0,
+            ledger_stats: ledger::Statistics::default(),
             cfg,
         })
     }
@@ -565,6 +567,9 @@ impl Sink for SiussSink {
                     let deliveries: Vec<Delivery> =
                         batch.iter().map(|p| p.delivery.clone()).collect();
                     ledger::stage(&self.db, &ente, self.tipo, &self.file.flow, &deliveries).await?;
+                    self.ledger_stats
+                        .written(&self.db, deliveries.len())
+                        .await?;
                     let mut text = String::with_capacity(batch.len() * 1024);
                     if !batch.is_empty() && !self.writer.state.started {
                         self.writer.start_document(&self.header, &mut text);
@@ -619,6 +624,7 @@ impl Sink for SiussSink {
                         |n| (giorno.clone(), format!("{codice}.{tipo}.{giorno}.{n:07}")),
                     )
                     .await?;
+                    self.ledger_stats.written(&self.db, ids.len()).await?;
                     for (id, p) in ids.iter().zip(&batch) {
                         self.queued_hash.update(id.as_bytes());
                         self.queued_hash.update(p.delivery.hash.as_bytes());
