@@ -125,6 +125,15 @@ impl Value {
         }
     }
 
+    /// [`Value::to_text`] without copying text values: what the hot paths (validation,
+    /// `COPY` encoding) read, once per field of every record.
+    pub fn text(&self) -> Option<std::borrow::Cow<'_, str>> {
+        match self {
+            Value::Str(s) => Some(std::borrow::Cow::Borrowed(s)),
+            other => other.to_text().map(std::borrow::Cow::Owned),
+        }
+    }
+
     /// Canonical text form: ISO dates, `.` as decimal separator, `true`/`false`.
     /// Used by file sinks without a locale and for hashing natural keys.
     pub fn to_text(&self) -> Option<String> {

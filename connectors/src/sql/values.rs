@@ -108,8 +108,15 @@ pub fn copy_text(v: &Value, out: &mut Vec<u8>) {
             out.extend_from_slice(hex::encode(b).as_bytes());
         }
         other => {
-            let text = other.to_text().unwrap_or_default();
-            for &b in text.as_bytes() {
+            let text = other.text().unwrap_or_default();
+            let bytes = text.as_bytes();
+            // Most fields need no escape: copy them whole rather than byte by byte.
+            let special = |b: &u8| matches!(b, b'\\' | b'\t' | b'\n' | b'\r');
+            if !bytes.iter().any(special) {
+                out.extend_from_slice(bytes);
+                return;
+            }
+            for &b in bytes {
                 match b {
                     b'\\' => out.extend_from_slice(b"\\\\"),
                     b'\t' => out.extend_from_slice(b"\\t"),
@@ -166,6 +173,10 @@ mod tests {
         out.clear();
         copy_text(&Value::Null, &mut out);
         assert_eq!(out, b"\\N");
+        out.clear();
+        copy_text(&Value::Str("ROSSI MARIA".into()), &mut out);
+        copy_text(&Value::Str("x\r".into()), &mut out);
+        assert_eq!(out, b"ROSSI MARIAx\\r", "unescaped text is copied whole");
         assert_eq!(float_to_decimal(0.1).to_text().unwrap(), "0.1");
     }
 }

@@ -154,10 +154,7 @@ fn check(r: &CompiledRule, record: &Record, broken: &mut Vec<(String, String)>) 
         ));
         return;
     }
-    let text = match value {
-        Value::Str(s) => s.clone(),
-        other => other.to_text().unwrap_or_default(),
-    };
+    let text = value.text().unwrap_or_default();
     let len = text.chars().count();
     if let Some(min) = r.rule.min_length
         && len < min
