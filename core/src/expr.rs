@@ -215,6 +215,83 @@ pub fn norm_name(s: &str) -> String {
         .collect()
 }
 
+fn collapse_spaces(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// A function from text to text.
+type TextFn = fn(&str) -> String;
+
+/// The functions from text to text, which pass null through: registered in Rhai and
+/// evaluated natively by [`TextChain`], from this one table so that the two cannot disagree.
+const TEXT_FUNCTIONS: [(&str, TextFn); 6] = [
+    ("upper", |s| s.to_uppercase()),
+    ("lower", |s| s.to_lowercase()),
+    ("trim", |s| s.trim().to_string()),
+    ("collapse_spaces", collapse_spaces),
+    ("text", |s| s.to_string()),
+    ("norm_name", norm_name),
+];
+
+/// An expression that only applies [`TEXT_FUNCTIONS`] to one variable, such as
+/// `upper(collapse_spaces(cognome))`: the commonest expression of cleaning and migration
+/// pipelines, which the `map` step evaluates without Rhai.
+///
+/// Why: in the CSV → PostgreSQL benchmark, Rhai's per-call function resolution and the
+/// conversions to and from `Dynamic` were the largest cost of the steps
+/// (`docs/benchmarks.md`); a chain costs one string per function. The shape is recognised on
+/// the source text of an expression Rhai has already compiled, because Rhai's syntax tree is
+/// public only behind its unstable `internals` feature; any other shape, and any value that
+/// is neither text nor null, is left to Rhai.
+#[derive(Clone, Debug)]
+pub struct TextChain {
+    /// The variable the chain reads (a field's [`identifier`]).
+    pub variable: String,
+    /// Innermost first.
+    functions: Vec<TextFn>,
+}
+
+impl TextChain {
+    /// The chain `source` is, if it is one.
+    pub fn recognise(source: &str) -> Option<TextChain> {
+        let mut rest = source.trim();
+        let mut functions = Vec::new();
+        while let Some(open) = rest.find('(') {
+            let name = rest[..open].trim();
+            let f = TEXT_FUNCTIONS.iter().find(|(n, _)| *n == name)?.1;
+            functions.push(f);
+            rest = rest[open + 1..].trim_end().strip_suffix(')')?.trim();
+        }
+        let variable = !functions.is_empty()
+            && !rest.is_empty()
+            && identifier(rest) == rest
+            && !matches!(rest, "true" | "false" | "this");
+        if !variable {
+            return None;
+        }
+        functions.reverse();
+        Some(TextChain {
+            variable: rest.to_string(),
+            functions,
+        })
+    }
+
+    /// The chain applied to `v`; `None` when `v` is neither text nor null (Rhai decides then).
+    pub fn apply(&self, v: &Value) -> Option<Value> {
+        let s = match v {
+            Value::Null => return Some(Value::Null),
+            Value::Str(s) => s,
+            _ => return None,
+        };
+        let mut functions = self.functions.iter();
+        let mut out = functions.next().map_or_else(|| s.clone(), |f| f(s));
+        for f in functions {
+            out = f(&out);
+        }
+        Some(Value::Str(out))
+    }
+}
+
 fn bool_check(v: Dynamic, check: impl Fn(&str) -> bool) -> bool {
     text_of(&v).is_some_and(|s| check(&s))
 }
@@ -266,16 +343,13 @@ impl ExprEngine {
         e.set_max_map_size(10_000);
 
         // Text.
-        e.register_fn("upper", |v: Dynamic| on_text(v, |s| s.to_uppercase()));
-        e.register_fn("lower", |v: Dynamic| on_text(v, |s| s.to_lowercase()));
-        e.register_fn("trim", |v: Dynamic| on_text(v, |s| s.trim().to_string()));
+        for (name, f) in TEXT_FUNCTIONS {
+            e.register_fn(name, move |v: Dynamic| on_text(v, f));
+        }
         // Rhai's own `trim(string)` trims in place and returns nothing; this typed
         // registration takes precedence so that `upper(trim(x))` means what it says.
         e.register_fn("trim", |s: ImmutableString| ImmutableString::from(s.trim()));
         e.register_fn("is_empty", |s: ImmutableString| s.trim().is_empty());
-        e.register_fn("collapse_spaces", |v: Dynamic| {
-            on_text(v, |s| s.split_whitespace().collect::<Vec<_>>().join(" "))
-        });
         e.register_fn("left", |v: Dynamic, n: i64| {
             on_text(v, |s| s.chars().take(n.max(0) as usize).collect())
         });
@@ -289,7 +363,6 @@ impl ExprEngine {
                 out
             })
         });
-        e.register_fn("text", |v: Dynamic| on_text(v, |s| s.to_string()));
         e.register_fn("len", |v: Dynamic| {
             text_of(&v).map(|s| s.chars().count() as i64).unwrap_or(0)
         });
@@ -430,7 +503,6 @@ impl ExprEngine {
         e.register_fn("as_datetime", lenient_datetime);
         e.register_fn("as_decimal", lenient_decimal);
         e.register_fn("today", || chrono::Local::now().date_naive());
-        e.register_fn("norm_name", |v: Dynamic| on_text(v, norm_name));
 
         // Domain validators and decoders.
         e.register_fn("is_codice_fiscale", |v: Dynamic| {

@@ -4,26 +4,46 @@ use indexmap::IndexMap;
 
 use super::{Step, StepContext, config_error};
 use crate::error::Result;
-use crate::expr::Expr;
+use crate::expr::{Expr, TextChain};
 use crate::record::{Batch, Record, Schema};
+use crate::value::Value;
 
 /// The `map` step: sets fields from expressions.
 pub struct Map {
     label: String,
-    targets: Vec<(String, Expr)>,
+    targets: Vec<Target>,
     /// All expressions as one array expression: one evaluation per record instead of one
     /// per field (Rhai's per-call set-up dominated the step). The individual expressions
     /// are kept to name the failing field when a record is rejected.
     combined: Expr,
+    /// The same for the expressions that are not a [`TextChain`] (`None` when all are):
+    /// with the chains evaluated natively, Rhai only runs for these.
+    rest: Option<Expr>,
     ctx: StepContext,
-    /// The output schema for the last input schema seen: sources emit one schema per run,
-    /// so this is computed once, not once per record.
-    cache: Option<Layout>,
+    /// The layout for the last input schema seen: sources emit one schema per run, so this
+    /// is computed once, not once per record.
+    cache: Option<Arc<Layout>>,
 }
 
-/// For one input schema: the output schema, where each target goes, and which input
-/// fields the expressions read.
-type Layout = (Arc<Schema>, Arc<Schema>, Vec<usize>, Vec<usize>);
+/// One `field: expression` of the step.
+struct Target {
+    field: String,
+    expr: Expr,
+    chain: Option<TextChain>,
+}
+
+/// Where things are for one input schema.
+struct Layout {
+    input: Arc<Schema>,
+    output: Arc<Schema>,
+    /// Output position of each target.
+    positions: Vec<usize>,
+    /// The input fields the expressions read (the Rhai scope).
+    used: Vec<usize>,
+    /// Input position of each chain's variable (`None`: not a chain, or no such field, in
+    /// which case Rhai evaluates the record and names the unknown field).
+    chain_inputs: Vec<Option<usize>>,
+}
 
 impl Map {
     /// Compiles the expressions.
@@ -33,51 +53,122 @@ impl Map {
             .map(|(f, src)| {
                 ctx.engine
                     .compile(src)
-                    .map(|e| (f.clone(), e))
+                    .map(|expr| Target {
+                        field: f.clone(),
+                        chain: TextChain::recognise(expr.source()),
+                        expr,
+                    })
                     .map_err(|e| config_error(&format!("{label}.{f}"), e))
             })
             .collect::<Result<Vec<_>>>()?;
-        let joined = targets
-            .iter()
-            .map(|(_, e)| format!("({})", e.source()))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let combined = ctx
-            .engine
-            .compile(&format!("[{joined}]"))
-            .map_err(|e| config_error(&label, e))?;
+        let array = |only_rest: bool| {
+            let joined: Vec<String> = targets
+                .iter()
+                .filter(|t| !(only_rest && t.chain.is_some()))
+                .map(|t| format!("({})", t.expr.source()))
+                .collect();
+            ctx.engine
+                .compile(&format!("[{}]", joined.join(", ")))
+                .map_err(|e| config_error(&label, e))
+        };
+        let combined = array(false)?;
+        let rest = if targets.iter().all(|t| t.chain.is_some()) {
+            None
+        } else {
+            Some(array(true)?)
+        };
         Ok(Map {
             label,
             targets,
             combined,
+            rest,
             ctx,
             cache: None,
         })
     }
 
-    /// Output schema, target positions and the input fields the expressions read.
-    fn layout(&mut self, input: &Arc<Schema>) -> (Arc<Schema>, Vec<usize>, Vec<usize>) {
-        if let Some((i, o, idx, used)) = &self.cache
-            && Arc::ptr_eq(i, input)
+    fn layout(&mut self, input: &Arc<Schema>) -> Arc<Layout> {
+        if let Some(l) = &self.cache
+            && Arc::ptr_eq(&l.input, input)
         {
-            return (o.clone(), idx.clone(), used.clone());
+            return l.clone();
         }
         let mut names = input.names().to_vec();
-        let mut idx = Vec::with_capacity(self.targets.len());
-        for (f, _) in &self.targets {
-            match names.iter().position(|n| n == f) {
-                Some(p) => idx.push(p),
+        let mut positions = Vec::with_capacity(self.targets.len());
+        for t in &self.targets {
+            match names.iter().position(|n| *n == t.field) {
+                Some(p) => positions.push(p),
                 None => {
-                    names.push(f.clone());
-                    idx.push(names.len() - 1);
+                    names.push(t.field.clone());
+                    positions.push(names.len() - 1);
                 }
             }
         }
-        let out = Schema::new(names);
-        let sources: Vec<&str> = self.targets.iter().map(|(_, e)| e.source()).collect();
-        let used = crate::expr::referenced_fields(&sources, input);
-        self.cache = Some((input.clone(), out.clone(), idx.clone(), used.clone()));
-        (out, idx, used)
+        let sources: Vec<&str> = self.targets.iter().map(|t| t.expr.source()).collect();
+        // When two fields share a variable name the later one is the variable, as in the
+        // Rhai scope, where the later push shadows the earlier.
+        let chain_inputs = self
+            .targets
+            .iter()
+            .map(|t| {
+                let chain = t.chain.as_ref()?;
+                input
+                    .names()
+                    .iter()
+                    .rposition(|n| crate::expr::identifier(n) == chain.variable)
+            })
+            .collect();
+        let layout = Arc::new(Layout {
+            input: input.clone(),
+            output: Schema::new(names),
+            positions,
+            used: crate::expr::referenced_fields(&sources, input),
+            chain_inputs,
+        });
+        self.cache = Some(layout.clone());
+        layout
+    }
+
+    /// One value per target, or `None` when an expression fails.
+    fn evaluate(&self, rec: &Record, layout: &Layout) -> Option<Vec<Value>> {
+        if let Some(mut values) = self.native(rec, layout) {
+            if let Some(rest) = &self.rest {
+                let mut scope = self.ctx.engine.scope_with(rec, &layout.used);
+                let Ok(Value::List(computed)) = self.ctx.engine.eval(rest, &mut scope) else {
+                    return None;
+                };
+                let slots = values.iter_mut().filter(|v| v.is_none());
+                let mut filled = 0;
+                for (slot, v) in slots.zip(computed) {
+                    *slot = Some(v);
+                    filled += 1;
+                }
+                if filled != self.targets.iter().filter(|t| t.chain.is_none()).count() {
+                    return None;
+                }
+            }
+            return values.into_iter().collect();
+        }
+        let mut scope = self.ctx.engine.scope_with(rec, &layout.used);
+        match self.ctx.engine.eval(&self.combined, &mut scope) {
+            Ok(Value::List(values)) if values.len() == self.targets.len() => Some(values),
+            _ => None,
+        }
+    }
+
+    /// The chains' values (`None` in the places of the other expressions), or `None` when
+    /// a chain meets a value that is not text or null, or an unknown field: Rhai then
+    /// evaluates the whole record.
+    fn native(&self, rec: &Record, layout: &Layout) -> Option<Vec<Option<Value>>> {
+        self.targets
+            .iter()
+            .zip(&layout.chain_inputs)
+            .map(|(t, input)| match (&t.chain, input) {
+                (None, _) => Some(None),
+                (Some(chain), Some(i)) => chain.apply(rec.values.get(*i)?).map(Some),
+                (Some(_), None) => None,
+            })
+            .collect()
     }
 }
 
@@ -89,46 +180,149 @@ impl Step for Map {
     fn apply(&mut self, records: Vec<Record>, batch: &mut Batch) -> Vec<Record> {
         let mut out = Vec::with_capacity(records.len());
         for mut rec in records {
-            let (schema, idx, used) = self.layout(&rec.schema);
-            let mut scope = self.ctx.engine.scope_with(&rec, &used);
-            let results = match self.ctx.engine.eval(&self.combined, &mut scope) {
-                Ok(crate::value::Value::List(values)) if values.len() == self.targets.len() => {
-                    values
-                }
-                _ => {
-                    // Find the failing field by evaluating one expression at a time.
-                    let mut failure = None;
-                    for (field, expr) in &self.targets {
-                        let mut scope = self.ctx.engine.scope_with(&rec, &used);
-                        if let Err(e) = self.ctx.engine.eval(expr, &mut scope) {
-                            failure = Some((field.clone(), expr.source().to_string(), e));
-                            break;
-                        }
+            let layout = self.layout(&rec.schema);
+            let Some(results) = self.evaluate(&rec, &layout) else {
+                // Find the failing field by evaluating one expression at a time.
+                let mut failure = None;
+                for t in &self.targets {
+                    let mut scope = self.ctx.engine.scope_with(&rec, &layout.used);
+                    if let Err(e) = self.ctx.engine.eval(&t.expr, &mut scope) {
+                        failure = Some((t.field.clone(), t.expr.source().to_string(), e));
+                        break;
                     }
-                    let (field, src, e) = failure.unwrap_or_else(|| {
-                        (
-                            String::new(),
-                            self.combined.source().to_string(),
-                            "the expressions did not produce one value per field".into(),
-                        )
-                    });
-                    let reason = format!("field `{field}` = `{src}`: {e}");
-                    batch.rejects.push(self.ctx.reject(
-                        &self.label,
-                        format!("map.{field}"),
-                        reason,
-                        &rec,
-                    ));
-                    continue;
                 }
+                let (field, src, e) = failure.unwrap_or_else(|| {
+                    (
+                        String::new(),
+                        self.combined.source().to_string(),
+                        "the expressions did not produce one value per field".into(),
+                    )
+                });
+                let reason = format!("field `{field}` = `{src}`: {e}");
+                batch.rejects.push(self.ctx.reject(
+                    &self.label,
+                    format!("map.{field}"),
+                    reason,
+                    &rec,
+                ));
+                continue;
             };
-            rec.values.resize(schema.len(), crate::value::Value::Null);
-            for (i, v) in idx.iter().zip(results) {
+            rec.values.resize(layout.output.len(), Value::Null);
+            for (i, v) in layout.positions.iter().zip(results) {
                 rec.values[*i] = v;
             }
-            rec.schema = schema;
+            rec.schema = layout.output.clone();
             out.push(rec);
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::expr::ExprEngine;
+    use crate::record::SourcePosition;
+    use chrono::NaiveDate;
+
+    /// The chains evaluated natively give exactly what Rhai gives, on every kind of value,
+    /// beside expressions Rhai still evaluates, and a record Rhai fails on is still rejected.
+    #[test]
+    fn text_chains_give_what_rhai_gives() {
+        let chains = [
+            "upper(collapse_spaces(nome))",
+            "lower( trim (nome) )",
+            "norm_name(nome)",
+            "text(nome)",
+            "upper(trim(lower(nome)))",
+            "trim(nome_completo)",
+        ];
+        let others = [
+            "upper(nome) + trim(nome)",
+            "left(nome, 2)",
+            "upper(true)",
+            "upper(\"x\")",
+            "upper(trim(nome), 1)",
+            "nome",
+            "upper((nome))",
+        ];
+        for src in chains {
+            assert!(TextChain::recognise(src).is_some(), "{src} is a chain");
+        }
+        for src in others.iter().take(5) {
+            assert!(TextChain::recognise(src).is_none(), "{src} is not a chain");
+        }
+        let sources: Vec<&str> = chains.iter().chain(&others).copied().collect();
+        let fields: IndexMap<String, String> = sources
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (format!("out{i}"), s.to_string()))
+            .collect();
+        let engine = Arc::new(ExprEngine::new());
+        let ctx = StepContext::new(engine.clone(), vec![]);
+        let mut map = Map::new("steps[0].map".into(), &fields, ctx).unwrap();
+        assert!(map.rest.is_some());
+
+        let values = [
+            Value::Null,
+            Value::Str(String::new()),
+            Value::Str("  d'Angelo   nicolò \t".into()),
+            Value::Str("straße ǅ Ÿ".into()),
+            Value::Str("\n".into()),
+            Value::Int(-5),
+            Value::Decimal("12.50".parse().unwrap()),
+            Value::Date(NaiveDate::from_ymd_opt(2026, 2, 28).unwrap()),
+            Value::Bool(true),
+        ];
+        let schema = Schema::new(vec!["nome".into(), "nome completo".into()]);
+        for v in values {
+            let rec = Record {
+                schema: schema.clone(),
+                values: vec![v.clone(), v.clone()],
+                position: SourcePosition::default(),
+            };
+            let expected: Vec<std::result::Result<Value, String>> = sources
+                .iter()
+                .map(|src| {
+                    let expr = engine.compile(src).unwrap();
+                    engine.eval(&expr, &mut engine.scope_with(&rec, &[0, 1]))
+                })
+                .collect();
+            let mut batch = Batch::default();
+            let out = map.apply(vec![rec], &mut batch);
+            if expected.iter().any(|e| e.is_err()) {
+                assert!(out.is_empty(), "{v:?}: Rhai fails, the record is rejected");
+                assert_eq!(batch.rejects.len(), 1, "{v:?}");
+                continue;
+            }
+            assert_eq!(out.len(), 1, "{v:?}: {:?}", batch.rejects);
+            for (i, e) in expected.into_iter().enumerate() {
+                assert_eq!(
+                    out[0].get(&format!("out{i}")),
+                    Some(&e.unwrap()),
+                    "`{}` on {v:?}",
+                    sources[i]
+                );
+            }
+        }
+    }
+
+    /// A chain on a field the record does not have is left to Rhai, whose reject names it.
+    #[test]
+    fn a_chain_on_an_unknown_field_is_rejected_by_name() {
+        let fields: IndexMap<String, String> = [("a".to_string(), "upper(cognme)".to_string())]
+            .into_iter()
+            .collect();
+        let ctx = StepContext::new(Arc::new(ExprEngine::new()), vec![]);
+        let mut map = Map::new("steps[0].map".into(), &fields, ctx).unwrap();
+        let rec = Record {
+            schema: Schema::new(vec!["cognome".into()]),
+            values: vec![Value::Str("rossi".into())],
+            position: SourcePosition::default(),
+        };
+        let mut batch = Batch::default();
+        assert!(map.apply(vec![rec], &mut batch).is_empty());
+        let reason = &batch.rejects[0].reason;
+        assert!(reason.contains("unknown field `cognme`"), "{reason}");
     }
 }
