@@ -45,9 +45,9 @@ impl SqlSource {
         }
     }
 
-    /// `SELECT * FROM (query) q [WHERE (order cols) > (params)] ORDER BY … LIMIT n`.
+    /// `SELECT * FROM (query) q [WHERE (order cols) > (params)] ORDER BY … [LIMIT n]`.
     /// Row-value comparison works on both PostgreSQL and SQLite (3.15+).
-    fn page_sql(&self, after: bool, limit: usize) -> String {
+    fn page_sql(&self, after: bool, limit: Option<usize>) -> String {
         let cols: Vec<String> = self
             .order
             .iter()
@@ -64,7 +64,10 @@ impl SqlSource {
                 params.join(", ")
             ));
         }
-        sql.push_str(&format!(" ORDER BY {} LIMIT {limit}", cols.join(", ")));
+        sql.push_str(&format!(" ORDER BY {}", cols.join(", ")));
+        if let Some(limit) = limit {
+            sql.push_str(&format!(" LIMIT {limit}"));
+        }
         sql
     }
 
@@ -74,106 +77,180 @@ impl SqlSource {
         ctx: SourceContext,
         tx: mpsc::Sender<Batch>,
     ) -> Result<()> {
-        let mut after: Option<Vec<Value>> = from.as_ref().and_then(|c| {
+        let after: Option<Vec<Value>> = from.as_ref().and_then(|c| {
             c.get("after")?
                 .as_array()?
                 .iter()
                 .map(Value::from_tagged_json)
                 .collect::<Option<Vec<_>>>()
         });
-        let mut record_no = from
+        let record_no = from
             .as_ref()
             .and_then(|c| c.get("record"))
             .and_then(|v| v.as_u64())
             .unwrap_or(0);
-        let mut schema: Option<Arc<Schema>> = None;
-        let mut order_idx: Vec<usize> = Vec::new();
-        let mut key_idx: Vec<usize> = Vec::new();
-        let mut total = 0u64;
-        let mut seq = 0;
-        loop {
-            let mut limit = ctx.batch_size;
-            if let Some(l) = ctx.limit {
-                if total >= l {
-                    return Ok(());
-                }
-                limit = limit.min((l - total) as usize);
+        let mut reader = Reader {
+            source: &self,
+            after,
+            record_no,
+            total: 0,
+            seq: 0,
+            layout: None,
+            batch: Batch::default(),
+        };
+        match &self.db {
+            Db::Postgres(p) => reader.stream_postgres(p, &ctx, &tx).await,
+            Db::Sqlite(p) => reader.pages_sqlite(p, &ctx, &tx).await,
+        }
+    }
+}
+
+/// The state of one read: where it is, and the batch being filled.
+struct Reader<'a> {
+    source: &'a SqlSource,
+    /// The ordering values of the last row read (the keyset position).
+    after: Option<Vec<Value>>,
+    record_no: u64,
+    /// Rows read by this run (for `--limit`).
+    total: u64,
+    seq: u64,
+    /// The schema, and the positions of the ordering and key columns, from the first row.
+    layout: Option<(Arc<Schema>, Vec<usize>, Vec<usize>)>,
+    batch: Batch,
+}
+
+impl Reader<'_> {
+    /// PostgreSQL: one ordered query from the checkpoint, streamed. Keyset pages re-plan
+    /// the query for each page, and over a join PostgreSQL costs a LIMITed page as a share of
+    /// the whole join: merge joins and nested loops that start from the first row of the
+    /// other table, so every page read all the persons before it (the SIUSS query: 40 ms per
+    /// page of 500 at 1M prestazioni and growing, quadratic; docs/benchmarks.md). One query
+    /// reads each row once. Rows are taken from the connection only as fast as batches are
+    /// handed on, so memory stays at one batch, and a killed run resumes with the same query
+    /// from its checkpoint.
+    async fn stream_postgres(
+        &mut self,
+        pool: &sqlx::PgPool,
+        ctx: &SourceContext,
+        tx: &mpsc::Sender<Batch>,
+    ) -> Result<()> {
+        use futures::TryStreamExt;
+        let ctx_msg = "reading the source query";
+        let sql = self
+            .source
+            .page_sql(self.after.is_some(), ctx.limit.map(|l| l as usize));
+        let mut conn = pool.acquire().await.map_err(|e| Error::db(ctx_msg, e))?;
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for v in self.after.iter().flatten() {
+            q = values::bind_pg(q, v);
+        }
+        let mut rows = q.fetch(&mut *conn);
+        while let Some(row) = rows.try_next().await.map_err(|e| Error::db(ctx_msg, e))? {
+            let vals = values::pg_row(&row).map_err(Error::Input)?;
+            if self.layout.is_none() {
+                let names = row.columns().iter().map(|c| c.name().to_string()).collect();
+                self.set_layout(names)?;
             }
-            let sql = sqlx::AssertSqlSafe(self.page_sql(after.is_some(), limit));
-            let ctx_msg = "reading a page of the source query";
-            let rows: Vec<(Vec<String>, Vec<Value>)> = match &self.db {
-                Db::Postgres(p) => {
-                    let mut q = sqlx::query(sql);
-                    for v in after.iter().flatten() {
-                        q = values::bind_pg(q, v);
-                    }
-                    let rows = q.fetch_all(p).await.map_err(|e| Error::db(ctx_msg, e))?;
-                    rows.iter()
-                        .map(|r| {
-                            let names = r.columns().iter().map(|c| c.name().to_string()).collect();
-                            values::pg_row(r).map(|v| (names, v))
-                        })
-                        .collect::<std::result::Result<_, _>>()
-                        .map_err(Error::Input)?
-                }
-                Db::Sqlite(p) => {
-                    let mut q = sqlx::query(sql);
-                    for v in after.iter().flatten() {
-                        q = values::bind_sqlite(q, v);
-                    }
-                    let rows = q.fetch_all(p).await.map_err(|e| Error::db(ctx_msg, e))?;
-                    rows.iter()
-                        .map(|r| {
-                            let names = r.columns().iter().map(|c| c.name().to_string()).collect();
-                            values::sqlite_row(r).map(|v| (names, v))
-                        })
-                        .collect::<std::result::Result<_, _>>()
-                        .map_err(Error::Input)?
-                }
-            };
-            if rows.is_empty() {
-                return Ok(());
-            }
-            let n = rows.len();
-            seq += 1;
-            let mut batch = Batch {
-                seq,
-                ..Default::default()
-            };
-            for (names, vals) in rows {
-                if schema.is_none() {
-                    let find = |c: &String| {
-                        names.iter().position(|n| n == c).ok_or_else(|| {
-                            Error::Input(format!(
-                                "the query returns no column `{c}` (needed by `key`/`cursor`); columns: {}",
-                                names.join(", ")
-                            ))
-                        })
-                    };
-                    order_idx = self.order.iter().map(find).collect::<Result<_>>()?;
-                    key_idx = self.key.iter().map(find).collect::<Result<_>>()?;
-                    schema = Some(Schema::new(names));
-                }
-                record_no += 1;
-                let keyset = super::Keyset {
-                    key: &self.key,
-                    key_idx: &key_idx,
-                    order: &self.order,
-                    order_idx: &order_idx,
-                };
-                let schema = schema.clone().unwrap_or_default();
-                keyset.push(&mut batch, &schema, vals, record_no, &mut after)?;
-            }
-            batch.read = n as u64;
-            total += n as u64;
-            batch.checkpoint = super::page_checkpoint(&after, record_no);
-            if tx.send(batch).await.is_err() {
-                return Ok(());
-            }
-            if n < limit {
+            self.push(vals)?;
+            if self.batch.read as usize >= ctx.batch_size && !self.send(tx).await {
                 return Ok(());
             }
         }
+        self.send(tx).await;
+        Ok(())
+    }
+
+    /// SQLite: keyset pages, each a fresh query from the last row of the previous one; the
+    /// connection is free between pages and SQLite's nested loops start at the key.
+    async fn pages_sqlite(
+        &mut self,
+        pool: &sqlx::SqlitePool,
+        ctx: &SourceContext,
+        tx: &mpsc::Sender<Batch>,
+    ) -> Result<()> {
+        let ctx_msg = "reading a page of the source query";
+        loop {
+            let mut limit = ctx.batch_size;
+            if let Some(l) = ctx.limit {
+                if self.total >= l {
+                    return Ok(());
+                }
+                limit = limit.min((l - self.total) as usize);
+            }
+            let sql = self.source.page_sql(self.after.is_some(), Some(limit));
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for v in self.after.iter().flatten() {
+                q = values::bind_sqlite(q, v);
+            }
+            let rows = q.fetch_all(pool).await.map_err(|e| Error::db(ctx_msg, e))?;
+            let n = rows.len();
+            for row in &rows {
+                let vals = values::sqlite_row(row).map_err(Error::Input)?;
+                if self.layout.is_none() {
+                    let names = row.columns().iter().map(|c| c.name().to_string()).collect();
+                    self.set_layout(names)?;
+                }
+                self.push(vals)?;
+            }
+            if !self.send(tx).await || n < limit {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Finds the ordering and key columns among the query's columns.
+    fn set_layout(&mut self, names: Vec<String>) -> Result<()> {
+        let find = |c: &String| {
+            names.iter().position(|n| n == c).ok_or_else(|| {
+                Error::Input(format!(
+                    "the query returns no column `{c}` (needed by `key`/`cursor`); columns: {}",
+                    names.join(", ")
+                ))
+            })
+        };
+        let order_idx = self.source.order.iter().map(find).collect::<Result<_>>()?;
+        let key_idx = self.source.key.iter().map(find).collect::<Result<_>>()?;
+        self.layout = Some((Schema::new(names), order_idx, key_idx));
+        Ok(())
+    }
+
+    /// Adds one row to the batch being filled and moves the keyset position to it.
+    fn push(&mut self, vals: Vec<Value>) -> Result<()> {
+        let Some((schema, order_idx, key_idx)) = &self.layout else {
+            return Err(Error::Other(
+                "internal error: a row before the columns".into(),
+            ));
+        };
+        self.record_no += 1;
+        let keyset = super::Keyset {
+            key: &self.source.key,
+            key_idx,
+            order: &self.source.order,
+            order_idx,
+        };
+        keyset.push(
+            &mut self.batch,
+            schema,
+            vals,
+            self.record_no,
+            &mut self.after,
+        )?;
+        self.batch.read += 1;
+        self.total += 1;
+        Ok(())
+    }
+
+    /// Hands on the batch being filled, if it has rows, with the checkpoint after its last
+    /// row. `false` when the pipeline stopped taking batches.
+    async fn send(&mut self, tx: &mpsc::Sender<Batch>) -> bool {
+        if self.batch.read == 0 {
+            return true;
+        }
+        self.seq += 1;
+        let mut batch = std::mem::take(&mut self.batch);
+        batch.seq = self.seq;
+        batch.checkpoint = super::page_checkpoint(&self.after, self.record_no);
+        tx.send(batch).await.is_ok()
     }
 }
 
