@@ -197,3 +197,86 @@ fn bom_before_a_quoted_header_is_skipped() {
         "{\"id\":1,\"nome\":\"Nicolò\"}\n"
     );
 }
+
+/// The PostgreSQL sink copies new keys straight into the table and falls back to the
+/// upsert as soon as a batch holds a key that is already there (or twice in the batch):
+/// either way the last record of a key wins. A table without a unique index on the key is
+/// never copied into (that would duplicate rows): the run fails and names the constraint.
+#[test]
+fn postgres_sink_copies_new_keys_and_upserts_the_rest() {
+    // SAFETY: set before any thread of this test reads it; other tests set the same value.
+    unsafe { std::env::set_var("SNODO_TEST_PG_PASSWORD", "test-only-password") };
+    let dir = tempfile::tempdir().unwrap();
+    let pg = pg_db("sink_write_modes");
+    let cfg = connections(dir.path(), Some(&pg));
+    let load = |name: &str, table: &str, lines: &[(i64, &str)]| {
+        let input = dir.path().join(format!("{name}.jsonl"));
+        let text: String = lines
+            .iter()
+            .map(|(id, nome)| format!("{{\"id\": {id}, \"nome\": \"{nome}\"}}\n"))
+            .collect();
+        std::fs::write(&input, text).unwrap();
+        let p = dir.path().join(format!("{name}.yaml"));
+        std::fs::write(
+            &p,
+            format!(
+                "pipeline: {name}\nsource:\n  jsonl: {{ path: {} }}\nsink:\n  sql: {{ connection: pg, table: {table}, key: [id], create_table: true }}\nbatch_size: 3\n",
+                input.display()
+            ),
+        )
+        .unwrap();
+        run({
+            let mut c = snodo(&cfg);
+            c.args(["-v", "run"]).arg(&p).arg("--json");
+            c
+        })
+    };
+    let switched = |o: &std::process::Output| stderr(o).contains("upserts from now on");
+    let rows = |table: &str| {
+        pg.psql(&format!(
+            "SELECT string_agg(id || '=' || nome, ' ' ORDER BY id) FROM {table}"
+        ))
+    };
+
+    // First batch: new keys, copied. Second batch: key 5 twice, refused by the index,
+    // upserted (the later record wins); the third batch stays on the upsert.
+    let first = load(
+        "first",
+        "persone",
+        &[
+            (1, "a"),
+            (2, "b"),
+            (3, "c"),
+            (4, "d"),
+            (5, "e"),
+            (5, "E"),
+            (6, "f"),
+        ],
+    );
+    assert_eq!(first.status.code(), Some(0), "{}", stderr(&first));
+    assert!(switched(&first), "{}", stderr(&first));
+    assert_eq!(rows("persone"), "1=a 2=b 3=c 4=d 5=E 6=f");
+
+    // A clean load copies without ever switching.
+    let clean = load("clean", "altre", &[(1, "a"), (2, "b"), (3, "c"), (4, "d")]);
+    assert_eq!(clean.status.code(), Some(0), "{}", stderr(&clean));
+    assert!(!switched(&clean), "{}", stderr(&clean));
+    assert_eq!(rows("altre"), "1=a 2=b 3=c 4=d");
+
+    // Existing keys are updated, new ones added.
+    let again = load("again", "persone", &[(2, "B"), (7, "g")]);
+    assert_eq!(again.status.code(), Some(0), "{}", stderr(&again));
+    assert!(switched(&again), "{}", stderr(&again));
+    assert_eq!(rows("persone"), "1=a 2=B 3=c 4=d 5=E 6=f 7=g");
+
+    pg.psql("CREATE TABLE senza_chiave (id bigint, nome text)");
+    let refused = load("refused", "senza_chiave", &[(1, "a"), (1, "b")]);
+    assert_ne!(refused.status.code(), Some(0));
+    let said = format!("{}{}", stdout(&refused), stderr(&refused));
+    assert!(
+        said.contains("no primary key or unique constraint on (id)"),
+        "{said}"
+    );
+    assert!(!switched(&refused), "{}", stderr(&refused));
+    assert_eq!(pg.psql("SELECT count(*) FROM senza_chiave"), "0");
+}

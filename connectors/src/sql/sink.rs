@@ -33,6 +33,20 @@ pub struct SqlSink {
     /// temporary and lives as long as the session.
     pg: Option<PoolConnection<Postgres>>,
     staging_ready: bool,
+    pg_write: PgWrite,
+}
+
+/// How the PostgreSQL sink writes a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PgWrite {
+    /// Not decided yet: the target's indexes have not been read.
+    Unknown,
+    /// `COPY` straight into the target: for new keys, a third of the upsert's cost in
+    /// PostgreSQL (1M rows: 4.4 s against 13 s, docs/benchmarks.md). A batch whose keys
+    /// are already there falls back to the upsert, and so does the rest of the run.
+    Direct,
+    /// `COPY` into a temporary staging table, then `INSERT … ON CONFLICT DO UPDATE`.
+    Upsert,
 }
 
 impl SqlSink {
@@ -46,6 +60,7 @@ impl SqlSink {
             table_columns: None,
             pg: None,
             staging_ready: false,
+            pg_write: PgWrite::Unknown,
         }
     }
 
@@ -243,6 +258,40 @@ impl SqlSink {
         Ok(())
     }
 
+    /// Decides how this run writes to PostgreSQL: straight `COPY` only when a unique index
+    /// on exactly the key columns would refuse a key already present (without one, `COPY`
+    /// would duplicate rows that the upsert was meant to replace).
+    async fn choose_pg_write(&mut self, ctx: &str) -> Result<PgWrite> {
+        if self.pg_write != PgWrite::Unknown {
+            return Ok(self.pg_write);
+        }
+        let conn = self
+            .pg
+            .as_deref_mut()
+            .ok_or_else(|| Error::Other("no connection".into()))?;
+        let unique: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM pg_index i
+               WHERE i.indrelid = to_regclass($1) AND i.indisunique AND i.indimmediate
+                 AND i.indpred IS NULL AND i.indexprs IS NULL
+                 AND i.indnkeyatts = cardinality($2::text[])
+                 AND (SELECT array_agg(a.attname::text ORDER BY a.attname::text) FROM pg_attribute a
+                      WHERE a.attrelid = i.indrelid
+                        AND a.attnum = ANY ((i.indkey::int2[])[0:i.indnkeyatts - 1]))
+                   = (SELECT array_agg(k ORDER BY k) FROM unnest($2::text[]) k))",
+        )
+        .bind(quote_table(&self.cfg.table))
+        .bind(&self.cfg.key)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(|e| Error::db(ctx, e))?;
+        self.pg_write = if unique {
+            PgWrite::Direct
+        } else {
+            PgWrite::Upsert
+        };
+        Ok(self.pg_write)
+    }
+
     async fn write_pg(&mut self, records: &[Record], state: &str, now: &str) -> Result<()> {
         let ctx = self.ctx("writing to");
         let Db::Postgres(pool) = &self.db else {
@@ -253,20 +302,29 @@ impl SqlSink {
         }
         let target = quote_table(&self.cfg.table);
         if !self.staging_ready && !records.is_empty() {
+            self.choose_pg_write(&ctx).await?;
             // Built from the target's columns but with none of its constraints, defaults
-            // or identity: the staging table only carries what the batch says.
-            let ddl = format!(
-                "CREATE TEMP TABLE IF NOT EXISTS snodo_staging ON COMMIT DELETE ROWS AS \
-                 SELECT *, NULL::bigint AS _snodo_ord FROM {target} WITH NO DATA"
-            );
+            // or identity: the staging table only carries what the batch says, plus the
+            // records' order (an identity, which `COPY` fills in line order) so that the
+            // last of several records with the same key wins, as row-by-row upserts would.
             let conn = self
                 .pg
                 .as_deref_mut()
                 .ok_or_else(|| Error::Other("no connection".into()))?;
-            sqlx::query(sqlx::AssertSqlSafe(ddl))
-                .execute(&mut *conn)
-                .await
-                .map_err(|e| Error::db(&ctx, e))?;
+            for ddl in [
+                format!(
+                    "CREATE TEMP TABLE IF NOT EXISTS snodo_staging ON COMMIT DELETE ROWS AS \
+                     SELECT * FROM {target} WITH NO DATA"
+                ),
+                "ALTER TABLE pg_temp.snodo_staging \
+                 ADD COLUMN IF NOT EXISTS _snodo_ord bigint GENERATED ALWAYS AS IDENTITY"
+                    .to_string(),
+            ] {
+                sqlx::query(sqlx::AssertSqlSafe(ddl))
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(|e| Error::db(&ctx, e))?;
+            }
             self.staging_ready = true;
         }
 
@@ -283,15 +341,15 @@ impl SqlSink {
             }
             let names = schema.names().to_vec();
             self.check_fields(&names)?;
-            // COPY text format, one line per record, with the record's position so that
-            // the last of several records with the same key wins, as row-by-row upserts would.
+            // COPY text format, one line per record.
             let mut data = Vec::with_capacity((end - start) * 256);
-            for (ord, r) in records[start..end].iter().enumerate() {
-                for v in &r.values {
+            for r in &records[start..end] {
+                for (i, v) in r.values.iter().enumerate() {
+                    if i > 0 {
+                        data.push(b'\t');
+                    }
                     values::copy_text(v, &mut data);
-                    data.push(b'\t');
                 }
-                data.extend_from_slice(ord.to_string().as_bytes());
                 data.push(b'\n');
             }
             groups.push((names, data));
@@ -299,6 +357,7 @@ impl SqlSink {
         }
 
         let keys: Vec<String> = self.cfg.key.iter().map(|k| quote_ident(k)).collect();
+        let table = &self.cfg.table;
         let conn = self
             .pg
             .as_deref_mut()
@@ -313,28 +372,48 @@ impl SqlSink {
                 .map(|n| quote_ident(n))
                 .collect::<Vec<_>>()
                 .join(", ");
+            if self.pg_write == PgWrite::Direct {
+                // Under a savepoint: a key already in the table (or twice in the batch)
+                // makes the unique index refuse the COPY, and the batch is written again
+                // by the upsert below.
+                let mut attempt = sqlx::Connection::begin(&mut *tx)
+                    .await
+                    .map_err(|e| Error::db(&ctx, e))?;
+                let copy = format!("COPY {target} ({col_list}) FROM STDIN (FORMAT text)");
+                match copy_in(&mut attempt, &copy, data).await {
+                    Ok(()) => {
+                        attempt.commit().await.map_err(|e| Error::db(&ctx, e))?;
+                        continue;
+                    }
+                    Err(e) if is_unique_violation(&e) => {
+                        attempt.rollback().await.map_err(|e| Error::db(&ctx, e))?;
+                        // A run that meets existing keys once (a reload, an incremental
+                        // load of changed rows) will likely meet them again: the failed
+                        // attempts would only cost time.
+                        tracing::info!(
+                            table = %table,
+                            "keys already in the table: this run upserts from now on"
+                        );
+                        self.pg_write = PgWrite::Upsert;
+                    }
+                    Err(e) => return Err(Error::db(&ctx, e)),
+                }
+            }
             if several {
                 sqlx::query("TRUNCATE snodo_staging")
                     .execute(&mut *tx)
                     .await
                     .map_err(|e| Error::db(&ctx, e))?;
             }
-            let copy =
-                format!("COPY snodo_staging ({col_list}, _snodo_ord) FROM STDIN (FORMAT text)");
-            let mut c = tx
-                .copy_in_raw(&copy)
+            let copy = format!("COPY snodo_staging ({col_list}) FROM STDIN (FORMAT text)");
+            copy_in(&mut tx, &copy, data)
                 .await
                 .map_err(|e| Error::db(&ctx, e))?;
-            for chunk in data.chunks(1 << 20) {
-                c.send(chunk).await.map_err(|e| Error::db(&ctx, e))?;
-            }
-            c.finish().await.map_err(|e| Error::db(&ctx, e))?;
             let upsert = format!(
                 "INSERT INTO {target} ({col_list}) SELECT DISTINCT ON ({k}) {col_list} FROM snodo_staging ORDER BY {k}, _snodo_ord DESC {update}",
                 k = keys.join(", "),
                 update = update_clause(&self.cfg.key, names)
             );
-            let table = &self.cfg.table;
             let key_list = self.cfg.key.join(", ");
             sqlx::query(sqlx::AssertSqlSafe(upsert))
                 .execute(&mut *tx)
@@ -391,6 +470,31 @@ fn update_clause(key: &[String], names: &[String]) -> String {
             sets.join(", ")
         )
     }
+}
+
+/// Sends `data` (COPY text format) with the `COPY … FROM STDIN` statement `copy`.
+async fn copy_in(
+    conn: &mut sqlx::PgConnection,
+    copy: &str,
+    data: &[u8],
+) -> std::result::Result<(), sqlx::Error> {
+    let mut c = conn.copy_in_raw(copy).await?;
+    for chunk in data.chunks(1 << 20) {
+        if let Err(e) = c.send(chunk).await {
+            // The server may refuse while the data is still being sent; ending the COPY
+            // leaves the connection usable for the savepoint's rollback.
+            let _ = c.abort("snodo: batch refused").await;
+            return Err(e);
+        }
+    }
+    c.finish().await.map(|_| ())
+}
+
+/// Whether PostgreSQL refused a row because its key is already there (`unique_violation`).
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .and_then(|d| d.code())
+        .is_some_and(|c| c == "23505")
 }
 
 fn dialect_mismatch() -> Error {
