@@ -1,5 +1,7 @@
 //! Text encodings of legacy files.
 
+use std::borrow::Cow;
+
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -20,19 +22,22 @@ pub enum Encoding {
 }
 
 impl Encoding {
-    /// Decodes one field. Only UTF-8 can fail: every byte means something in the other two.
-    pub fn decode(&self, bytes: &[u8]) -> Result<String, usize> {
+    /// Decodes one field, borrowing it when it is already valid text (ASCII, or UTF-8 in a
+    /// UTF-8 file): most fields are, and a typed field (a date, an amount) is parsed from the
+    /// borrowed text without ever being copied. Only UTF-8 can fail: every byte means
+    /// something in the other two.
+    pub fn decode<'a>(&self, bytes: &'a [u8]) -> Result<Cow<'a, str>, usize> {
         match self {
             Encoding::Utf8 => std::str::from_utf8(bytes)
-                .map(str::to_string)
+                .map(Cow::Borrowed)
                 .map_err(|e| e.valid_up_to()),
             Encoding::Windows1252 => Ok(encoding_rs::WINDOWS_1252
                 .decode_without_bom_handling(bytes)
-                .0
-                .into_owned()),
+                .0),
             // encoding_rs maps the label ISO-8859-1 to windows-1252, as browsers do; files
             // that really are Latin-1 need the plain byte → code point mapping.
-            Encoding::Iso88591 => Ok(bytes.iter().map(|&b| b as char).collect()),
+            Encoding::Iso88591 if bytes.is_ascii() => Ok(String::from_utf8_lossy(bytes)),
+            Encoding::Iso88591 => Ok(Cow::Owned(bytes.iter().map(|&b| b as char).collect())),
         }
     }
 

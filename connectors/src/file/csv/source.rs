@@ -93,7 +93,8 @@ impl Reader {
                         self.cfg
                             .encoding
                             .decode(f)
-                            .unwrap_or_else(|_| String::from_utf8_lossy(f).into_owned()),
+                            .unwrap_or_else(|_| String::from_utf8_lossy(f))
+                            .into_owned(),
                     )
                 })
                 .collect()
@@ -138,22 +139,18 @@ impl Reader {
                     ));
                 }
             };
-            let text = if self.cfg.trim {
-                text.trim().to_string()
-            } else {
-                text
-            };
+            let text = if self.cfg.trim { text.trim() } else { &text };
             if text.is_empty() {
                 values.push(Value::Null);
                 continue;
             }
             let converted = match self.columns[i].ty {
-                ColumnType::String => Ok(Value::Str(text)),
-                ColumnType::Int => value::parse_int(&text).map(Value::Int),
-                ColumnType::Decimal => value::parse_decimal(&text, self.style).map(Value::Decimal),
-                ColumnType::Date => self.date_format.date(&text).map(Value::Date),
-                ColumnType::Datetime => self.datetime_format.datetime(&text).map(Value::DateTime),
-                ColumnType::Bool => value::parse_bool(&text).map(Value::Bool),
+                ColumnType::String => Ok(Value::Str(text.to_string())),
+                ColumnType::Int => value::parse_int(text).map(Value::Int),
+                ColumnType::Decimal => value::parse_decimal(text, self.style).map(Value::Decimal),
+                ColumnType::Date => self.date_format.date(text).map(Value::Date),
+                ColumnType::Datetime => self.datetime_format.datetime(text).map(Value::DateTime),
+                ColumnType::Bool => value::parse_bool(text).map(Value::Bool),
             };
             match converted {
                 Ok(v) => values.push(v),
