@@ -341,6 +341,11 @@ impl ExprEngine {
         e.set_max_string_size(1 << 20);
         e.set_max_array_size(10_000);
         e.set_max_map_size(10_000);
+        // Calls with constant arguments are evaluated once, when the pipeline compiles:
+        // `age_at(data_nascita, ymd(2026, 1, 1))` builds its date once, not per record.
+        // Every registered function is pure (no I/O, no state) and all but `today` give
+        // the same result for the same arguments; `today` is registered as volatile.
+        e.set_optimization_level(rhai::OptimizationLevel::Full);
 
         // Text.
         for (name, f) in TEXT_FUNCTIONS {
@@ -502,7 +507,11 @@ impl ExprEngine {
         e.register_fn("as_date", lenient_date);
         e.register_fn("as_datetime", lenient_datetime);
         e.register_fn("as_decimal", lenient_decimal);
-        e.register_fn("today", || chrono::Local::now().date_naive());
+        // Volatile: the optimiser below must not fold it into the date the pipeline was
+        // compiled on.
+        rhai::FuncRegistration::new("today")
+            .with_volatility(true)
+            .register_into_engine(&mut e, || chrono::Local::now().date_naive());
 
         // Domain validators and decoders.
         e.register_fn("is_codice_fiscale", |v: Dynamic| {
