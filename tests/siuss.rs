@@ -260,6 +260,13 @@ fn ps_psa_file_flow_from_postgresql_matches_the_golden_file() {
         "3",
         "siuss_invio has no planner statistics"
     );
+    // Half-empty pages, so that releasing a flow rewrites its rows in place (migration 0003).
+    assert_eq!(
+        pg.psql(
+            "SELECT array_to_string(reloptions, ',') FROM pg_class WHERE relname = 'siuss_invio'"
+        ),
+        "fillfactor=50"
+    );
 }
 
 /// First run, rerun, correction and withdrawal, rerun; golden file and xmllint each time.

@@ -3,7 +3,7 @@
 //!
 //! Each migration is written once, in `store/migrations/NNNN_name.sql`, with a handful of
 //! type tokens (`{id}`, `{decimal}`, `{date}` …) that [`render`] turns into each dialect's
-//! types. Two hand-kept copies of the DDL would drift; a full schema DSL would be a second
+//! types, and `{postgres}` at the start of a line that only PostgreSQL runs. Two hand-kept copies of the DDL would drift; a full schema DSL would be a second
 //! language to learn for people who already read SQL.
 //!
 //! Applied migrations are recorded in `_snodo_store_migrations` with the SHA-256 of their
@@ -37,6 +37,11 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 2,
         name: "flussi_inps",
         sql: include_str!("../migrations/0002_flussi_inps.sql"),
+    },
+    Migration {
+        version: 3,
+        name: "ledger_fillfactor",
+        sql: include_str!("../migrations/0003_ledger_fillfactor.sql"),
     },
 ];
 
@@ -257,6 +262,8 @@ const TOKENS: &[(&str, &str, &str)] = &[
     ("{date}", "DATE", "TEXT"),
     ("{timestamp}", "TIMESTAMP", "TEXT"),
     ("{bool}", "BOOLEAN", "INTEGER"),
+    // A statement only PostgreSQL has (a storage setting): a comment on SQLite.
+    ("{postgres}", "", "--"),
 ];
 
 /// Renders a migration for `dialect` (`postgres` or `sqlite`).
@@ -496,10 +503,10 @@ mod tests {
         };
         let db = Db::connect(&cfg, 1).await.unwrap();
         let first = migrate(&db).await.unwrap();
-        assert_eq!(first.applied, vec![1, 2]);
+        assert_eq!(first.applied, vec![1, 2, 3]);
         let second = migrate(&db).await.unwrap();
         assert!(second.applied.is_empty());
-        assert_eq!(second.already, vec![1, 2]);
+        assert_eq!(second.already, vec![1, 2, 3]);
         let i = columns("intervento").unwrap();
         assert!(
             i.contains(&"annullato".to_string()),
