@@ -223,7 +223,7 @@ fn collapse_spaces(s: &str) -> String {
 type TextFn = fn(&str) -> String;
 
 /// The functions from text to text, which pass null through: registered in Rhai and
-/// evaluated natively by [`TextChain`], from this one table so that the two cannot disagree.
+/// evaluated natively by [`FunctionChain`], from this one table so that the two cannot disagree.
 const TEXT_FUNCTIONS: [(&str, TextFn); 6] = [
     ("upper", |s| s.to_uppercase()),
     ("lower", |s| s.to_lowercase()),
@@ -233,32 +233,61 @@ const TEXT_FUNCTIONS: [(&str, TextFn); 6] = [
     ("norm_name", norm_name),
 ];
 
-/// An expression that only applies [`TEXT_FUNCTIONS`] to one variable, such as
-/// `upper(collapse_spaces(cognome))`: the commonest expression of cleaning and migration
-/// pipelines, which the `map` step evaluates without Rhai.
+/// Functions of one value that Rhai registers from the same Rust functions, so a
+/// [`FunctionChain`] may call them directly: the lenient conversions every migration maps
+/// its legacy text columns with (`as_date(data_dsu)`).
+const VALUE_FUNCTIONS: [(&str, fn(Dynamic) -> FnResult); 3] = [
+    ("as_date", lenient_date),
+    ("as_datetime", lenient_datetime),
+    ("as_decimal", lenient_decimal),
+];
+
+/// One function of a [`FunctionChain`].
+#[derive(Clone, Copy, Debug)]
+enum ChainFn {
+    /// From [`TEXT_FUNCTIONS`].
+    Text(TextFn),
+    /// From [`VALUE_FUNCTIONS`].
+    Value(fn(Dynamic) -> FnResult),
+}
+
+/// An expression that only applies [`TEXT_FUNCTIONS`] and [`VALUE_FUNCTIONS`] to one
+/// variable, such as `upper(collapse_spaces(cognome))` or `as_date(data_dsu)`: the commonest
+/// expressions of cleaning and migration pipelines, which the `map` step evaluates without
+/// Rhai.
 ///
 /// Why: in the CSV → PostgreSQL benchmark, Rhai's per-call function resolution and the
 /// conversions to and from `Dynamic` were the largest cost of the steps
-/// (`docs/benchmarks.md`); a chain costs one string per function. The shape is recognised on
-/// the source text of an expression Rhai has already compiled, because Rhai's syntax tree is
-/// public only behind its unstable `internals` feature; any other shape, and any value that
-/// is neither text nor null, is left to Rhai.
+/// (`docs/benchmarks.md`); a chain of text functions costs one string per function, and
+/// one with a conversion calls the same Rust function Rhai would call. The shape is
+/// recognised on the source text of an expression Rhai has already compiled, because
+/// Rhai's syntax tree is public only behind its unstable `internals` feature; any other
+/// shape, and any value a text-only chain cannot take, is left to Rhai.
 #[derive(Clone, Debug)]
-pub struct TextChain {
+pub struct FunctionChain {
     /// The variable the chain reads (a field's [`identifier`]).
     pub variable: String,
     /// Innermost first.
-    functions: Vec<TextFn>,
+    functions: Vec<ChainFn>,
 }
 
-impl TextChain {
+impl FunctionChain {
     /// The chain `source` is, if it is one.
-    pub fn recognise(source: &str) -> Option<TextChain> {
+    pub fn recognise(source: &str) -> Option<FunctionChain> {
         let mut rest = source.trim();
         let mut functions = Vec::new();
         while let Some(open) = rest.find('(') {
             let name = rest[..open].trim();
-            let f = TEXT_FUNCTIONS.iter().find(|(n, _)| *n == name)?.1;
+            let f = TEXT_FUNCTIONS
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, f)| ChainFn::Text(*f))
+                .or_else(|| {
+                    VALUE_FUNCTIONS
+                        .iter()
+                        .find(|(n, _)| *n == name)
+                        .map(|(_, f)| ChainFn::Value(*f))
+                })?;
             functions.push(f);
             rest = rest[open + 1..].trim_end().strip_suffix(')')?.trim();
         }
@@ -270,25 +299,42 @@ impl TextChain {
             return None;
         }
         functions.reverse();
-        Some(TextChain {
+        Some(FunctionChain {
             variable: rest.to_string(),
             functions,
         })
     }
 
-    /// The chain applied to `v`; `None` when `v` is neither text nor null (Rhai decides then).
+    /// The chain applied to `v`; `None` when Rhai must decide: a text function met a value
+    /// that is neither text nor null, or a conversion failed (Rhai then reports it).
     pub fn apply(&self, v: &Value) -> Option<Value> {
+        if self
+            .functions
+            .iter()
+            .any(|f| matches!(f, ChainFn::Value(_)))
+        {
+            let mut d = to_dynamic(v);
+            for f in &self.functions {
+                d = match f {
+                    ChainFn::Text(t) => on_text(d, t),
+                    ChainFn::Value(g) => g(d).ok()?,
+                };
+            }
+            return Some(from_dynamic(d));
+        }
         let s = match v {
             Value::Null => return Some(Value::Null),
             Value::Str(s) => s,
             _ => return None,
         };
-        let mut functions = self.functions.iter();
-        let mut out = functions.next().map_or_else(|| s.clone(), |f| f(s));
-        for f in functions {
-            out = f(&out);
+        let mut out: Option<String> = None;
+        for f in &self.functions {
+            let ChainFn::Text(t) = f else {
+                return None; // a conversion: taken by the branch above
+            };
+            out = Some(t(out.as_deref().unwrap_or(s)));
         }
-        Some(Value::Str(out))
+        Some(Value::Str(out.unwrap_or_else(|| s.clone())))
     }
 }
 

@@ -4,7 +4,7 @@ use indexmap::IndexMap;
 
 use super::{Step, StepContext, config_error};
 use crate::error::Result;
-use crate::expr::{Expr, TextChain};
+use crate::expr::{Expr, FunctionChain};
 use crate::record::{Batch, Record, Schema};
 use crate::value::Value;
 
@@ -16,7 +16,7 @@ pub struct Map {
     /// per field (Rhai's per-call set-up dominated the step). The individual expressions
     /// are kept to name the failing field when a record is rejected.
     combined: Expr,
-    /// The same for the expressions that are not a [`TextChain`] (`None` when all are):
+    /// The same for the expressions that are not a [`FunctionChain`] (`None` when all are):
     /// with the chains evaluated natively, Rhai only runs for these.
     rest: Option<Expr>,
     ctx: StepContext,
@@ -29,7 +29,7 @@ pub struct Map {
 struct Target {
     field: String,
     expr: Expr,
-    chain: Option<TextChain>,
+    chain: Option<FunctionChain>,
 }
 
 /// Where things are for one input schema.
@@ -55,7 +55,7 @@ impl Map {
                     .compile(src)
                     .map(|expr| Target {
                         field: f.clone(),
-                        chain: TextChain::recognise(expr.source()),
+                        chain: FunctionChain::recognise(expr.source()),
                         expr,
                     })
                     .map_err(|e| config_error(&format!("{label}.{f}"), e))
@@ -226,9 +226,10 @@ mod tests {
     use chrono::NaiveDate;
 
     /// The chains evaluated natively give exactly what Rhai gives, on every kind of value,
-    /// beside expressions Rhai still evaluates, and a record Rhai fails on is still rejected.
+    /// each alone and beside expressions Rhai still evaluates, and a record Rhai fails on is
+    /// still rejected.
     #[test]
-    fn text_chains_give_what_rhai_gives() {
+    fn function_chains_give_what_rhai_gives() {
         let chains = [
             "upper(collapse_spaces(nome))",
             "lower( trim (nome) )",
@@ -236,6 +237,11 @@ mod tests {
             "text(nome)",
             "upper(trim(lower(nome)))",
             "trim(nome_completo)",
+            "as_date(nome)",
+            "as_datetime( nome )",
+            "as_decimal(nome)",
+            "as_decimal(trim(nome))",
+            "upper(as_date(nome))",
         ];
         let others = [
             "upper(nome) + trim(nome)",
@@ -247,10 +253,13 @@ mod tests {
             "upper((nome))",
         ];
         for src in chains {
-            assert!(TextChain::recognise(src).is_some(), "{src} is a chain");
+            assert!(FunctionChain::recognise(src).is_some(), "{src} is a chain");
         }
         for src in others.iter().take(5) {
-            assert!(TextChain::recognise(src).is_none(), "{src} is not a chain");
+            assert!(
+                FunctionChain::recognise(src).is_none(),
+                "{src} is not a chain"
+            );
         }
         let sources: Vec<&str> = chains.iter().chain(&others).copied().collect();
         let fields: IndexMap<String, String> = sources
@@ -269,12 +278,18 @@ mod tests {
             Value::Str("  d'Angelo   nicolò \t".into()),
             Value::Str("straße ǅ Ÿ".into()),
             Value::Str("\n".into()),
+            Value::Str(" 28/02/2026 ".into()),
+            Value::Str("2026-02-28 10:30:00".into()),
+            Value::Str("1.234,56".into()),
+            Value::Str("12.50".into()),
+            Value::Str("31/02/2026".into()),
             Value::Int(-5),
             Value::Decimal("12.50".parse().unwrap()),
             Value::Date(NaiveDate::from_ymd_opt(2026, 2, 28).unwrap()),
             Value::Bool(true),
         ];
         let schema = Schema::new(vec!["nome".into(), "nome completo".into()]);
+        let mut compared = 0;
         for v in values {
             let rec = Record {
                 schema: schema.clone(),
@@ -288,6 +303,25 @@ mod tests {
                     engine.eval(&expr, &mut engine.scope_with(&rec, &[0, 1]))
                 })
                 .collect();
+            // Each expression alone, so that one failing expression does not hide the
+            // others' results.
+            for (src, e) in sources.iter().zip(&expected) {
+                let fields: IndexMap<String, String> =
+                    [("out".to_string(), src.to_string())].into_iter().collect();
+                let ctx = StepContext::new(engine.clone(), vec![]);
+                let mut alone = Map::new("steps[0].map".into(), &fields, ctx).unwrap();
+                let mut batch = Batch::default();
+                let out = alone.apply(vec![rec.clone()], &mut batch);
+                match e {
+                    Ok(e) => {
+                        assert_eq!(out.len(), 1, "`{src}` on {v:?}: {:?}", batch.rejects);
+                        assert_eq!(out[0].get("out"), Some(e), "`{src}` on {v:?}");
+                        compared += 1;
+                    }
+                    Err(_) => assert_eq!(batch.rejects.len(), 1, "`{src}` on {v:?}"),
+                }
+            }
+            // All together: chains and Rhai fill their own fields of one record.
             let mut batch = Batch::default();
             let out = map.apply(vec![rec], &mut batch);
             if expected.iter().any(|e| e.is_err()) {
@@ -305,6 +339,7 @@ mod tests {
                 );
             }
         }
+        assert!(compared > 150, "only {compared} results compared");
     }
 
     /// A chain on a field the record does not have is left to Rhai, whose reject names it.
