@@ -12,7 +12,7 @@ use snodo_core::db::Db;
 use snodo_core::error::{Error, Result};
 use snodo_core::record::{Batch, OutputField, Record, Schema};
 use snodo_core::steps::StepContext;
-use snodo_core::value::Value;
+use snodo_core::value::{Value, tagged_json_object};
 
 use super::config::{Channel, SiussSinkConfig};
 use super::ledger::{self, Delivery, FileFlow, WaasEntry};
@@ -58,6 +58,8 @@ struct Current {
 /// runs on the step workers, in parallel (see [`Prepare`]).
 struct SiussPrepare {
     layout: Arc<Layout>,
+    /// The layout's fields, in the order of the ledger snapshot.
+    fields: Vec<String>,
     params: IndexMap<String, String>,
     key: Vec<String>,
     cancelled: String,
@@ -67,13 +69,11 @@ struct SiussPrepare {
 impl SiussPrepare {
     /// The values the ledger keeps: the layout's fields, tagged with their types.
     fn snapshot(&self, r: &Record) -> String {
-        let mut m = serde_json::Map::new();
-        for f in self.layout.fields() {
-            if let Some(v) = r.get(&f) {
-                m.insert(f, v.to_tagged_json());
-            }
-        }
-        serde_json::Value::Object(m).to_string()
+        tagged_json_object(
+            self.fields
+                .iter()
+                .filter_map(|f| Some((f.as_str(), r.get(f)?))),
+        )
     }
 
     fn prepare_records(&self, records: &mut [Record]) -> Vec<Prep> {
@@ -211,6 +211,7 @@ impl SiussSink {
         Ok(SiussSink {
             writer: XmlWriter::new(layout.clone()),
             prep: Arc::new(SiussPrepare {
+                fields: layout.fields(),
                 layout: layout.clone(),
                 params: params.clone(),
                 key: cfg.key.clone(),
