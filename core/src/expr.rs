@@ -236,11 +236,14 @@ const TEXT_FUNCTIONS: [(&str, TextFn); 6] = [
 /// Functions of one value that Rhai registers from the same Rust functions, so a
 /// [`FunctionChain`] may call them directly: the lenient conversions every migration maps
 /// its legacy text columns with (`as_date(data_dsu)`).
-const VALUE_FUNCTIONS: [(&str, fn(Dynamic) -> FnResult); 3] = [
+const VALUE_FUNCTIONS: [(&str, ValueFn); 3] = [
     ("as_date", lenient_date),
     ("as_datetime", lenient_datetime),
     ("as_decimal", lenient_decimal),
 ];
+
+/// A conversion of one value, as Rhai calls it.
+type ValueFn = fn(Dynamic) -> FnResult;
 
 /// One function of a [`FunctionChain`].
 #[derive(Clone, Copy, Debug)]
@@ -248,7 +251,7 @@ enum ChainFn {
     /// From [`TEXT_FUNCTIONS`].
     Text(TextFn),
     /// From [`VALUE_FUNCTIONS`].
-    Value(fn(Dynamic) -> FnResult),
+    Value(ValueFn),
 }
 
 /// An expression that only applies [`TEXT_FUNCTIONS`] and [`VALUE_FUNCTIONS`] to one
