@@ -32,14 +32,14 @@ pub struct SqlSink {
     /// PostgreSQL: one connection for the whole run, because the staging table is
     /// temporary and lives as long as the session.
     pg: Option<PoolConnection<Postgres>>,
-    staging_ready: bool,
+    /// Decided, and the staging table made, at the first batch with records.
     pg_write: PgWrite,
 }
 
 /// How the PostgreSQL sink writes a batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum PgWrite {
-    /// Not decided yet: the target's indexes have not been read.
+    /// Not decided yet: the target's indexes have not been read, the staging table not made.
     Unknown,
     /// `COPY` straight into the target: for new keys, a third of the upsert's cost in
     /// PostgreSQL (1M rows: 4.4 s against 13 s, docs/benchmarks.md). A batch whose keys
@@ -59,7 +59,6 @@ impl SqlSink {
             pipeline: String::new(),
             table_columns: None,
             pg: None,
-            staging_ready: false,
             pg_write: PgWrite::Unknown,
         }
     }
@@ -258,18 +257,15 @@ impl SqlSink {
         Ok(())
     }
 
-    /// Decides how this run writes to PostgreSQL: straight `COPY` only when a unique index
-    /// on exactly the key columns would refuse a key already present (without one, `COPY`
-    /// would duplicate rows that the upsert was meant to replace).
-    async fn choose_pg_write(&mut self, ctx: &str) -> Result<PgWrite> {
-        if self.pg_write != PgWrite::Unknown {
-            return Ok(self.pg_write);
-        }
+    /// Whether a unique index on exactly the key columns would refuse a key already in the
+    /// table: only then may a batch be copied straight in (without one, `COPY` would
+    /// duplicate rows that the upsert was meant to replace).
+    async fn has_unique_key_index(&mut self, ctx: &str) -> Result<bool> {
         let conn = self
             .pg
             .as_deref_mut()
             .ok_or_else(|| Error::Other("no connection".into()))?;
-        let unique: bool = sqlx::query_scalar(
+        sqlx::query_scalar(
             "SELECT EXISTS (SELECT 1 FROM pg_index i
                WHERE i.indrelid = to_regclass($1) AND i.indisunique AND i.indimmediate
                  AND i.indpred IS NULL AND i.indexprs IS NULL
@@ -283,13 +279,7 @@ impl SqlSink {
         .bind(&self.cfg.key)
         .fetch_one(&mut *conn)
         .await
-        .map_err(|e| Error::db(ctx, e))?;
-        self.pg_write = if unique {
-            PgWrite::Direct
-        } else {
-            PgWrite::Upsert
-        };
-        Ok(self.pg_write)
+        .map_err(|e| Error::db(ctx, e))
     }
 
     async fn write_pg(&mut self, records: &[Record], state: &str, now: &str) -> Result<()> {
@@ -301,8 +291,12 @@ impl SqlSink {
             self.pg = Some(pool.acquire().await.map_err(|e| Error::db(&ctx, e))?);
         }
         let target = quote_table(&self.cfg.table);
-        if !self.staging_ready && !records.is_empty() {
-            self.choose_pg_write(&ctx).await?;
+        if self.pg_write == PgWrite::Unknown && !records.is_empty() {
+            self.pg_write = if self.has_unique_key_index(&ctx).await? {
+                PgWrite::Direct
+            } else {
+                PgWrite::Upsert
+            };
             // Built from the target's columns but with none of its constraints, defaults
             // or identity: the staging table only carries what the batch says, plus the
             // records' order (an identity, which `COPY` fills in line order) so that the
@@ -325,7 +319,6 @@ impl SqlSink {
                     .await
                     .map_err(|e| Error::db(&ctx, e))?;
             }
-            self.staging_ready = true;
         }
 
         // Records of a batch normally share one schema; a source whose records differ
