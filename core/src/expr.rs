@@ -233,9 +233,9 @@ const TEXT_FUNCTIONS: [(&str, TextFn); 6] = [
     ("norm_name", norm_name),
 ];
 
-/// Functions of one value that Rhai registers from the same Rust functions, so a
-/// [`FunctionChain`] may call them directly: the lenient conversions every migration maps
-/// its legacy text columns with (`as_date(data_dsu)`).
+/// The conversions of one value, registered in Rhai and called directly by a
+/// [`FunctionChain`], from this one table like [`TEXT_FUNCTIONS`]: the lenient conversions
+/// every migration maps its legacy text columns with (`as_date(data_dsu)`).
 const VALUE_FUNCTIONS: [(&str, ValueFn); 3] = [
     ("as_date", lenient_date),
     ("as_datetime", lenient_datetime),
@@ -553,11 +553,11 @@ impl ExprEngine {
         e.register_fn(">=", |a: NaiveDate, b: NaiveDate| a >= b);
 
         // Lenient conversions for data whose format varies between copies of one table.
-        e.register_fn("as_date", lenient_date);
-        e.register_fn("as_datetime", lenient_datetime);
-        e.register_fn("as_decimal", lenient_decimal);
-        // Volatile: the optimiser below must not fold it into the date the pipeline was
-        // compiled on.
+        for (name, f) in VALUE_FUNCTIONS {
+            e.register_fn(name, f);
+        }
+        // Volatile: the full optimisation (set above) must not fold it into the date the
+        // pipeline was compiled on.
         rhai::FuncRegistration::new("today")
             .with_volatility(true)
             .register_into_engine(&mut e, || chrono::Local::now().date_naive());
