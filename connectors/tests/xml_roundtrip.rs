@@ -208,3 +208,48 @@ fn layout_mistakes_are_reported_with_their_line() {
     );
     assert!(e.contains("no <Prestazione> inside <Beneficiario>"), "{e}");
 }
+
+/// A record that breaks the schema, or holds a character XML 1.0 cannot carry, is refused
+/// with every problem naming its field (a record that passes is rendered without tracking
+/// fields, so this is the path that tracks them).
+#[test]
+fn refused_records_name_the_field_of_each_problem() {
+    let layout = Layout::load(&repo().join("specs/siuss/ps-psa.yaml")).unwrap();
+    let doc = waas_examples()
+        .into_iter()
+        .find(|d| !String::from_utf8_lossy(d).contains("<SINBA "))
+        .unwrap();
+    let mut records = Vec::new();
+    Extractor::new(&layout)
+        .read(doc.as_slice(), |x| {
+            records.push(x.record);
+            true
+        })
+        .unwrap();
+    let good = records.remove(0);
+    let params = IndexMap::new();
+    assert!(layout.render_record(&good, &params).is_ok());
+
+    let with = |field: &str, v: Value| {
+        let mut r = good.clone();
+        let i = r.schema.index_of(field).unwrap();
+        r.values[i] = v;
+        layout.render_record(&r, &params).unwrap_err()
+    };
+    let bad_cf = with("codice_fiscale", Value::Str("RSSMRA".into()));
+    assert!(
+        bad_cf
+            .iter()
+            .any(|p| p.field.as_deref() == Some("codice_fiscale")),
+        "{:?}",
+        bad_cf.iter().map(|p| p.reason()).collect::<Vec<_>>()
+    );
+    let control = with("protocollo_domanda", Value::Str("GE-2025\u{1}-1".into()));
+    assert_eq!(control.len(), 1, "{control:?}");
+    assert_eq!(control[0].field.as_deref(), Some("protocollo_domanda"));
+    assert!(
+        control[0].reason().contains("U+0001"),
+        "{}",
+        control[0].reason()
+    );
+}

@@ -220,6 +220,9 @@ pub struct Layout {
     pub record: Element,
     /// Grouping fields.
     pub group_by: Vec<String>,
+    /// Every field the record element may write (attribute and text bindings, `for_each`):
+    /// the fields checked for characters XML cannot carry.
+    written: Vec<String>,
 }
 
 /// A rendered element: names and values as they will be written.
@@ -382,6 +385,7 @@ impl Layout {
         problems.sort_by_key(|p| (p.location.line, p.location.column));
         match record {
             Some(record) if problems.is_empty() => Ok(Arc::new(Layout {
+                written: written_fields(&record),
                 file: path.to_path_buf(),
                 namespace: schema.target_namespace.clone(),
                 schema,
@@ -436,8 +440,7 @@ impl Layout {
         };
         let mut out = Vec::new();
         for h in &self.header {
-            let mut fields = Vec::new();
-            render(h, &ctx, &mut out, &mut fields, "")?;
+            render(h, &ctx, &mut out, None, "")?;
         }
         self.check_header(&out)?;
         Ok(out)
@@ -455,9 +458,10 @@ impl Layout {
             params,
             item: None,
         };
+        // Most records pass: render them without the field places, and only when a check
+        // fails render again with them, to name each problem's field.
         let mut out = Vec::new();
-        let mut fields: Vec<(String, Option<String>, String)> = Vec::new();
-        if let Err(e) = render(&self.record, &ctx, &mut out, &mut fields, &self.root) {
+        if let Err(e) = render(&self.record, &ctx, &mut out, None, &self.root) {
             return Err(vec![RecordProblem {
                 violation: Violation {
                     line: None,
@@ -477,8 +481,29 @@ impl Layout {
             children: Vec::new(),
             per_record: false,
         });
-        let mut problems = Vec::new();
         let violations = self.validate_element(&element);
+        let suspect = self
+            .written
+            .iter()
+            .any(|f| forbidden_char(record, f).is_some());
+        if violations.is_empty() && !suspect {
+            let group = self
+                .group_by
+                .iter()
+                .map(|g| record.get(g).and_then(Value::to_text).unwrap_or_default())
+                .collect();
+            return Ok(Rendered { element, group });
+        }
+        let mut fields = FieldPlaces::new();
+        // The same rendering succeeded above.
+        let _ = render(
+            &self.record,
+            &ctx,
+            &mut Vec::new(),
+            Some(&mut fields),
+            &self.root,
+        );
+        let mut problems = Vec::new();
         for v in violations {
             let field = fields
                 .iter()
@@ -551,10 +576,31 @@ impl Layout {
 }
 
 fn forbidden_char(record: &Record, field: &str) -> Option<char> {
-    let text = record.get(field).and_then(Value::to_text)?;
+    let text = record.get(field).and_then(Value::text)?;
     text.chars().find(|&c| {
         (c < ' ' && c != '\t' && c != '\n' && c != '\r') || c == '\u{FFFE}' || c == '\u{FFFF}'
     })
+}
+
+/// The fields `e` and its children write (see [`Layout::written`]).
+fn written_fields(e: &Element) -> Vec<String> {
+    fn walk(e: &Element, out: &mut Vec<String>) {
+        out.extend(
+            e.attributes
+                .iter()
+                .filter_map(|(_, b)| b.field().map(str::to_string)),
+        );
+        out.extend(e.text.as_ref().and_then(Bind::field).map(str::to_string));
+        out.extend(e.for_each.iter().cloned());
+        for c in &e.children {
+            walk(c, out);
+        }
+    }
+    let mut out = Vec::new();
+    walk(e, &mut out);
+    out.sort();
+    out.dedup();
+    out
 }
 
 fn feed(v: &mut Validator, e: &XElem) {
@@ -639,11 +685,17 @@ fn value_of(b: &Bind, ctx: &RenderCtx) -> Result<Option<String>> {
 /// Renders `e` (and its repetitions) into `out`. `fields` collects, for every bound
 /// attribute and text, `(element path, attribute, field)` in the path convention of the
 /// validator, so a violation can name the field.
+/// Where each written field lands: (element path, attribute or `None` for the text, field).
+type FieldPlaces = Vec<(String, Option<String>, String)>;
+
+/// Renders `e` into `out`. `fields`, when given, collects where each field was written
+/// (to name the field of a problem); the paths cost a string per element, so a record
+/// that passes its checks is rendered without them.
 fn render(
     e: &Element,
     ctx: &RenderCtx,
     out: &mut Vec<XElem>,
-    fields: &mut Vec<(String, Option<String>, String)>,
+    mut fields: Option<&mut FieldPlaces>,
     parent_path: &str,
 ) -> Result<()> {
     if let Some(w) = &e.when
@@ -664,11 +716,13 @@ fn render(
             params: ctx.params,
             item: item.as_deref().or(ctx.item),
         };
-        let index = out.iter().filter(|x| x.name == e.name).count() + 1;
-        let path = if parent_path.is_empty() {
-            e.name.clone()
-        } else {
-            format!("{parent_path}/{}[{index}]", e.name)
+        let path = match &fields {
+            None => String::new(),
+            Some(_) if parent_path.is_empty() => e.name.clone(),
+            Some(_) => {
+                let index = out.iter().filter(|x| x.name == e.name).count() + 1;
+                format!("{parent_path}/{}[{index}]", e.name)
+            }
         };
         let mut x = XElem {
             name: e.name.clone(),
@@ -681,19 +735,21 @@ fn render(
             if let Some(v) = value_of(b, &ctx)? {
                 x.attrs.push((name.clone(), v));
             }
-            if let Some(f) = b.field() {
+            if let (Some(fields), Some(f)) = (fields.as_deref_mut(), b.field()) {
                 fields.push((path.clone(), Some(name.clone()), f.to_string()));
             }
         }
         if let Some(t) = &e.text {
             x.text = value_of(t, &ctx)?;
-            let f = t.field().map(str::to_string).or_else(|| e.for_each.clone());
-            if let Some(f) = f {
-                fields.push((path.clone(), None, f));
+            if let Some(fields) = fields.as_deref_mut() {
+                let f = t.field().map(str::to_string).or_else(|| e.for_each.clone());
+                if let Some(f) = f {
+                    fields.push((path.clone(), None, f));
+                }
             }
         }
         for c in &e.children {
-            render(c, &ctx, &mut x.children, fields, &path)?;
+            render(c, &ctx, &mut x.children, fields.as_deref_mut(), &path)?;
         }
         out.push(x);
     }
