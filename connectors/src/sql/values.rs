@@ -100,12 +100,25 @@ pub fn sql_type(t: ValueType, dialect: &str) -> &'static str {
 
 /// Appends a value in PostgreSQL `COPY ... (FORMAT text)` form.
 pub fn copy_text(v: &Value, out: &mut Vec<u8>) {
+    use std::io::Write;
     match v {
         Value::Null => out.extend_from_slice(b"\\N"),
         Value::Bool(b) => out.push(if *b { b't' } else { b'f' }),
         Value::Bytes(b) => {
             out.extend_from_slice(b"\\\\x");
             out.extend_from_slice(hex::encode(b).as_bytes());
+        }
+        // Numbers and dates never hold a character COPY escapes: their canonical text
+        // (`Value::to_text`, the same `Display`) is written straight into the buffer
+        // instead of into a string of its own first.
+        Value::Int(i) => {
+            let _ = write!(out, "{i}"); // writing into a Vec cannot fail
+        }
+        Value::Decimal(d) => {
+            let _ = write!(out, "{d}");
+        }
+        Value::Date(d) => {
+            let _ = write!(out, "{d}");
         }
         other => {
             let text = other.text().unwrap_or_default();
@@ -178,5 +191,21 @@ mod tests {
         copy_text(&Value::Str("x\r".into()), &mut out);
         assert_eq!(out, b"ROSSI MARIAx\\r", "unescaped text is copied whole");
         assert_eq!(float_to_decimal(0.1).to_text().unwrap(), "0.1");
+        // Numbers and dates are written as their canonical text.
+        for v in [
+            Value::Int(-42),
+            Value::Int(i64::MIN),
+            Value::Decimal("850.00".parse().unwrap()),
+            Value::Decimal("-0.001".parse().unwrap()),
+            Value::Date(chrono::NaiveDate::from_ymd_opt(2026, 2, 28).unwrap()),
+            Value::Date(chrono::NaiveDate::from_ymd_opt(33, 1, 5).unwrap()),
+        ] {
+            out.clear();
+            copy_text(&v, &mut out);
+            assert_eq!(
+                String::from_utf8(out.clone()).unwrap(),
+                v.to_text().unwrap()
+            );
+        }
     }
 }
