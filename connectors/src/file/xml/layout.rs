@@ -682,15 +682,13 @@ fn value_of(b: &Bind, ctx: &RenderCtx) -> Result<Option<String>> {
     })
 }
 
-/// Renders `e` (and its repetitions) into `out`. `fields` collects, for every bound
-/// attribute and text, `(element path, attribute, field)` in the path convention of the
-/// validator, so a violation can name the field.
-/// Where each written field lands: (element path, attribute or `None` for the text, field).
+/// Where each written field lands: (element path in the validator's convention, attribute
+/// or `None` for the text, field).
 type FieldPlaces = Vec<(String, Option<String>, String)>;
 
-/// Renders `e` into `out`. `fields`, when given, collects where each field was written
-/// (to name the field of a problem); the paths cost a string per element, so a record
-/// that passes its checks is rendered without them.
+/// Renders `e` (and its repetitions) into `out`. `fields`, when given, collects where each
+/// bound attribute and text was written, so a violation can name its field; the paths cost
+/// a string per element, so a record that passes its checks is rendered without them.
 fn render(
     e: &Element,
     ctx: &RenderCtx,
