@@ -1,6 +1,6 @@
 use super::{Step, StepContext, config_error};
 use crate::error::Result;
-use crate::expr::Expr;
+use crate::expr::{Expr, Native};
 use crate::record::{Batch, Record};
 use crate::value::Value;
 
@@ -9,7 +9,12 @@ pub struct Filter {
     label: String,
     expr: Expr,
     ctx: StepContext,
-    used: Option<(std::sync::Arc<crate::record::Schema>, Vec<usize>)>,
+    /// For the last input schema seen: the fields the condition reads, and its native form.
+    used: Option<(
+        std::sync::Arc<crate::record::Schema>,
+        Vec<usize>,
+        Option<Native>,
+    )>,
 }
 
 impl Filter {
@@ -36,16 +41,22 @@ impl Step for Filter {
     fn apply(&mut self, records: Vec<Record>, batch: &mut Batch) -> Vec<Record> {
         let mut out = Vec::with_capacity(records.len());
         for rec in records {
-            let used = match &self.used {
-                Some((s, u)) if std::sync::Arc::ptr_eq(s, &rec.schema) => u.clone(),
-                _ => {
-                    let u = crate::expr::referenced_fields(&[self.expr.source()], &rec.schema);
-                    self.used = Some((rec.schema.clone(), u.clone()));
-                    u
+            let (_, used, native) = match &mut self.used {
+                Some(p) if std::sync::Arc::ptr_eq(&p.0, &rec.schema) => p,
+                slot => {
+                    let used = crate::expr::referenced_fields(&[self.expr.source()], &rec.schema);
+                    let native = Native::for_schema(&self.expr, &rec.schema);
+                    slot.insert((rec.schema.clone(), used, native))
                 }
             };
-            let mut scope = self.ctx.engine.scope_with(&rec, &used);
-            match self.ctx.engine.eval(&self.expr, &mut scope) {
+            let result = match native.as_ref().and_then(|n| n.eval(&rec.values)) {
+                Some(v) => Ok(v),
+                None => {
+                    let mut scope = self.ctx.engine.scope_with(&rec, used);
+                    self.ctx.engine.eval(&self.expr, &mut scope)
+                }
+            };
+            match result {
                 Ok(Value::Bool(true)) => out.push(rec),
                 Ok(Value::Bool(false)) | Ok(Value::Null) => batch.filtered += 1,
                 Ok(other) => {

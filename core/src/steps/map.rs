@@ -4,7 +4,7 @@ use indexmap::IndexMap;
 
 use super::{Step, StepContext, config_error};
 use crate::error::Result;
-use crate::expr::{Expr, FunctionChain};
+use crate::expr::{Expr, Native};
 use crate::record::{Batch, Record, Schema};
 use crate::value::Value;
 
@@ -16,9 +16,6 @@ pub struct Map {
     /// per field (Rhai's per-call set-up dominated the step). The individual expressions
     /// are kept to name the failing field when a record is rejected.
     combined: Expr,
-    /// The same for the expressions that are not a [`FunctionChain`] (`None` when all are):
-    /// with the chains evaluated natively, Rhai only runs for these.
-    rest: Option<Expr>,
     ctx: StepContext,
     /// The layout for the last input schema seen: sources emit one schema per run, so this
     /// is computed once, not once per record.
@@ -29,7 +26,6 @@ pub struct Map {
 struct Target {
     field: String,
     expr: Expr,
-    chain: Option<FunctionChain>,
 }
 
 /// Where things are for one input schema.
@@ -40,9 +36,14 @@ struct Layout {
     positions: Vec<usize>,
     /// The input fields the expressions read (the Rhai scope).
     used: Vec<usize>,
-    /// Input position of each chain's variable (`None`: not a chain, or no such field, in
-    /// which case Rhai evaluates the record and names the unknown field).
-    chain_inputs: Vec<Option<usize>>,
+    /// Each target's native form (`None`: Rhai evaluates it).
+    natives: Vec<Option<Native>>,
+    /// The expressions without a native form as one array expression, and the fields they
+    /// read (`None` when every expression is native).
+    rest: Option<(Expr, Vec<usize>)>,
+    /// Whether the natives and `rest` together give every value; if not, Rhai evaluates
+    /// every record.
+    split: bool,
 }
 
 impl Map {
@@ -55,33 +56,16 @@ impl Map {
                     .compile(src)
                     .map(|expr| Target {
                         field: f.clone(),
-                        chain: FunctionChain::recognise(expr.source()),
                         expr,
                     })
                     .map_err(|e| config_error(&format!("{label}.{f}"), e))
             })
             .collect::<Result<Vec<_>>>()?;
-        let array = |only_rest: bool| {
-            let joined: Vec<String> = targets
-                .iter()
-                .filter(|t| !(only_rest && t.chain.is_some()))
-                .map(|t| format!("({})", t.expr.source()))
-                .collect();
-            ctx.engine
-                .compile(&format!("[{}]", joined.join(", ")))
-                .map_err(|e| config_error(&label, e))
-        };
-        let combined = array(false)?;
-        let rest = if targets.iter().all(|t| t.chain.is_some()) {
-            None
-        } else {
-            Some(array(true)?)
-        };
+        let combined = array(&ctx, &label, targets.iter().map(|t| &t.expr))?;
         Ok(Map {
             label,
             targets,
             combined,
-            rest,
             ctx,
             cache: None,
         })
@@ -104,26 +88,38 @@ impl Map {
                 }
             }
         }
-        let sources: Vec<&str> = self.targets.iter().map(|t| t.expr.source()).collect();
-        // When two fields share a variable name the later one is the variable, as in the
-        // Rhai scope, where the later push shadows the earlier.
-        let chain_inputs = self
+        let natives: Vec<Option<Native>> = self
             .targets
             .iter()
-            .map(|t| {
-                let chain = t.chain.as_ref()?;
-                input
-                    .names()
-                    .iter()
-                    .rposition(|n| crate::expr::identifier(n) == chain.variable)
-            })
+            .map(|t| Native::for_schema(&t.expr, input))
             .collect();
+        let others: Vec<&Expr> = self
+            .targets
+            .iter()
+            .zip(&natives)
+            .filter(|(_, n)| n.is_none())
+            .map(|(t, _)| &t.expr)
+            .collect();
+        // Every expression compiled alone and all together when the step was built, so
+        // this cannot fail; if it did, the step would evaluate every record with Rhai.
+        let rest = if others.is_empty() {
+            None
+        } else {
+            let sources: Vec<&str> = others.iter().map(|e| e.source()).collect();
+            let used = crate::expr::referenced_fields(&sources, input);
+            array(&self.ctx, &self.label, others.into_iter())
+                .ok()
+                .map(|e| (e, used))
+        };
+        let sources: Vec<&str> = self.targets.iter().map(|t| t.expr.source()).collect();
         let layout = Arc::new(Layout {
             input: input.clone(),
             output: Schema::new(names),
             positions,
             used: crate::expr::referenced_fields(&sources, input),
-            chain_inputs,
+            split: rest.is_some() || natives.iter().all(Option::is_some),
+            natives,
+            rest,
         });
         self.cache = Some(layout.clone());
         layout
@@ -131,9 +127,11 @@ impl Map {
 
     /// One value per target, or `None` when an expression fails.
     fn evaluate(&self, rec: &Record, layout: &Layout) -> Option<Vec<Value>> {
-        if let Some(mut values) = self.native(rec, layout) {
-            if let Some(rest) = &self.rest {
-                let mut scope = self.ctx.engine.scope_with(rec, &layout.used);
+        if layout.split
+            && let Some(mut values) = self.native(rec, layout)
+        {
+            if let Some((rest, used)) = &layout.rest {
+                let mut scope = self.ctx.engine.scope_with(rec, used);
                 let Ok(Value::List(computed)) = self.ctx.engine.eval(rest, &mut scope) else {
                     return None;
                 };
@@ -143,7 +141,7 @@ impl Map {
                     *slot = Some(v);
                     filled += 1;
                 }
-                if filled != self.targets.iter().filter(|t| t.chain.is_none()).count() {
+                if filled != layout.natives.iter().filter(|n| n.is_none()).count() {
                     return None;
                 }
             }
@@ -156,20 +154,30 @@ impl Map {
         }
     }
 
-    /// The chains' values (`None` in the places of the other expressions), or `None` when
-    /// a chain meets a value that is not text or null, or an unknown field: Rhai then
-    /// evaluates the whole record.
+    /// The native expressions' values (`None` in the places of the others), or `None` when
+    /// one of them steps aside for this record: Rhai then evaluates the whole record.
     fn native(&self, rec: &Record, layout: &Layout) -> Option<Vec<Option<Value>>> {
-        self.targets
+        layout
+            .natives
             .iter()
-            .zip(&layout.chain_inputs)
-            .map(|(t, input)| match (&t.chain, input) {
-                (None, _) => Some(None),
-                (Some(chain), Some(i)) => chain.apply(rec.values.get(*i)?).map(Some),
-                (Some(_), None) => None,
+            .map(|n| match n {
+                None => Some(None),
+                Some(n) => n.eval(&rec.values).map(Some),
             })
             .collect()
     }
+}
+
+/// The expressions as one Rhai array expression.
+fn array<'a>(
+    ctx: &StepContext,
+    label: &str,
+    exprs: impl Iterator<Item = &'a Expr>,
+) -> Result<Expr> {
+    let joined: Vec<String> = exprs.map(|e| format!("({})", e.source())).collect();
+    ctx.engine
+        .compile(&format!("[{}]", joined.join(", ")))
+        .map_err(|e| config_error(label, e))
 }
 
 impl Step for Map {
@@ -225,12 +233,13 @@ mod tests {
     use crate::record::SourcePosition;
     use chrono::NaiveDate;
 
-    /// The chains evaluated natively give exactly what Rhai gives, on every kind of value,
-    /// each alone and beside expressions Rhai still evaluates, and a record Rhai fails on is
-    /// still rejected.
+    /// A step whose expressions are partly native and partly Rhai's gives exactly what Rhai
+    /// gives, on every kind of value, each expression alone and all in one record, and a
+    /// record Rhai fails on is still rejected. (`expr::native`'s own test compares the
+    /// native results one by one.)
     #[test]
-    fn function_chains_give_what_rhai_gives() {
-        let chains = [
+    fn native_and_rhai_expressions_fill_one_record_as_rhai_would() {
+        let natives = [
             "upper(collapse_spaces(nome))",
             "lower( trim (nome) )",
             "norm_name(nome)",
@@ -242,26 +251,13 @@ mod tests {
             "as_decimal(nome)",
             "as_decimal(trim(nome))",
             "upper(as_date(nome))",
-        ];
-        let others = [
             "upper(nome) + trim(nome)",
-            "left(nome, 2)",
-            "upper(true)",
-            "upper(\"x\")",
-            "upper(trim(nome), 1)",
-            "nome",
             "upper((nome))",
+            "nome",
+            "if is_null(nome) { \"vuoto\" } else { upper(nome) }",
         ];
-        for src in chains {
-            assert!(FunctionChain::recognise(src).is_some(), "{src} is a chain");
-        }
-        for src in others.iter().take(5) {
-            assert!(
-                FunctionChain::recognise(src).is_none(),
-                "{src} is not a chain"
-            );
-        }
-        let sources: Vec<&str> = chains.iter().chain(&others).copied().collect();
+        let others = ["left(nome, 2)", "upper(true)", "upper(trim(nome), 1)"];
+        let sources: Vec<&str> = natives.iter().chain(&others).copied().collect();
         let fields: IndexMap<String, String> = sources
             .iter()
             .enumerate()
@@ -270,7 +266,6 @@ mod tests {
         let engine = Arc::new(ExprEngine::new());
         let ctx = StepContext::new(engine.clone(), vec![]);
         let mut map = Map::new("steps[0].map".into(), &fields, ctx).unwrap();
-        assert!(map.rest.is_some());
 
         let values = [
             Value::Null,
@@ -289,6 +284,15 @@ mod tests {
             Value::Bool(true),
         ];
         let schema = Schema::new(vec!["nome".into(), "nome completo".into()]);
+        let layout = map.layout(&schema);
+        let (first, last) = layout.natives.split_at(natives.len());
+        assert!(
+            first.iter().all(Option::is_some),
+            "the `natives` are native"
+        );
+        // `upper(true)` is folded into a constant by Rhai's optimiser, the others are not.
+        assert_eq!(last.iter().filter(|n| n.is_none()).count(), 2);
+        assert!(layout.rest.is_some() && layout.split);
         let mut compared = 0;
         for v in values {
             let rec = Record {
@@ -321,7 +325,7 @@ mod tests {
                     Err(_) => assert_eq!(batch.rejects.len(), 1, "`{src}` on {v:?}"),
                 }
             }
-            // All together: chains and Rhai fill their own fields of one record.
+            // All together: native expressions and Rhai fill their own fields of one record.
             let mut batch = Batch::default();
             let out = map.apply(vec![rec], &mut batch);
             if expected.iter().any(|e| e.is_err()) {
@@ -342,9 +346,10 @@ mod tests {
         assert!(compared > 150, "only {compared} results compared");
     }
 
-    /// A chain on a field the record does not have is left to Rhai, whose reject names it.
+    /// An expression on a field the record does not have is left to Rhai, whose reject names
+    /// it.
     #[test]
-    fn a_chain_on_an_unknown_field_is_rejected_by_name() {
+    fn an_expression_on_an_unknown_field_is_rejected_by_name() {
         let fields: IndexMap<String, String> = [("a".to_string(), "upper(cognme)".to_string())]
             .into_iter()
             .collect();

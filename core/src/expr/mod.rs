@@ -13,6 +13,9 @@
 //! identifier is reachable with non-alphanumeric characters replaced by `_`.
 //! A missing value is Rhai's unit `()`; the string functions below pass it through, so
 //! `upper(trim(nome))` on an empty field yields null rather than an error.
+//!
+//! The commonest shapes (field cleaning, `if`/`else` over comparisons, `coalesce`) are
+//! evaluated without the interpreter by [`Native`], always with Rhai's result.
 
 use chrono::{Datelike, NaiveDate, NaiveDateTime};
 use indexmap::IndexMap;
@@ -22,6 +25,9 @@ use rust_decimal::Decimal;
 use crate::record::Record;
 use crate::validators;
 use crate::value::{self, DecimalStyle, Value};
+
+mod native;
+pub use native::Native;
 
 type FnResult = Result<Dynamic, Box<EvalAltResult>>;
 
@@ -60,6 +66,8 @@ fn err(msg: impl Into<String>) -> Box<EvalAltResult> {
     msg.into().into()
 }
 
+/// The text of a value for the text functions: `None` for null; dates in ISO form (Rhai
+/// would print the type's name).
 fn text_of(v: &Dynamic) -> Option<String> {
     if v.is_unit() {
         None
@@ -68,10 +76,18 @@ fn text_of(v: &Dynamic) -> Option<String> {
             .into_immutable_string()
             .ok()
             .map(|s| s.to_string())
+    } else if let Some(d) = v.read_lock::<NaiveDate>() {
+        Some(d.format(DATE_TEXT).to_string())
+    } else if let Some(d) = v.read_lock::<NaiveDateTime>() {
+        Some(d.format(DATETIME_TEXT).to_string())
     } else {
         Some(v.to_string())
     }
 }
+
+/// How `text()`, `to_string()` and the text functions write a date and a date-time.
+const DATE_TEXT: &str = "%Y-%m-%d";
+const DATETIME_TEXT: &str = "%Y-%m-%dT%H:%M:%S";
 
 /// Applies a text function, passing null through.
 fn on_text(v: Dynamic, f: impl Fn(&str) -> String) -> Dynamic {
@@ -223,7 +239,7 @@ fn collapse_spaces(s: &str) -> String {
 type TextFn = fn(&str) -> String;
 
 /// The functions from text to text, which pass null through: registered in Rhai and
-/// evaluated natively by [`FunctionChain`], from this one table so that the two cannot disagree.
+/// evaluated by [`Native`] expressions, from this one table so that the two cannot disagree.
 const TEXT_FUNCTIONS: [(&str, TextFn); 6] = [
     ("upper", |s| s.to_uppercase()),
     ("lower", |s| s.to_lowercase()),
@@ -233,8 +249,8 @@ const TEXT_FUNCTIONS: [(&str, TextFn); 6] = [
     ("norm_name", norm_name),
 ];
 
-/// The conversions of one value, registered in Rhai and called directly by a
-/// [`FunctionChain`], from this one table like [`TEXT_FUNCTIONS`]: the lenient conversions
+/// The conversions of one value, registered in Rhai and called directly by [`Native`]
+/// expressions, from this one table like [`TEXT_FUNCTIONS`]: the lenient conversions
 /// every migration maps its legacy text columns with (`as_date(data_dsu)`).
 const VALUE_FUNCTIONS: [(&str, ValueFn); 3] = [
     ("as_date", lenient_date),
@@ -245,100 +261,20 @@ const VALUE_FUNCTIONS: [(&str, ValueFn); 3] = [
 /// A conversion of one value, as Rhai calls it.
 type ValueFn = fn(Dynamic) -> FnResult;
 
-/// One function of a [`FunctionChain`].
-#[derive(Clone, Copy, Debug)]
-enum ChainFn {
-    /// From [`TEXT_FUNCTIONS`].
-    Text(TextFn),
-    /// From [`VALUE_FUNCTIONS`].
-    Value(ValueFn),
+/// Whole years from `birth` to `at`; -1 when `at` is before `birth`.
+fn age_at(birth: NaiveDate, at: NaiveDate) -> i64 {
+    at.years_since(birth).map(i64::from).unwrap_or(-1)
 }
 
-/// An expression that only applies [`TEXT_FUNCTIONS`] and [`VALUE_FUNCTIONS`] to one
-/// variable, such as `upper(collapse_spaces(cognome))` or `as_date(data_dsu)`: the commonest
-/// expressions of cleaning and migration pipelines, which the `map` step evaluates without
-/// Rhai.
-///
-/// Why: in the CSV → PostgreSQL benchmark, Rhai's per-call function resolution and the
-/// conversions to and from `Dynamic` were the largest cost of the steps
-/// (`docs/benchmarks.md`); a chain of text functions costs one string per function, and
-/// one with a conversion calls the same Rust function Rhai would call. The shape is
-/// recognised on the source text of an expression Rhai has already compiled, because
-/// Rhai's syntax tree is public only behind its unstable `internals` feature; any other
-/// shape, and any value a text-only chain cannot take, is left to Rhai.
-#[derive(Clone, Debug)]
-pub struct FunctionChain {
-    /// The variable the chain reads (a field's [`identifier`]).
-    pub variable: String,
-    /// Innermost first.
-    functions: Vec<ChainFn>,
+/// A Belfiore code of a foreign state (`Z100`): born or living abroad.
+fn is_foreign_place(code: &str) -> bool {
+    let c = code.trim();
+    c.len() == 4 && c.starts_with(['Z', 'z'])
 }
 
-impl FunctionChain {
-    /// The chain `source` is, if it is one.
-    pub fn recognise(source: &str) -> Option<FunctionChain> {
-        let mut rest = source.trim();
-        let mut functions = Vec::new();
-        while let Some(open) = rest.find('(') {
-            let name = rest[..open].trim();
-            let f = TEXT_FUNCTIONS
-                .iter()
-                .find(|(n, _)| *n == name)
-                .map(|(_, f)| ChainFn::Text(*f))
-                .or_else(|| {
-                    VALUE_FUNCTIONS
-                        .iter()
-                        .find(|(n, _)| *n == name)
-                        .map(|(_, f)| ChainFn::Value(*f))
-                })?;
-            functions.push(f);
-            rest = rest[open + 1..].trim_end().strip_suffix(')')?.trim();
-        }
-        let variable = !functions.is_empty()
-            && !rest.is_empty()
-            && identifier(rest) == rest
-            && !matches!(rest, "true" | "false" | "this");
-        if !variable {
-            return None;
-        }
-        functions.reverse();
-        Some(FunctionChain {
-            variable: rest.to_string(),
-            functions,
-        })
-    }
-
-    /// The chain applied to `v`; `None` when Rhai must decide: a text function met a value
-    /// that is neither text nor null, or a conversion failed (Rhai then reports it).
-    pub fn apply(&self, v: &Value) -> Option<Value> {
-        if self
-            .functions
-            .iter()
-            .any(|f| matches!(f, ChainFn::Value(_)))
-        {
-            let mut d = to_dynamic(v);
-            for f in &self.functions {
-                d = match f {
-                    ChainFn::Text(t) => on_text(d, t),
-                    ChainFn::Value(g) => g(d).ok()?,
-                };
-            }
-            return Some(from_dynamic(d));
-        }
-        let s = match v {
-            Value::Null => return Some(Value::Null),
-            Value::Str(s) => s,
-            _ => return None,
-        };
-        let mut out: Option<String> = None;
-        for f in &self.functions {
-            let ChainFn::Text(t) = f else {
-                return None; // a conversion: taken by the branch above
-            };
-            out = Some(t(out.as_deref().unwrap_or(s)));
-        }
-        Some(Value::Str(out.unwrap_or_else(|| s.clone())))
-    }
+/// The date of the machine's clock, in its time zone.
+fn today() -> NaiveDate {
+    chrono::Local::now().date_naive()
 }
 
 fn bool_check(v: Dynamic, check: impl Fn(&str) -> bool) -> bool {
@@ -519,10 +455,10 @@ impl ExprEngine {
         e.register_fn("date", |v: Dynamic, fmt: &str| to_date(v, fmt));
         e.register_fn("datetime", |v: Dynamic, fmt: &str| to_datetime(v, fmt));
         e.register_fn("to_string", |d: &mut NaiveDate| {
-            d.format("%Y-%m-%d").to_string()
+            d.format(DATE_TEXT).to_string()
         });
         e.register_fn("to_string", |d: &mut NaiveDateTime| {
-            d.format("%Y-%m-%dT%H:%M:%S").to_string()
+            d.format(DATETIME_TEXT).to_string()
         });
         e.register_fn("format", |d: NaiveDate, fmt: &str| {
             d.format(fmt).to_string()
@@ -542,9 +478,7 @@ impl ExprEngine {
                 .map(Dynamic::from)
                 .ok_or_else(|| err("date out of range"))
         });
-        e.register_fn("age_at", |birth: NaiveDate, at: NaiveDate| {
-            at.years_since(birth).map(i64::from).unwrap_or(-1)
-        });
+        e.register_fn("age_at", age_at);
         e.register_fn("==", |a: NaiveDate, b: NaiveDate| a == b);
         e.register_fn("!=", |a: NaiveDate, b: NaiveDate| a != b);
         e.register_fn("<", |a: NaiveDate, b: NaiveDate| a < b);
@@ -560,7 +494,7 @@ impl ExprEngine {
         // pipeline was compiled on.
         rhai::FuncRegistration::new("today")
             .with_volatility(true)
-            .register_into_engine(&mut e, || chrono::Local::now().date_naive());
+            .register_into_engine(&mut e, today);
 
         // Domain validators and decoders.
         e.register_fn("is_codice_fiscale", |v: Dynamic| {
@@ -605,12 +539,8 @@ impl ExprEngine {
                 .map(|s| Dynamic::from(ImmutableString::from(s)))
                 .unwrap_or(Dynamic::UNIT)
         });
-        // A Belfiore code of a foreign state (`Z100`): born or living abroad.
         e.register_fn("is_foreign_place", |code: Dynamic| {
-            bool_check(code, |c| {
-                let c = c.trim();
-                c.len() == 4 && c.starts_with(['Z', 'z'])
-            })
+            bool_check(code, is_foreign_place)
         });
         // Variables of the pipeline: `param("anno")`. An unknown name is an error, not null,
         // so that a typo cannot silently select nothing.
@@ -900,6 +830,11 @@ mod tests {
         assert_eq!(
             eval("date(d, \"%d/%m/%Y\") < ymd(2025, 1, 1)", &r).unwrap(),
             Value::Bool(true)
+        );
+        // Text functions write dates in ISO form (Rhai alone would write the type's name).
+        assert_eq!(
+            eval("text(date(d, \"%d/%m/%Y\")) + \" \" + upper(as_datetime(d))", &r).unwrap(),
+            Value::Str("2024-02-29 2024-02-29T00:00:00".into())
         );
         let bad = rec(&[("d", Value::Str("31/02/1980".into()))]);
         let e = eval("date(d, \"%d/%m/%Y\")", &bad).unwrap_err();
