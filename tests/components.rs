@@ -227,7 +227,7 @@ fn postgres_sink_copies_new_keys_and_upserts_the_rest() {
         .unwrap();
         run({
             let mut c = snodo(&cfg);
-            c.args(["-v", "run"]).arg(&p).arg("--json");
+            c.args(["-vv", "run"]).arg(&p).arg("--json");
             c
         })
     };
@@ -257,10 +257,16 @@ fn postgres_sink_copies_new_keys_and_upserts_the_rest() {
     assert!(switched(&first), "{}", stderr(&first));
     assert_eq!(rows("persone"), "1=a 2=b 3=c 4=d 5=E 6=f");
 
-    // A clean load copies without ever switching.
+    // A clean load copies without ever switching, with the COPY text the step workers
+    // encoded (the sink encodes only what was not prepared).
     let clean = load("clean", "altre", &[(1, "a"), (2, "b"), (3, "c"), (4, "d")]);
     assert_eq!(clean.status.code(), Some(0), "{}", stderr(&clean));
     assert!(!switched(&clean), "{}", stderr(&clean));
+    assert!(
+        !stderr(&clean).contains("not prepared on a worker"),
+        "{}",
+        stderr(&clean)
+    );
     assert_eq!(rows("altre"), "1=a 2=b 3=c 4=d");
 
     // Existing keys are updated, new ones added.

@@ -833,7 +833,11 @@ mod tests {
         );
         // Text functions write dates in ISO form (Rhai alone would write the type's name).
         assert_eq!(
-            eval("text(date(d, \"%d/%m/%Y\")) + \" \" + upper(as_datetime(d))", &r).unwrap(),
+            eval(
+                "text(date(d, \"%d/%m/%Y\")) + \" \" + upper(as_datetime(d))",
+                &r
+            )
+            .unwrap(),
             Value::Str("2024-02-29 2024-02-29T00:00:00".into())
         );
         let bad = rec(&[("d", Value::Str("31/02/1980".into()))]);
