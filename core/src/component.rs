@@ -136,6 +136,13 @@ pub trait Sink: Send {
     fn preparer(&self) -> Option<Arc<dyn Prepare>> {
         None
     }
+    /// Whether `check` and `keys` of a batch may be called before the previous batch is
+    /// written. The runtime then logs a batch while the sink writes the previous one. A
+    /// sink whose checks read what it wrote (the SIUSS ledger) or keep per-batch state
+    /// between `check` and `write` must say no, the default.
+    fn checks_ahead(&self) -> bool {
+        false
+    }
     /// Writes `records` and saves `checkpoint` atomically.
     fn write<'a>(
         &'a mut self,

@@ -611,6 +611,12 @@ impl Sink for SqlSink {
         records.iter().map(|r| self.target_key(r)).collect()
     }
 
+    /// `check` only keeps the text the workers encoded, found again by the records it was
+    /// made from, and `keys` reads the records alone.
+    fn checks_ahead(&self) -> bool {
+        true
+    }
+
     fn preparer(&self) -> Option<Arc<dyn Prepare>> {
         match self.db {
             Db::Postgres(_) => Some(Arc::new(CopyText)),
