@@ -70,6 +70,7 @@ fn drain(source: Box<dyn Source>, rt: &tokio::runtime::Runtime) {
         batch_size: 7,
         limit: None,
         personal: Arc::new(vec!["cognome".into()]),
+        extra_fields: 3,
     };
     rt.block_on(async move {
         let task = tokio::spawn(source.run(None, ctx, tx));

@@ -19,6 +19,9 @@ pub struct SourceContext {
     pub limit: Option<u64>,
     /// Fields masked in rejects produced by the source itself.
     pub personal: Arc<Vec<String>>,
+    /// How many fields the steps may add to a record (see [`crate::steps::Step::adds`]): a
+    /// source that makes room for them spares each record a reallocation later.
+    pub extra_fields: usize,
 }
 
 /// A source of records. It runs in its own task and sends batches into a bounded channel,

@@ -345,6 +345,12 @@ async fn pump(
         batch_size: plan.batch_size,
         limit: opts.limit,
         personal: plan.ctx.personal.clone(),
+        // Every worker has the same steps; the first one's say what they add.
+        extra_fields: plan
+            .steps
+            .first()
+            .map(|steps| steps.iter().map(|s| s.adds()).sum())
+            .unwrap_or(0),
     };
     let source_task = tokio::spawn(source.run(from.clone(), sctx, tx_src));
 

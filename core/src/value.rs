@@ -625,7 +625,7 @@ mod tests {
                 .wrapping_add(1442695040888963407);
             let cents = x >> (x % 50 + 14);
             let (int, frac) = (cents / 100, cents % 100);
-            let sign = if x % 7 == 0 { "-" } else { "" };
+            let sign = if x.is_multiple_of(7) { "-" } else { "" };
             inputs.push(format!("{sign}{int},{frac:02}"));
             inputs.push(format!("{sign}{int}"));
         }

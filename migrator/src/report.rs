@@ -150,13 +150,13 @@ async fn stream_keys(
         Db::Sqlite(p) => {
             let mut rows = sqlx::query(sqlx::AssertSqlSafe(sql)).fetch(p);
             while let Some(r) = rows.try_next().await.map_err(|e| Error::db(what, e))? {
-                each(values::sqlite_row(&r).map_err(Error::Input)?)?;
+                each(values::sqlite_row(&r, 0).map_err(Error::Input)?)?;
             }
         }
         Db::Postgres(p) => {
             let mut rows = sqlx::query(sqlx::AssertSqlSafe(sql)).fetch(p);
             while let Some(r) = rows.try_next().await.map_err(|e| Error::db(what, e))? {
-                each(values::pg_row(&r).map_err(Error::Input)?)?;
+                each(values::pg_row(&r, 0).map_err(Error::Input)?)?;
             }
         }
     }
@@ -211,6 +211,7 @@ async fn stream_source_keys(
         batch_size: 5000,
         limit: None,
         personal: std::sync::Arc::new(d.file.personal.clone()),
+        extra_fields: 0,
     };
     let task = tokio::spawn(source.run(None, ctx, tx));
     let prefix = t.key_prefix.as_deref();

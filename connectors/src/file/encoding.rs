@@ -31,12 +31,19 @@ impl Encoding {
             Encoding::Utf8 => std::str::from_utf8(bytes)
                 .map(Cow::Borrowed)
                 .map_err(|e| e.valid_up_to()),
+            // Most fields of an export are ASCII, which is the same text in every one of
+            // these encodings (and valid UTF-8, so this never fails): std's checks are
+            // word-at-a-time, cheaper than the decoder's set-up per field.
+            Encoding::Windows1252 | Encoding::Iso88591 if bytes.is_ascii() => {
+                std::str::from_utf8(bytes)
+                    .map(Cow::Borrowed)
+                    .map_err(|e| e.valid_up_to())
+            }
             Encoding::Windows1252 => Ok(encoding_rs::WINDOWS_1252
                 .decode_without_bom_handling(bytes)
                 .0),
             // encoding_rs maps the label ISO-8859-1 to windows-1252, as browsers do; files
             // that really are Latin-1 need the plain byte → code point mapping.
-            Encoding::Iso88591 if bytes.is_ascii() => Ok(String::from_utf8_lossy(bytes)),
             Encoding::Iso88591 => Ok(Cow::Owned(bytes.iter().map(|&b| b as char).collect())),
         }
     }

@@ -1115,6 +1115,7 @@ mod tests {
                 batch_size,
                 limit,
                 personal: Arc::new(Vec::new()),
+                extra_fields: 0,
             },
             tx,
         ));
@@ -1307,6 +1308,7 @@ mod tests {
                     batch_size: 2,
                     limit: None,
                     personal: Arc::new(vec![]),
+                    extra_fields: 0,
                 },
                 tx,
             )

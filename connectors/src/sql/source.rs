@@ -146,7 +146,7 @@ impl Reader<'_> {
         }
         let mut rows = q.fetch(&mut *conn);
         while let Some(row) = rows.try_next().await.map_err(|e| Error::db(ctx_msg, e))? {
-            let vals = values::pg_row(&row).map_err(Error::Input)?;
+            let vals = values::pg_row(&row, ctx.extra_fields).map_err(Error::Input)?;
             if self.layout.is_none() {
                 let names = row.columns().iter().map(|c| c.name().to_string()).collect();
                 self.set_layout(names)?;
@@ -185,7 +185,7 @@ impl Reader<'_> {
             let rows = q.fetch_all(pool).await.map_err(|e| Error::db(ctx_msg, e))?;
             let n = rows.len();
             for row in &rows {
-                let vals = values::sqlite_row(row).map_err(Error::Input)?;
+                let vals = values::sqlite_row(row, ctx.extra_fields).map_err(Error::Input)?;
                 if self.layout.is_none() {
                     let names = row.columns().iter().map(|c| c.name().to_string()).collect();
                     self.set_layout(names)?;

@@ -22,18 +22,18 @@ fn float_to_decimal(f: f64) -> Value {
         .unwrap_or(Value::Null)
 }
 
-/// Decodes a PostgreSQL row.
-pub fn pg_row(row: &PgRow) -> Result<Vec<Value>, String> {
-    let mut out = Vec::with_capacity(row.len());
+/// Decodes a PostgreSQL row, into a vector with room for `extra` more values.
+pub fn pg_row(row: &PgRow, extra: usize) -> Result<Vec<Value>, String> {
+    let mut out = Vec::with_capacity(row.len() + extra);
     for (i, col) in row.columns().iter().enumerate() {
-        let ty = col.type_info().name().to_string();
+        let ty = col.type_info().name();
         let raw = row.try_get_raw(i).map_err(|e| e.to_string())?;
         if raw.is_null() {
             out.push(Value::Null);
             continue;
         }
         let err = |e: sqlx::Error| format!("column `{}` ({ty}): {e}", col.name());
-        let v = match ty.as_str() {
+        let v = match ty {
             "BOOL" => Value::Bool(row.try_get(i).map_err(err)?),
             "INT2" => Value::Int(row.try_get::<i16, _>(i).map_err(err)? as i64),
             "INT4" => Value::Int(row.try_get::<i32, _>(i).map_err(err)? as i64),
@@ -57,9 +57,10 @@ pub fn pg_row(row: &PgRow) -> Result<Vec<Value>, String> {
     Ok(out)
 }
 
-/// Decodes a SQLite row. SQLite types values, not columns, so each value says what it is.
-pub fn sqlite_row(row: &SqliteRow) -> Result<Vec<Value>, String> {
-    let mut out = Vec::with_capacity(row.len());
+/// Decodes a SQLite row, into a vector with room for `extra` more values. SQLite types
+/// values, not columns, so each value says what it is.
+pub fn sqlite_row(row: &SqliteRow, extra: usize) -> Result<Vec<Value>, String> {
+    let mut out = Vec::with_capacity(row.len() + extra);
     for (i, col) in row.columns().iter().enumerate() {
         let raw = row.try_get_raw(i).map_err(|e| e.to_string())?;
         if raw.is_null() {

@@ -185,6 +185,10 @@ impl Step for Map {
         &self.label
     }
 
+    fn adds(&self) -> usize {
+        self.targets.len()
+    }
+
     fn apply(&mut self, records: Vec<Record>, batch: &mut Batch) -> Vec<Record> {
         let mut out = Vec::with_capacity(records.len());
         for mut rec in records {

@@ -83,6 +83,10 @@ pub trait Step: Send {
     /// Processes `records`: returns those that go on, pushing rejects into `batch.rejects`
     /// and counting filtered ones in `batch.filtered`.
     fn apply(&mut self, records: Vec<Record>, batch: &mut Batch) -> Vec<Record>;
+    /// At most how many fields the step adds to a record (a `map` to new names).
+    fn adds(&self) -> usize {
+        0
+    }
     /// Called once after the last batch: records the step still holds (the last group of
     /// an `aggregate`). Most steps hold nothing.
     fn finish(&mut self, _batch: &mut Batch) -> Vec<Record> {

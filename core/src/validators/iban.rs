@@ -187,7 +187,15 @@ fn mod97(iban: &[u8]) -> u32 {
 /// Spaces anywhere and lowercase letters are accepted, as IBANs are usually copied in groups of
 /// four from paper.
 pub fn validate(iban: &str) -> Result<(), IbanError> {
-    let iban = normalize(iban);
+    // Stored IBANs are usually already in electronic form: no copy for them.
+    let iban: std::borrow::Cow<str> = if iban
+        .bytes()
+        .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+    {
+        std::borrow::Cow::Borrowed(iban)
+    } else {
+        std::borrow::Cow::Owned(normalize(iban))
+    };
     if iban.is_empty() {
         return Err(IbanError::Empty);
     }

@@ -45,6 +45,8 @@ struct Reader {
     style: DecimalStyle,
     personal: Arc<Vec<String>>,
     header_lines: u64,
+    /// Room left in each record for the fields the steps add.
+    extra_fields: usize,
 }
 
 impl Reader {
@@ -110,7 +112,7 @@ impl Reader {
                 lossy(raw),
             ));
         }
-        let mut values = Vec::with_capacity(n);
+        let mut values = Vec::with_capacity(n + self.extra_fields);
         for (i, field) in raw.iter().enumerate() {
             let name = &self.schema.names()[i];
             if field.len() > self.cfg.max_field_length {
@@ -209,7 +211,7 @@ impl LineCounter {
                 break;
             }
             let take = buf.len().min((target - self.byte) as usize);
-            self.line += buf[..take].iter().filter(|&&b| b == b'\n').count() as u64;
+            self.line += memchr::memchr_iter(b'\n', &buf[..take]).count() as u64;
             self.byte += take as u64;
             self.reader.consume(take);
         }
@@ -310,6 +312,7 @@ impl CsvSource {
             columns,
             personal: ctx.personal.clone(),
             header_lines,
+            extra_fields: ctx.extra_fields,
             cfg: cfg.clone(),
         };
 
