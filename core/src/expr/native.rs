@@ -91,8 +91,9 @@ enum Node {
     Compare(Comparison, Box<Node>, Box<Node>),
     Concat(Box<Node>, Box<Node>),
     Not(Box<Node>),
-    And(Vec<Node>),
-    Or(Vec<Node>),
+    /// `a && b && …` (`false`) or `a || b || …` (`true`): the operands in order until one
+    /// is this value, which is then the result; otherwise its opposite.
+    Logic(bool, Vec<Node>),
     /// `a ?? b`: evaluates `b` only when `a` is null.
     Coalesce(Vec<Node>),
     /// `coalesce(a, b[, c])`: a function, so every argument is evaluated first.
@@ -191,8 +192,8 @@ fn expression(e: &rhai::Expr, field: FieldOf) -> Option<Node> {
         E::Variable(var, _, _) => Node::Field(field(var.1.as_str())?),
         E::Stmt(b) => block(b.statements(), field)?,
         E::FnCall(call, _) => call_node(call, field)?,
-        E::And(list, _) => Node::And(all(list)?),
-        E::Or(list, _) => Node::Or(all(list)?),
+        E::And(list, _) => Node::Logic(false, all(list)?),
+        E::Or(list, _) => Node::Logic(true, all(list)?),
         E::Coalesce(list, _) => Node::Coalesce(all(list)?),
         _ => return None,
     })
@@ -283,25 +284,17 @@ impl Node {
                 Value::Bool(b) => Cow::Owned(Value::Bool(!b)),
                 _ => return None,
             },
-            Node::And(list) => {
+            Node::Logic(decisive, list) => {
                 for n in list {
                     match &*n.eval(values)? {
-                        Value::Bool(true) => {}
-                        Value::Bool(false) => return Some(Cow::Owned(Value::Bool(false))),
+                        Value::Bool(b) if b == decisive => {
+                            return Some(Cow::Owned(Value::Bool(*decisive)));
+                        }
+                        Value::Bool(_) => {}
                         _ => return None,
                     }
                 }
-                Cow::Owned(Value::Bool(true))
-            }
-            Node::Or(list) => {
-                for n in list {
-                    match &*n.eval(values)? {
-                        Value::Bool(false) => {}
-                        Value::Bool(true) => return Some(Cow::Owned(Value::Bool(true))),
-                        _ => return None,
-                    }
-                }
-                Cow::Owned(Value::Bool(false))
+                Cow::Owned(Value::Bool(!decisive))
             }
             Node::Coalesce(list) => {
                 for n in list {
