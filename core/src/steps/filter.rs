@@ -80,3 +80,57 @@ impl Step for Filter {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::expr::ExprEngine;
+    use crate::record::{Schema, SourcePosition};
+
+    /// A condition evaluated natively keeps, drops and rejects exactly as the step's rules
+    /// say: true keeps, false and null drop, anything else is a reject naming the type;
+    /// a date compared with text is simply not equal, as in Rhai.
+    #[test]
+    fn conditions_keep_drop_and_reject_by_their_value() {
+        let ctx = StepContext::new(Arc::new(ExprEngine::new()), vec![]);
+        let src = "if is_null(attivo) { () } else if attivo == \"x\" { 7 } else { eta >= 18 && attivo != \"no\" }";
+        let mut filter = Filter::new("steps[0].filter".into(), src, ctx).unwrap();
+        let schema = Schema::new(vec!["eta".into(), "attivo".into()]);
+        assert!(Native::for_schema(&filter.expr, &schema).is_some());
+        let date = Value::Date(chrono::NaiveDate::from_ymd_opt(2020, 1, 1).unwrap());
+        let rows = [
+            (Value::Int(30), Value::Str("si".into())), // kept
+            (Value::Int(12), Value::Str("si".into())), // false: dropped
+            (Value::Int(30), Value::Str("no".into())), // false: dropped
+            (Value::Int(30), Value::Null),             // null: dropped
+            (Value::Int(30), Value::Str("x".into())),  // 7: rejected
+            (Value::Int(40), date),                    // a date != "no": kept
+        ];
+        let records: Vec<Record> = rows
+            .into_iter()
+            .enumerate()
+            .map(|(i, (eta, attivo))| Record {
+                schema: schema.clone(),
+                values: vec![eta, attivo],
+                position: SourcePosition {
+                    record: i as u64 + 1,
+                    ..SourcePosition::default()
+                },
+            })
+            .collect();
+        let mut batch = Batch::default();
+        let kept = filter.apply(records, &mut batch);
+        let kept: Vec<u64> = kept.iter().map(|r| r.position.record).collect();
+        assert_eq!(kept, vec![1, 6]);
+        assert_eq!(batch.filtered, 3);
+        assert_eq!(batch.rejects.len(), 1);
+        assert_eq!(batch.rejects[0].position.record, 5);
+        assert!(
+            batch.rejects[0].reason.contains("instead of true/false"),
+            "{}",
+            batch.rejects[0].reason
+        );
+    }
+}
