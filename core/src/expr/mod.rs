@@ -467,8 +467,17 @@ impl ExprEngine {
         e.register_fn("to_string", |d: &mut NaiveDateTime| {
             d.format(DATETIME_TEXT).to_string()
         });
-        e.register_fn("format", |d: NaiveDate, fmt: &str| {
-            d.format(fmt).to_string()
+        // chrono reports an unknown specifier (`%Q`) only while writing, as a formatting
+        // error that `to_string` would turn into a panic: written by hand, it is a reject.
+        e.register_fn("format", |d: NaiveDate, fmt: &str| -> FnResult {
+            use std::fmt::Write;
+            let mut out = String::new();
+            write!(out, "{}", d.format(fmt)).map_err(|_| {
+                err(format!(
+                    "`{fmt}` is not a valid date format (chrono's strftime, e.g. `%d/%m/%Y`)"
+                ))
+            })?;
+            Ok(Dynamic::from(ImmutableString::from(out)))
         });
         e.register_fn("year", |d: NaiveDate| d.year() as i64);
         e.register_fn("month", |d: NaiveDate| d.month() as i64);
@@ -847,6 +856,13 @@ mod tests {
             .unwrap(),
             Value::Str("2024-02-29 2024-02-29T00:00:00".into())
         );
+        assert_eq!(
+            eval("format(date(d, \"%d/%m/%Y\"), \"%Y%m%d\")", &r).unwrap(),
+            Value::Str("20240229".into())
+        );
+        // An unknown specifier is an error of the record, not a panic of the run.
+        let e = eval("format(date(d, \"%d/%m/%Y\"), \"%Q\")", &r).unwrap_err();
+        assert!(e.contains("`%Q` is not a valid date format"), "{e}");
         let bad = rec(&[("d", Value::Str("31/02/1980".into()))]);
         let e = eval("date(d, \"%d/%m/%Y\")", &bad).unwrap_err();
         assert!(e.contains("31/02/1980") && e.contains("%d/%m/%Y"), "{e}");
