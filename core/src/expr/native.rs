@@ -32,7 +32,7 @@ use super::{
 };
 use crate::record::Schema;
 use crate::validators;
-use crate::value::Value;
+use crate::value::{self, Value};
 
 /// An expression compiled for native evaluation against records of one schema.
 #[derive(Clone, Debug)]
@@ -53,12 +53,18 @@ enum Function {
     IstatCode,
     IstatRegion,
     Today,
+    IsCodiceFiscale,
+    IsPartitaIva,
+    IsIban,
+    Int,
+    Bool,
+    Decimal(crate::value::DecimalStyle),
 }
 
 /// The functions (besides the text functions and conversions of the parent module) that
 /// native expressions call, by name and arity. Each does what its Rhai registration in
 /// [`super::ExprEngine::with_vars`] does, through the same helper where there is logic.
-const FUNCTIONS: [(&str, usize, Function); 10] = [
+const FUNCTIONS: [(&str, usize, Function); 17] = [
     ("is_null", 1, Function::IsNull),
     ("nullif_empty", 1, Function::NullIfEmpty),
     ("age_at", 2, Function::AgeAt),
@@ -69,6 +75,21 @@ const FUNCTIONS: [(&str, usize, Function); 10] = [
     ("istat_code", 2, Function::IstatCode),
     ("istat_region", 2, Function::IstatRegion),
     ("today", 0, Function::Today),
+    ("is_codice_fiscale", 1, Function::IsCodiceFiscale),
+    ("is_partita_iva", 1, Function::IsPartitaIva),
+    ("is_iban", 1, Function::IsIban),
+    ("int", 1, Function::Int),
+    ("bool", 1, Function::Bool),
+    (
+        "decimal",
+        1,
+        Function::Decimal(crate::value::DecimalStyle::DOT),
+    ),
+    (
+        "decimal_it",
+        1,
+        Function::Decimal(crate::value::DecimalStyle::ITALIAN),
+    ),
 ];
 
 #[derive(Clone, Copy, Debug)]
@@ -408,7 +429,45 @@ fn call(f: Function, args: &[Cow<Value>]) -> Option<Value> {
             }
         }
         Function::Today => Value::Date(super::today()),
+        Function::IsCodiceFiscale => {
+            check(arg(0)?, |s| validators::codice_fiscale::validate(s).is_ok())?
+        }
+        Function::IsPartitaIva => check(arg(0)?, |s| validators::partita_iva::validate(s).is_ok())?,
+        Function::IsIban => check(arg(0)?, |s| validators::iban::validate(s).is_ok())?,
+        // As the registrations: the value itself when it is of the kind, null for null or
+        // blank text, else the text parsed (a failure is Rhai's to report).
+        Function::Int => match arg(0)? {
+            Value::Int(i) => Value::Int(*i),
+            // Rhai's own conversions take a decimal before the registration does.
+            Value::Decimal(_) => return None,
+            v => match text(v)? {
+                Some(s) if !s.trim().is_empty() => Value::Int(value::parse_int(&s).ok()?),
+                _ => Value::Null,
+            },
+        },
+        Function::Bool => match arg(0)? {
+            Value::Bool(b) => Value::Bool(*b),
+            v => match text(v)? {
+                Some(s) if !s.trim().is_empty() => Value::Bool(value::parse_bool(&s).ok()?),
+                _ => Value::Null,
+            },
+        },
+        Function::Decimal(style) => match arg(0)? {
+            Value::Decimal(d) => Value::Decimal(*d),
+            Value::Int(i) => Value::Decimal((*i).into()),
+            v => match text(v)? {
+                Some(s) if !s.trim().is_empty() => {
+                    Value::Decimal(value::parse_decimal(&s, style).ok()?)
+                }
+                _ => Value::Null,
+            },
+        },
     })
+}
+
+/// A domain check on a value's text, as the engine's `bool_check`: false for null.
+fn check(v: &Value, valid: impl Fn(&str) -> bool) -> Option<Value> {
+    Some(Value::Bool(text(v)?.is_some_and(|s| valid(&s))))
 }
 
 #[cfg(test)]
@@ -466,6 +525,14 @@ mod tests {
             "as_datetime(a)",
             "norm_name(a)",
             "is_foreign_place(a)",
+            "is_codice_fiscale(a)",
+            "is_partita_iva(a)",
+            "is_iban(a)",
+            "int(a)",
+            "bool(a)",
+            "decimal(a)",
+            "decimal_it(a)",
+            "if is_codice_fiscale(upper(trim(a))) { int(b) } else { decimal_it(a) }",
         ];
         let not_native = ["left(a, 2)", "a * 2", "[a, b]", "a.len()", "c + 1"];
         let date = |y, m, d| Value::Date(NaiveDate::from_ymd_opt(y, m, d).unwrap());
@@ -481,6 +548,14 @@ mod tests {
             Value::Str("2024-03-01".into()),
             Value::Str("31/12/1950".into()),
             Value::Str("  d'Angelo   nicolò ".into()),
+            Value::Str("RSSMRA85T10A562S".into()),
+            Value::Str("rssmra85t10a562s ".into()),
+            Value::Str("IT60X0542811101000000123456".into()),
+            Value::Str("01234567897".into()),
+            Value::Str(" 1.234,5 ".into()),
+            Value::Str("12.50".into()),
+            Value::Str("S".into()),
+            Value::Str(" 42 ".into()),
             Value::Int(2),
             Value::Int(7),
             Value::Int(-5),
