@@ -199,12 +199,19 @@ fn expression(e: &rhai::Expr, field: FieldOf) -> Option<Node> {
     };
     Some(match e {
         E::DynamicConstant(d, _) => {
-            let v = from_dynamic((**d).clone());
-            // A char or a custom type other than a date would not come back the same.
-            if !scalar(&v) || d.is_char() {
+            // Only the kinds that pass through a record unchanged: a char, a function
+            // pointer or another custom type folded by Rhai's optimiser would become text.
+            let plain = d.is_unit()
+                || d.is::<bool>()
+                || d.is::<rhai::INT>()
+                || d.is::<rust_decimal::Decimal>()
+                || d.is::<rhai::ImmutableString>()
+                || d.is::<NaiveDate>()
+                || d.is::<chrono::NaiveDateTime>();
+            if !plain {
                 return None;
             }
-            Node::Const(v)
+            Node::Const(from_dynamic((**d).clone()))
         }
         E::BoolConstant(b, _) => Node::Const(Value::Bool(*b)),
         E::IntegerConstant(i, _) => Node::Const(Value::Int(*i)),
