@@ -82,6 +82,10 @@ impl Step for Lookup {
         &self.label
     }
 
+    fn adds(&self) -> usize {
+        1
+    }
+
     fn apply(&mut self, records: Vec<Record>, batch: &mut Batch) -> Vec<Record> {
         let mut out = Vec::with_capacity(records.len());
         for mut rec in records {

@@ -84,6 +84,10 @@ impl Step for Pseudonym {
         &self.label
     }
 
+    fn adds(&self) -> usize {
+        1
+    }
+
     fn apply(&mut self, records: Vec<Record>, _batch: &mut Batch) -> Vec<Record> {
         records
             .into_iter()
