@@ -2,6 +2,7 @@
 
 use std::str::FromStr;
 
+use chrono::Datelike;
 use rust_decimal::Decimal;
 use snodo_core::value::{Value, ValueType};
 use sqlx::postgres::PgRow;
@@ -118,15 +119,31 @@ pub fn copy_text(v: &Value, out: &mut Vec<u8>) {
         Value::Decimal(d) => {
             let _ = write!(out, "{d}");
         }
+        // Four-digit years (all of a registry's) digit by digit; chrono's `Display`, which
+        // also writes signed and five-digit years, for the rest.
+        Value::Date(d) if (0..=9999).contains(&d.year()) => {
+            let digits = |n: u32, width: usize, out: &mut Vec<u8>| {
+                for k in (0..width).rev() {
+                    out.push(b'0' + (n / 10u32.pow(k as u32) % 10) as u8);
+                }
+            };
+            digits(d.year() as u32, 4, out);
+            out.push(b'-');
+            digits(d.month(), 2, out);
+            out.push(b'-');
+            digits(d.day(), 2, out);
+        }
         Value::Date(d) => {
             let _ = write!(out, "{d}");
         }
         other => {
             let text = other.text().unwrap_or_default();
             let bytes = text.as_bytes();
-            // Most fields need no escape: copy them whole rather than byte by byte.
-            let special = |b: &u8| matches!(b, b'\\' | b'\t' | b'\n' | b'\r');
-            if !bytes.iter().any(special) {
+            // Most fields need no escape: copy them whole rather than byte by byte (the
+            // search is memchr's, several bytes at a time).
+            let special = memchr::memchr3(b'\\', b'\t', b'\n', bytes).is_some()
+                || memchr::memchr(b'\r', bytes).is_some();
+            if !special {
                 out.extend_from_slice(bytes);
                 return;
             }
@@ -200,6 +217,10 @@ mod tests {
             Value::Decimal("-0.001".parse().unwrap()),
             Value::Date(chrono::NaiveDate::from_ymd_opt(2026, 2, 28).unwrap()),
             Value::Date(chrono::NaiveDate::from_ymd_opt(33, 1, 5).unwrap()),
+            Value::Date(chrono::NaiveDate::from_ymd_opt(0, 12, 31).unwrap()),
+            Value::Date(chrono::NaiveDate::from_ymd_opt(9999, 10, 9).unwrap()),
+            Value::Date(chrono::NaiveDate::from_ymd_opt(10000, 1, 1).unwrap()),
+            Value::Date(chrono::NaiveDate::from_ymd_opt(-44, 3, 15).unwrap()),
         ] {
             out.clear();
             copy_text(&v, &mut out);
