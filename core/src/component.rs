@@ -146,12 +146,24 @@ pub trait Sink: Send {
     fn checks_ahead(&self) -> bool {
         false
     }
-    /// Writes `records` and saves `checkpoint` atomically.
+    /// Writes `records` and saves `checkpoint` atomically. A sink may commit in the
+    /// background (the PostgreSQL sink does) and return once the batch is handed over: it
+    /// then reports a failed commit at a later `write` or at [`Sink::flush`].
     fn write<'a>(
         &'a mut self,
         records: &'a [Record],
         checkpoint: &'a SavedCheckpoint,
     ) -> BoxFuture<'a, Result<()>>;
+    /// Waits until every batch `write` accepted is committed, and fails if one was not.
+    /// The runtime calls it however the run ended, before it reports what was written.
+    fn flush(&mut self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async { Ok(()) })
+    }
+    /// Records `write` accepted that were not committed (after a failed `flush`): the
+    /// run's written count leaves them out.
+    fn uncommitted(&self) -> u64 {
+        0
+    }
     /// Marks the checkpoint done and publishes what was written (renames a file into place).
     fn finish<'a>(
         &'a mut self,

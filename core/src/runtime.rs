@@ -263,7 +263,20 @@ pub async fn run(mut plan: Plan, log: &FlowLog, opts: RunOptions) -> Result<RunS
         dry_run: opts.dry_run,
     };
 
-    let outcome = pump(&mut plan, log, &opts, &mut summary, from, fingerprint, base).await;
+    let mut outcome = pump(&mut plan, log, &opts, &mut summary, from, fingerprint, base).await;
+    // A sink may commit in the background: whatever ended the run, what it reports as
+    // written must have been committed.
+    if let Err(e) = plan.sink.flush().await {
+        summary.written = summary.written.saturating_sub(plan.sink.uncommitted());
+        summary.status = "failed".into();
+        match &outcome {
+            Err(_) => tracing::debug!(
+                error = %crate::mask::redact_text(&e.to_string()),
+                "the sink's last commits failed too"
+            ),
+            Ok(_) => outcome = Err(e),
+        }
+    }
 
     summary.seconds = started.elapsed().as_secs_f64();
     match outcome {

@@ -6,6 +6,7 @@
 
 mod config;
 pub mod mssql;
+mod pg_writer;
 mod sink;
 pub(crate) use sink::{CHECKPOINT_DDL, CHECKPOINT_GET, CHECKPOINT_PUT};
 mod source;

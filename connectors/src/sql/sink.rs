@@ -5,13 +5,13 @@ use futures::future::BoxFuture;
 use snodo_core::component::{Artifact, Prepare, Prepared, SavedCheckpoint, Sink};
 use snodo_core::db::{Db, quote_ident, quote_table};
 use snodo_core::error::{Error, Result};
-use snodo_core::record::{Batch, Record, Schema};
+use snodo_core::record::{Batch, Record};
 use snodo_core::steps::StepContext;
 use snodo_core::value::{Value, ValueType};
-use sqlx::pool::PoolConnection;
-use sqlx::{Postgres, Row};
+use sqlx::Row;
 
 use super::config::SqlSinkConfig;
+use super::pg_writer::{CopyGroups, PgWriter, Target, pg_literal};
 use super::values;
 
 pub(crate) const CHECKPOINT_DDL: &str = "CREATE TABLE IF NOT EXISTS _snodo_checkpoint (
@@ -33,18 +33,12 @@ pub struct SqlSink {
     connection: String,
     pipeline: String,
     table_columns: Option<Vec<String>>,
-    /// PostgreSQL: one connection for the whole run, because the staging table is
-    /// temporary and lives as long as the session.
-    pg: Option<PoolConnection<Postgres>>,
-    /// Decided, and the staging table made, at the first batch with records.
-    pg_write: PgWrite,
+    /// PostgreSQL: the task that commits the batches, started at the first write.
+    writer: Option<PgWriter>,
     /// PostgreSQL: `COPY` text the step workers encoded ([`CopyText`]), for the batches
     /// checked but not yet written, oldest first.
     encoded: VecDeque<Encoded>,
 }
-
-/// The `COPY` text of a batch's records, in runs of records with one schema.
-type CopyGroups = Vec<(Arc<Schema>, Vec<u8>)>;
 
 /// Encodes a batch's records as `COPY` text on the step workers, so that the sink's
 /// single task only sends it: encoding was a sixth of the sink's time in the CSV
@@ -100,19 +94,6 @@ fn identity(records: &[Record]) -> (usize, usize) {
     (records.as_ptr() as usize, records.len())
 }
 
-/// How the PostgreSQL sink writes a batch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum PgWrite {
-    /// Not decided yet: the target's indexes have not been read, the staging table not made.
-    Unknown,
-    /// `COPY` straight into the target: for new keys, a third of the upsert's cost in
-    /// PostgreSQL (1M rows: 4.4 s against 13 s, docs/benchmarks.md). A batch whose keys
-    /// are already there falls back to the upsert, and so does the rest of the run.
-    Direct,
-    /// `COPY` into a temporary staging table, then `INSERT … ON CONFLICT DO UPDATE`.
-    Upsert,
-}
-
 impl SqlSink {
     /// Builds the sink.
     pub fn new(cfg: SqlSinkConfig, db: Db, connection: &str) -> Self {
@@ -122,8 +103,7 @@ impl SqlSink {
             connection: connection.to_string(),
             pipeline: String::new(),
             table_columns: None,
-            pg: None,
-            pg_write: PgWrite::Unknown,
+            writer: None,
             encoded: VecDeque::new(),
         }
     }
@@ -322,68 +302,19 @@ impl SqlSink {
         Ok(())
     }
 
-    /// Whether a unique index on exactly the key columns would refuse a key already in the
-    /// table: only then may a batch be copied straight in (without one, `COPY` would
-    /// duplicate rows that the upsert was meant to replace).
-    async fn has_unique_key_index(&mut self, ctx: &str) -> Result<bool> {
-        let conn = self
-            .pg
-            .as_deref_mut()
-            .ok_or_else(|| Error::Other("no connection".into()))?;
-        sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM pg_index i
-               WHERE i.indrelid = to_regclass($1) AND i.indisunique AND i.indimmediate
-                 AND i.indpred IS NULL AND i.indexprs IS NULL
-                 AND i.indnkeyatts = cardinality($2::text[])
-                 AND (SELECT array_agg(a.attname::text ORDER BY a.attname::text) FROM pg_attribute a
-                      WHERE a.attrelid = i.indrelid
-                        AND a.attnum = ANY ((i.indkey::int2[])[0:i.indnkeyatts - 1]))
-                   = (SELECT array_agg(k ORDER BY k) FROM unnest($2::text[]) k))",
-        )
-        .bind(quote_table(&self.cfg.table))
-        .bind(&self.cfg.key)
-        .fetch_one(&mut *conn)
-        .await
-        .map_err(|e| Error::db(ctx, e))
-    }
-
     async fn write_pg(&mut self, records: &[Record], state: &str, now: &str) -> Result<()> {
-        let ctx = self.ctx("writing to");
         let Db::Postgres(pool) = &self.db else {
             return Err(dialect_mismatch());
         };
-        if self.pg.is_none() {
-            self.pg = Some(pool.acquire().await.map_err(|e| Error::db(&ctx, e))?);
-        }
-        let target = quote_table(&self.cfg.table);
-        if self.pg_write == PgWrite::Unknown && !records.is_empty() {
-            self.pg_write = if self.has_unique_key_index(&ctx).await? {
-                PgWrite::Direct
-            } else {
-                PgWrite::Upsert
+        if self.writer.is_none() {
+            let ctx = self.ctx("writing to");
+            let conn = pool.acquire().await.map_err(|e| Error::db(&ctx, e))?;
+            let target = Target {
+                table: self.cfg.table.clone(),
+                key: self.cfg.key.clone(),
+                ctx,
             };
-            // Built from the target's columns but with none of its constraints, defaults
-            // or identity: the staging table only carries what the batch says, plus the
-            // records' order (an identity, which `COPY` fills in line order) so that the
-            // last of several records with the same key wins, as row-by-row upserts would.
-            let conn = self
-                .pg
-                .as_deref_mut()
-                .ok_or_else(|| Error::Other("no connection".into()))?;
-            for ddl in [
-                format!(
-                    "CREATE TEMP TABLE IF NOT EXISTS snodo_staging ON COMMIT DELETE ROWS AS \
-                     SELECT * FROM {target} WITH NO DATA"
-                ),
-                "ALTER TABLE pg_temp.snodo_staging \
-                 ADD COLUMN IF NOT EXISTS _snodo_ord bigint GENERATED ALWAYS AS IDENTITY"
-                    .to_string(),
-            ] {
-                sqlx::query(sqlx::AssertSqlSafe(ddl))
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(|e| Error::db(&ctx, e))?;
-            }
+            self.writer = Some(PgWriter::start(conn, target));
         }
 
         // The text the workers encoded for these records, or encoded here.
@@ -411,88 +342,17 @@ impl SqlSink {
             self.check_fields(schema.names())?;
         }
 
-        let keys: Vec<String> = self.cfg.key.iter().map(|k| quote_ident(k)).collect();
-        let table = &self.cfg.table;
-        let conn = self
-            .pg
-            .as_deref_mut()
-            .ok_or_else(|| Error::Other("no connection".into()))?;
-        let mut tx = sqlx::Connection::begin(conn)
-            .await
-            .map_err(|e| Error::db(&ctx, e))?;
-        let several = groups.len() > 1;
-        for (schema, data) in &groups {
-            let names = schema.names();
-            let col_list = names
-                .iter()
-                .map(|n| quote_ident(n))
-                .collect::<Vec<_>>()
-                .join(", ");
-            if self.pg_write == PgWrite::Direct {
-                // Under a savepoint: a key already in the table (or twice in the batch)
-                // makes the unique index refuse the COPY, and the batch is written again
-                // by the upsert below.
-                let mut attempt = sqlx::Connection::begin(&mut *tx)
-                    .await
-                    .map_err(|e| Error::db(&ctx, e))?;
-                let copy = format!("COPY {target} ({col_list}) FROM STDIN (FORMAT text)");
-                match copy_in(&mut attempt, &copy, data).await {
-                    Ok(()) => {
-                        attempt.commit().await.map_err(|e| Error::db(&ctx, e))?;
-                        continue;
-                    }
-                    Err(e) if is_unique_violation(&e) => {
-                        attempt.rollback().await.map_err(|e| Error::db(&ctx, e))?;
-                        // A run that meets existing keys once (a reload, an incremental
-                        // load of changed rows) will likely meet them again: the failed
-                        // attempts would only cost time.
-                        tracing::info!(
-                            table = %table,
-                            "keys already in the table: this run upserts from now on"
-                        );
-                        self.pg_write = PgWrite::Upsert;
-                    }
-                    Err(e) => return Err(Error::db(&ctx, e)),
-                }
-            }
-            if several {
-                sqlx::query("TRUNCATE snodo_staging")
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(|e| Error::db(&ctx, e))?;
-            }
-            let copy = format!("COPY snodo_staging ({col_list}) FROM STDIN (FORMAT text)");
-            copy_in(&mut tx, &copy, data)
-                .await
-                .map_err(|e| Error::db(&ctx, e))?;
-            let upsert = format!(
-                "INSERT INTO {target} ({col_list}) SELECT DISTINCT ON ({k}) {col_list} FROM snodo_staging ORDER BY {k}, _snodo_ord DESC {update}",
-                k = keys.join(", "),
-                update = update_clause(&self.cfg.key, names)
-            );
-            let key_list = self.cfg.key.join(", ");
-            sqlx::query(sqlx::AssertSqlSafe(upsert))
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| {
-                    if e.to_string().contains("no unique or exclusion constraint") {
-                        Error::Input(format!(
-                            "table `{table}` has no primary key or unique constraint on ({key_list}); the sink's `key` must match one"
-                        ))
-                    } else {
-                        Error::db(&ctx, e)
-                    }
-                })?;
-        }
-        sqlx::query(CHECKPOINT_PUT)
-            .bind(&self.pipeline)
-            .bind(state)
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| Error::db(&ctx, e))?;
-        tx.commit().await.map_err(|e| Error::db(&ctx, e))?;
-        Ok(())
+        // The checkpoint travels with the COMMIT, in one simple-protocol message.
+        let close = format!(
+            "INSERT INTO _snodo_checkpoint (pipeline, state, updated_at) VALUES ({}, {}, {})
+             ON CONFLICT (pipeline) DO UPDATE SET state = EXCLUDED.state, updated_at = EXCLUDED.updated_at;
+             COMMIT",
+            pg_literal(&self.pipeline)?,
+            pg_literal(state)?,
+            pg_literal(now)?
+        );
+        let writer = self.writer.as_mut().ok_or_else(dialect_mismatch)?;
+        writer.write(groups, close, records.len() as u64).await
     }
 
     async fn save(&mut self, records: &[Record], checkpoint: &SavedCheckpoint) -> Result<()> {
@@ -510,7 +370,7 @@ impl SqlSink {
 
 /// `ON CONFLICT (key) DO UPDATE SET` every non-key column (or `DO NOTHING` when the
 /// record has only key columns).
-fn update_clause(key: &[String], names: &[String]) -> String {
+pub(super) fn update_clause(key: &[String], names: &[String]) -> String {
     let sets: Vec<String> = names
         .iter()
         .filter(|n| !key.contains(n))
@@ -526,31 +386,6 @@ fn update_clause(key: &[String], names: &[String]) -> String {
             sets.join(", ")
         )
     }
-}
-
-/// Sends `data` (COPY text format) with the `COPY … FROM STDIN` statement `copy`.
-async fn copy_in(
-    conn: &mut sqlx::PgConnection,
-    copy: &str,
-    data: &[u8],
-) -> std::result::Result<(), sqlx::Error> {
-    let mut c = conn.copy_in_raw(copy).await?;
-    for chunk in data.chunks(1 << 20) {
-        if let Err(e) = c.send(chunk).await {
-            // The server may refuse while the data is still being sent; ending the COPY
-            // leaves the connection usable for the savepoint's rollback.
-            let _ = c.abort("snodo: batch refused").await;
-            return Err(e);
-        }
-    }
-    c.finish().await.map(|_| ())
-}
-
-/// Whether PostgreSQL refused a row because its key is already there (`unique_violation`).
-fn is_unique_violation(e: &sqlx::Error) -> bool {
-    e.as_database_error()
-        .and_then(|d| d.code())
-        .is_some_and(|c| c == "23505")
 }
 
 fn dialect_mismatch() -> Error {
@@ -658,7 +493,21 @@ impl Sink for SqlSink {
     ) -> BoxFuture<'a, Result<Vec<Artifact>>> {
         Box::pin(async move {
             self.save(&[], checkpoint).await?;
+            self.flush().await?;
             Ok(Vec::new())
         })
+    }
+
+    fn flush(&mut self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            match &mut self.writer {
+                Some(w) => w.flush().await,
+                None => Ok(()),
+            }
+        })
+    }
+
+    fn uncommitted(&self) -> u64 {
+        self.writer.as_ref().map_or(0, PgWriter::uncommitted)
     }
 }

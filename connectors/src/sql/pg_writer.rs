@@ -1,0 +1,388 @@
+//! The PostgreSQL sink's writer: a task that owns the sink's session and commits each
+//! batch (its `COPY` text and its checkpoint) in one transaction, while the runtime's sink
+//! loop already logs and hands over the next batch.
+//!
+//! Why a task: when the sink loop waited for each `COMMIT`, PostgreSQL's work and the
+//! flow log's append ran in turn at every batch, and both cores sat idle for four
+//! seconds per million rows in the CSV benchmark (docs/benchmarks.md). Nothing about
+//! the guarantees changes: a batch is still logged before it is committed, still
+//! committed with its checkpoint, and [`PgWriter::flush`] tells the runtime whether
+//! everything it handed over was committed, so that a run's counts stand only for
+//! committed rows.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use snodo_core::db::{quote_ident, quote_table};
+use snodo_core::error::{Error, Result};
+use snodo_core::record::Schema;
+use sqlx::Postgres;
+use sqlx::pool::PoolConnection;
+use tokio::sync::{mpsc, oneshot};
+
+/// The `COPY` text of a batch's records, in runs of records with one schema.
+pub(super) type CopyGroups = Vec<(Arc<Schema>, Vec<u8>)>;
+
+/// Batches handed over and not yet committed. Two keep PostgreSQL busy while the sink
+/// loop logs the next one; more would only hold memory (the text of 2000 rows is a few
+/// hundred kilobytes).
+const QUEUED: usize = 2;
+
+/// What the sink knows of its target, for the writer.
+pub(super) struct Target {
+    /// The table as configured, for messages.
+    pub table: String,
+    /// The key columns.
+    pub key: Vec<String>,
+    /// What a database error is about (`writing to table … on connection …`).
+    pub ctx: String,
+}
+
+/// One batch: its `COPY` text, and the statements that save its checkpoint and commit.
+struct Job {
+    groups: CopyGroups,
+    close: String,
+    records: u64,
+}
+
+enum Message {
+    Write(Job),
+    /// Answered once every batch before it is committed.
+    Flush(oneshot::Sender<()>),
+}
+
+/// The sink's handle on its writer task.
+pub(super) struct PgWriter {
+    to_task: mpsc::Sender<Message>,
+    /// The error that stopped the task, until someone reports it.
+    failure: Arc<Mutex<Option<Error>>>,
+    committed: Arc<AtomicU64>,
+    accepted: u64,
+}
+
+impl PgWriter {
+    /// Starts the task on `conn`, which it keeps for the whole run (the staging table is
+    /// temporary and lives as long as the session).
+    pub fn start(conn: PoolConnection<Postgres>, target: Target) -> Self {
+        let (to_task, from_sink) = mpsc::channel(QUEUED);
+        let failure = Arc::new(Mutex::new(None));
+        let committed = Arc::new(AtomicU64::new(0));
+        let task = Task {
+            conn,
+            target: quote_table(&target.table),
+            t: target,
+            mode: Mode::Unknown,
+            staging: false,
+        };
+        tokio::spawn(task.run(from_sink, failure.clone(), committed.clone()));
+        PgWriter {
+            to_task,
+            failure,
+            committed,
+            accepted: 0,
+        }
+    }
+
+    /// Hands a batch over. Waits only while [`QUEUED`] batches are already waiting; fails
+    /// with the error of an earlier batch, if one failed.
+    pub async fn write(&mut self, groups: CopyGroups, close: String, records: u64) -> Result<()> {
+        if let Some(e) = self.take_failure() {
+            return Err(e);
+        }
+        let job = Job {
+            groups,
+            close,
+            records,
+        };
+        if self.to_task.send(Message::Write(job)).await.is_err() {
+            return Err(self.stopped());
+        }
+        self.accepted += records;
+        Ok(())
+    }
+
+    /// Waits until every batch handed over is committed.
+    pub async fn flush(&mut self) -> Result<()> {
+        let (done, answer) = oneshot::channel();
+        if self.to_task.send(Message::Flush(done)).await.is_err() || answer.await.is_err() {
+            return Err(self.stopped());
+        }
+        Ok(())
+    }
+
+    /// Records handed over but not committed: after a failure, those of the batch that
+    /// failed and of the batches after it.
+    pub fn uncommitted(&self) -> u64 {
+        self.accepted
+            .saturating_sub(self.committed.load(Ordering::Acquire))
+    }
+
+    fn take_failure(&self) -> Option<Error> {
+        self.failure.lock().ok().and_then(|mut f| f.take())
+    }
+
+    /// The task has ended: it failed, and its error may have been reported already.
+    fn stopped(&self) -> Error {
+        self.take_failure().unwrap_or_else(|| {
+            Error::Other(
+                "the PostgreSQL writer stopped after an earlier batch failed (see that error); nothing after the last committed batch was written"
+                    .into(),
+            )
+        })
+    }
+}
+
+/// How a batch is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Not decided yet: the target's indexes have not been read.
+    Unknown,
+    /// `COPY` straight into the target: for new keys, a third of the upsert's cost in
+    /// PostgreSQL (1M rows: 4.4 s against 13 s, docs/benchmarks.md). A batch whose keys
+    /// are already there falls back to the upsert, and so does the rest of the run.
+    Direct,
+    /// `COPY` into a temporary staging table, then `INSERT … ON CONFLICT DO UPDATE`.
+    Upsert,
+}
+
+struct Task {
+    conn: PoolConnection<Postgres>,
+    t: Target,
+    /// The table, quoted.
+    target: String,
+    mode: Mode,
+    /// Whether the staging table was made in this session.
+    staging: bool,
+}
+
+impl Task {
+    async fn run(
+        mut self,
+        mut from_sink: mpsc::Receiver<Message>,
+        failure: Arc<Mutex<Option<Error>>>,
+        committed: Arc<AtomicU64>,
+    ) {
+        while let Some(message) = from_sink.recv().await {
+            match message {
+                Message::Flush(done) => {
+                    let _ = done.send(());
+                }
+                Message::Write(job) => match self.write(&job).await {
+                    Ok(()) => {
+                        committed.fetch_add(job.records, Ordering::Release);
+                    }
+                    Err(e) => {
+                        if let Ok(mut f) = failure.lock() {
+                            *f = Some(e);
+                        }
+                        // Dropping the receiver fails every later write and flush, which
+                        // then report the error: nothing after this batch is written.
+                        return;
+                    }
+                },
+            }
+        }
+    }
+
+    async fn write(&mut self, job: &Job) -> Result<()> {
+        let ctx = self.t.ctx.clone();
+        if self.mode == Mode::Unknown && job.groups.iter().any(|(_, d)| !d.is_empty()) {
+            self.mode = if self.has_unique_key_index().await? {
+                Mode::Direct
+            } else {
+                Mode::Upsert
+            };
+        }
+        loop {
+            if self.mode == Mode::Upsert && !self.staging {
+                self.make_staging().await?;
+            }
+            let direct = self.mode == Mode::Direct;
+            let conn = &mut *self.conn;
+            let Err(e) = write_groups(
+                conn,
+                &self.target,
+                &self.t.key,
+                &job.groups,
+                direct,
+                &job.close,
+            )
+            .await
+            else {
+                return Ok(());
+            };
+            // Nothing of the batch is kept: the transaction held only it and its checkpoint.
+            let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await;
+            if direct && is_unique_violation(&e) {
+                // A key already in the table (or twice in the batch): the unique index
+                // refused the COPY, and the batch is written again by the upsert. A run
+                // that meets existing keys once (a reload, an incremental load of changed
+                // rows) will likely meet them again: failed attempts would only cost time.
+                tracing::info!(
+                    table = %self.t.table,
+                    "keys already in the table: this run upserts from now on"
+                );
+                self.mode = Mode::Upsert;
+                continue;
+            }
+            if e.to_string().contains("no unique or exclusion constraint") {
+                return Err(Error::Input(format!(
+                    "table `{}` has no primary key or unique constraint on ({}); the sink's `key` must match one",
+                    self.t.table,
+                    self.t.key.join(", ")
+                )));
+            }
+            return Err(Error::db(&ctx, e));
+        }
+    }
+
+    /// Whether a unique index on exactly the key columns would refuse a key already in the
+    /// table: only then may a batch be copied straight in (without one, `COPY` would
+    /// duplicate rows that the upsert was meant to replace).
+    async fn has_unique_key_index(&mut self) -> Result<bool> {
+        sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM pg_index i
+               WHERE i.indrelid = to_regclass($1) AND i.indisunique AND i.indimmediate
+                 AND i.indpred IS NULL AND i.indexprs IS NULL
+                 AND i.indnkeyatts = cardinality($2::text[])
+                 AND (SELECT array_agg(a.attname::text ORDER BY a.attname::text) FROM pg_attribute a
+                      WHERE a.attrelid = i.indrelid
+                        AND a.attnum = ANY ((i.indkey::int2[])[0:i.indnkeyatts - 1]))
+                   = (SELECT array_agg(k ORDER BY k) FROM unnest($2::text[]) k))",
+        )
+        .bind(&self.target)
+        .bind(&self.t.key)
+        .fetch_one(&mut *self.conn)
+        .await
+        .map_err(|e| Error::db(&self.t.ctx, e))
+    }
+
+    /// Built from the target's columns but with none of its constraints, defaults or
+    /// identity: the staging table only carries what the batch says, plus the records'
+    /// order (an identity, which `COPY` fills in line order) so that the last of several
+    /// records with the same key wins, as row-by-row upserts would.
+    async fn make_staging(&mut self) -> Result<()> {
+        for ddl in [
+            format!(
+                "CREATE TEMP TABLE IF NOT EXISTS snodo_staging ON COMMIT DELETE ROWS AS \
+                 SELECT * FROM {} WITH NO DATA",
+                self.target
+            ),
+            "ALTER TABLE pg_temp.snodo_staging \
+             ADD COLUMN IF NOT EXISTS _snodo_ord bigint GENERATED ALWAYS AS IDENTITY"
+                .to_string(),
+        ] {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(ddl))
+                .execute(&mut *self.conn)
+                .await
+                .map_err(|e| Error::db(&self.t.ctx, e))?;
+        }
+        self.staging = true;
+        Ok(())
+    }
+}
+
+/// Writes a batch's `COPY` groups in one transaction, closed by `close` (the checkpoint and
+/// `COMMIT`). The transaction is opened and closed by hand so that a batch costs four round
+/// trips (`BEGIN`, the `COPY` and its data, checkpoint + `COMMIT`) instead of seven: on a
+/// loaded machine the server process waits for a core at each one. On error the caller
+/// rolls back.
+async fn write_groups(
+    conn: &mut sqlx::PgConnection,
+    target: &str,
+    key: &[String],
+    groups: &CopyGroups,
+    direct: bool,
+    close: &str,
+) -> std::result::Result<(), sqlx::Error> {
+    sqlx::raw_sql("BEGIN").execute(&mut *conn).await?;
+    let several = groups.len() > 1;
+    for (schema, data) in groups {
+        let names = schema.names();
+        let col_list = names
+            .iter()
+            .map(|n| quote_ident(n))
+            .collect::<Vec<_>>()
+            .join(", ");
+        if direct {
+            let copy = format!("COPY {target} ({col_list}) FROM STDIN (FORMAT text)");
+            copy_in(conn, &copy, data).await?;
+            continue;
+        }
+        if several {
+            sqlx::raw_sql("TRUNCATE snodo_staging")
+                .execute(&mut *conn)
+                .await?;
+        }
+        let copy = format!("COPY snodo_staging ({col_list}) FROM STDIN (FORMAT text)");
+        copy_in(conn, &copy, data).await?;
+        let keys = key
+            .iter()
+            .map(|k| quote_ident(k))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let upsert = format!(
+            "INSERT INTO {target} ({col_list}) SELECT DISTINCT ON ({keys}) {col_list} FROM snodo_staging ORDER BY {keys}, _snodo_ord DESC {update}",
+            update = super::sink::update_clause(key, names)
+        );
+        sqlx::raw_sql(sqlx::AssertSqlSafe(upsert))
+            .execute(&mut *conn)
+            .await?;
+    }
+    sqlx::raw_sql(sqlx::AssertSqlSafe(close.to_string()))
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// Sends `data` (COPY text format) with the `COPY … FROM STDIN` statement `copy`.
+async fn copy_in(
+    conn: &mut sqlx::PgConnection,
+    copy: &str,
+    data: &[u8],
+) -> std::result::Result<(), sqlx::Error> {
+    let mut c = conn.copy_in_raw(copy).await?;
+    for chunk in data.chunks(1 << 20) {
+        if let Err(e) = c.send(chunk).await {
+            // The server may refuse while the data is still being sent; ending the COPY
+            // leaves the connection usable for the rollback.
+            let _ = c.abort("snodo: batch refused").await;
+            return Err(e);
+        }
+    }
+    c.finish().await.map(|_| ())
+}
+
+/// Whether PostgreSQL refused a row because its key is already there (`unique_violation`).
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .and_then(|d| d.code())
+        .is_some_and(|c| c == "23505")
+}
+
+/// A PostgreSQL string literal in the escape form (`E'…'`), read the same whatever
+/// `standard_conforming_strings` says. A text with a NUL cannot be stored in PostgreSQL at
+/// all.
+pub(super) fn pg_literal(text: &str) -> Result<String> {
+    if text.contains('\0') {
+        return Err(Error::Input(
+            "a NUL character cannot be stored in PostgreSQL (pipeline name or checkpoint)".into(),
+        ));
+    }
+    Ok(format!(
+        "E'{}'",
+        text.replace('\\', "\\\\").replace('\'', "''")
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pg_literal;
+
+    #[test]
+    fn literals_escape_quotes_and_backslashes_and_refuse_nul() {
+        assert_eq!(pg_literal("plain").unwrap(), "E'plain'");
+        assert_eq!(pg_literal(r"a'b\c").unwrap(), r"E'a''b\\c'");
+        assert!(pg_literal("a\0b").is_err());
+    }
+}
