@@ -185,7 +185,6 @@ impl Task {
     }
 
     async fn write(&mut self, job: &Job) -> Result<()> {
-        let ctx = self.t.ctx.clone();
         if self.mode == Mode::Unknown && job.groups.iter().any(|(_, d)| !d.is_empty()) {
             self.mode = if self.has_unique_key_index().await? {
                 Mode::Direct
@@ -232,7 +231,7 @@ impl Task {
                     self.t.key.join(", ")
                 )));
             }
-            return Err(Error::db(&ctx, e));
+            return Err(Error::db(&self.t.ctx, e));
         }
     }
 

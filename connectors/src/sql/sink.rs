@@ -19,9 +19,18 @@ pub(crate) const CHECKPOINT_DDL: &str = "CREATE TABLE IF NOT EXISTS _snodo_check
     state TEXT NOT NULL,
     updated_at TEXT NOT NULL)";
 pub(crate) const CHECKPOINT_GET: &str = "SELECT state FROM _snodo_checkpoint WHERE pipeline = $1";
-pub(crate) const CHECKPOINT_PUT: &str =
-    "INSERT INTO _snodo_checkpoint (pipeline, state, updated_at) VALUES ($1, $2, $3)
-    ON CONFLICT (pipeline) DO UPDATE SET state = EXCLUDED.state, updated_at = EXCLUDED.updated_at";
+/// The checkpoint upsert with `values` in place of its row: one text for the bound form
+/// ([`CHECKPOINT_PUT`]) and the literal form the PostgreSQL writer sends with `COMMIT`.
+macro_rules! checkpoint_put {
+    ($values:literal) => {
+        concat!(
+            "INSERT INTO _snodo_checkpoint (pipeline, state, updated_at) VALUES ",
+            $values,
+            "\n    ON CONFLICT (pipeline) DO UPDATE SET state = EXCLUDED.state, updated_at = EXCLUDED.updated_at"
+        )
+    };
+}
+pub(crate) const CHECKPOINT_PUT: &str = checkpoint_put!("($1, $2, $3)");
 
 /// SQLite allows 32766 bound parameters per statement; stay well below.
 const SQLITE_MAX_PARAMS: usize = 30_000;
@@ -306,17 +315,6 @@ impl SqlSink {
         let Db::Postgres(pool) = &self.db else {
             return Err(dialect_mismatch());
         };
-        if self.writer.is_none() {
-            let ctx = self.ctx("writing to");
-            let conn = pool.acquire().await.map_err(|e| Error::db(&ctx, e))?;
-            let target = Target {
-                table: self.cfg.table.clone(),
-                key: self.cfg.key.clone(),
-                ctx,
-            };
-            self.writer = Some(PgWriter::start(conn, target));
-        }
-
         // The text the workers encoded for these records, or encoded here.
         let id = identity(records);
         let mut groups = None;
@@ -344,14 +342,24 @@ impl SqlSink {
 
         // The checkpoint travels with the COMMIT, in one simple-protocol message.
         let close = format!(
-            "INSERT INTO _snodo_checkpoint (pipeline, state, updated_at) VALUES ({}, {}, {})
-             ON CONFLICT (pipeline) DO UPDATE SET state = EXCLUDED.state, updated_at = EXCLUDED.updated_at;
-             COMMIT",
+            concat!(checkpoint_put!("({}, {}, {})"), ";\nCOMMIT"),
             pg_literal(&self.pipeline)?,
             pg_literal(state)?,
             pg_literal(now)?
         );
-        let writer = self.writer.as_mut().ok_or_else(dialect_mismatch)?;
+        let writer = match &mut self.writer {
+            Some(w) => w,
+            None => {
+                let ctx = self.ctx("writing to");
+                let conn = pool.acquire().await.map_err(|e| Error::db(&ctx, e))?;
+                let target = Target {
+                    table: self.cfg.table.clone(),
+                    key: self.cfg.key.clone(),
+                    ctx,
+                };
+                self.writer.insert(PgWriter::start(conn, target))
+            }
+        };
         writer.write(groups, close, records.len() as u64).await
     }
 
