@@ -6,6 +6,7 @@
 //! and [`component::Sink`] contracts they implement, so that the runtime can be tested
 //! without any of them.
 
+pub mod committer;
 pub mod component;
 pub mod config;
 pub mod db;

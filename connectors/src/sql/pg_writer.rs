@@ -6,27 +6,21 @@
 //! flow log's append ran in turn at every batch, and both cores sat idle for four
 //! seconds per million rows in the CSV benchmark (docs/benchmarks.md). Nothing about
 //! the guarantees changes: a batch is still logged before it is committed, still
-//! committed with its checkpoint, and [`PgWriter::flush`] tells the runtime whether
+//! committed with its checkpoint, and [`Committer::flush`] tells the runtime whether
 //! everything it handed over was committed, so that a run's counts stand only for
 //! committed rows.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
+use snodo_core::committer::{Commit, Committer};
 use snodo_core::db::{quote_ident, quote_table};
 use snodo_core::error::{Error, Result};
 use snodo_core::record::Schema;
 use sqlx::Postgres;
 use sqlx::pool::PoolConnection;
-use tokio::sync::{mpsc, oneshot};
 
 /// The `COPY` text of a batch's records, in runs of records with one schema.
 pub(super) type CopyGroups = Vec<(Arc<Schema>, Vec<u8>)>;
-
-/// Batches handed over and not yet committed. Two keep PostgreSQL busy while the sink
-/// loop logs the next one; more would only hold memory (the text of 2000 rows is a few
-/// hundred kilobytes).
-const QUEUED: usize = 2;
 
 /// What the sink knows of its target, for the writer.
 pub(super) struct Target {
@@ -39,97 +33,25 @@ pub(super) struct Target {
 }
 
 /// One batch: its `COPY` text, and the statements that save its checkpoint and commit.
-struct Job {
-    groups: CopyGroups,
-    close: String,
-    records: u64,
-}
-
-enum Message {
-    Write(Job),
-    /// Answered once every batch before it is committed.
-    Flush(oneshot::Sender<()>),
+pub(super) struct Job {
+    pub groups: CopyGroups,
+    pub close: String,
 }
 
 /// The sink's handle on its writer task.
-pub(super) struct PgWriter {
-    to_task: mpsc::Sender<Message>,
-    /// The error that stopped the task, until someone reports it.
-    failure: Arc<Mutex<Option<Error>>>,
-    committed: Arc<AtomicU64>,
-    accepted: u64,
-}
+pub(super) type PgWriter = Committer<Task>;
 
-impl PgWriter {
-    /// Starts the task on `conn`, which it keeps for the whole run (the staging table is
-    /// temporary and lives as long as the session).
-    pub fn start(conn: PoolConnection<Postgres>, target: Target) -> Self {
-        let (to_task, from_sink) = mpsc::channel(QUEUED);
-        let failure = Arc::new(Mutex::new(None));
-        let committed = Arc::new(AtomicU64::new(0));
-        let task = Task {
-            conn,
-            target: quote_table(&target.table),
-            t: target,
-            mode: Mode::Unknown,
-            staging: false,
-        };
-        tokio::spawn(task.run(from_sink, failure.clone(), committed.clone()));
-        PgWriter {
-            to_task,
-            failure,
-            committed,
-            accepted: 0,
-        }
-    }
-
-    /// Hands a batch over. Waits only while [`QUEUED`] batches are already waiting; fails
-    /// with the error of an earlier batch, if one failed.
-    pub async fn write(&mut self, groups: CopyGroups, close: String, records: u64) -> Result<()> {
-        if let Some(e) = self.take_failure() {
-            return Err(e);
-        }
-        let job = Job {
-            groups,
-            close,
-            records,
-        };
-        if self.to_task.send(Message::Write(job)).await.is_err() {
-            return Err(self.stopped());
-        }
-        self.accepted += records;
-        Ok(())
-    }
-
-    /// Waits until every batch handed over is committed.
-    pub async fn flush(&mut self) -> Result<()> {
-        let (done, answer) = oneshot::channel();
-        if self.to_task.send(Message::Flush(done)).await.is_err() || answer.await.is_err() {
-            return Err(self.stopped());
-        }
-        Ok(())
-    }
-
-    /// Records handed over but not committed: after a failure, those of the batch that
-    /// failed and of the batches after it.
-    pub fn uncommitted(&self) -> u64 {
-        self.accepted
-            .saturating_sub(self.committed.load(Ordering::Acquire))
-    }
-
-    fn take_failure(&self) -> Option<Error> {
-        self.failure.lock().ok().and_then(|mut f| f.take())
-    }
-
-    /// The task has ended: it failed, and its error may have been reported already.
-    fn stopped(&self) -> Error {
-        self.take_failure().unwrap_or_else(|| {
-            Error::Other(
-                "the PostgreSQL writer stopped after an earlier batch failed (see that error); nothing after the last committed batch was written"
-                    .into(),
-            )
-        })
-    }
+/// Starts the writer task on `conn`, which it keeps for the whole run (the staging table
+/// is temporary and lives as long as the session).
+pub(super) fn start(conn: PoolConnection<Postgres>, target: Target) -> PgWriter {
+    let task = Task {
+        conn,
+        target: quote_table(&target.table),
+        t: target,
+        mode: Mode::Unknown,
+        staging: false,
+    };
+    Committer::start(task, "the PostgreSQL writer")
 }
 
 /// How a batch is written.
@@ -145,7 +67,7 @@ enum Mode {
     Upsert,
 }
 
-struct Task {
+pub(super) struct Task {
     conn: PoolConnection<Postgres>,
     t: Target,
     /// The table, quoted.
@@ -155,35 +77,14 @@ struct Task {
     staging: bool,
 }
 
-impl Task {
-    async fn run(
-        mut self,
-        mut from_sink: mpsc::Receiver<Message>,
-        failure: Arc<Mutex<Option<Error>>>,
-        committed: Arc<AtomicU64>,
-    ) {
-        while let Some(message) = from_sink.recv().await {
-            match message {
-                Message::Flush(done) => {
-                    let _ = done.send(());
-                }
-                Message::Write(job) => match self.write(&job).await {
-                    Ok(()) => {
-                        committed.fetch_add(job.records, Ordering::Release);
-                    }
-                    Err(e) => {
-                        if let Ok(mut f) = failure.lock() {
-                            *f = Some(e);
-                        }
-                        // Dropping the receiver fails every later write and flush, which
-                        // then report the error: nothing after this batch is written.
-                        return;
-                    }
-                },
-            }
-        }
+impl Commit for Task {
+    type Job = Job;
+    async fn commit(&mut self, job: Job) -> Result<()> {
+        self.write(&job).await
     }
+}
 
+impl Task {
     async fn write(&mut self, job: &Job) -> Result<()> {
         if self.mode == Mode::Unknown && job.groups.iter().any(|(_, d)| !d.is_empty()) {
             self.mode = if self.has_unique_key_index().await? {

@@ -11,7 +11,7 @@ use snodo_core::value::{Value, ValueType};
 use sqlx::Row;
 
 use super::config::SqlSinkConfig;
-use super::pg_writer::{CopyGroups, PgWriter, Target, pg_literal};
+use super::pg_writer::{self, CopyGroups, Job, PgWriter, Target, pg_literal};
 use super::values;
 
 pub(crate) const CHECKPOINT_DDL: &str = "CREATE TABLE IF NOT EXISTS _snodo_checkpoint (
@@ -357,10 +357,12 @@ impl SqlSink {
                     key: self.cfg.key.clone(),
                     ctx,
                 };
-                self.writer.insert(PgWriter::start(conn, target))
+                self.writer.insert(pg_writer::start(conn, target))
             }
         };
-        writer.write(groups, close, records.len() as u64).await
+        writer
+            .commit(Job { groups, close }, records.len() as u64)
+            .await
     }
 
     async fn save(&mut self, records: &[Record], checkpoint: &SavedCheckpoint) -> Result<()> {
