@@ -786,6 +786,11 @@ const CRASH_PRESTAZIONI: u64 = 20_000;
 /// the generator's algorithm, a SINA assessment for one person in three): the same rows
 /// for the same seed.
 fn generated_store(dir: &Path) -> PathBuf {
+    generated_store_of(dir, CRASH_PRESTAZIONI)
+}
+
+/// [`generated_store`] with `n` prestazioni.
+fn generated_store_of(dir: &Path, n: u64) -> PathBuf {
     let cfg = connections(dir, None);
     let out = run({
         let mut c = snodo(&cfg);
@@ -829,7 +834,7 @@ c.commit()
         .arg("-c")
         .arg(script)
         .arg(dir.join("store.db"))
-        .arg(CRASH_PRESTAZIONI.to_string())
+        .arg(n.to_string())
         .output()
         .expect("python3");
     assert!(
@@ -840,6 +845,38 @@ c.commit()
     let (code, summary) = run_pipeline(&cfg, &root().join("pipelines/siuss/mappature.yaml"));
     assert_eq!(code, 0, "mapping load failed: {summary}");
     cfg
+}
+
+/// A dry run of the PS/PSA flow holds a batch or two whatever the number of prestazioni:
+/// its peak memory at 24,000 prestazioni is within a few megabytes of its peak at 2,000.
+/// (The sink's `check` used to keep every record it accepted until a `write` that a dry
+/// run never calls: 398 MB at 100k.)
+#[test]
+fn a_dry_run_of_the_ps_psa_flow_does_not_grow_with_its_input() {
+    let peak = |n: u64| {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = generated_store_of(dir.path(), n);
+        let pipeline = ps_pipeline(dir.path(), "file");
+        let mut cmd = snodo(&cfg);
+        cmd.env("SNODO_SIUSS_CF_OPERATORE", CF_OPERATORE)
+            .arg("run")
+            .arg(&pipeline)
+            .arg("--dry-run");
+        let (ok, kb) = run_for_peak_rss(cmd);
+        assert!(ok, "the dry run of {n} prestazioni failed");
+        assert!(
+            flows(&dir.path().join("out")).is_empty(),
+            "a dry run published a flow"
+        );
+        kb
+    };
+    let small = peak(2_000);
+    let large = peak(24_000);
+    eprintln!("dry-run peak RSS: {small} KB at 2,000 prestazioni, {large} KB at 24,000");
+    assert!(
+        large < small + 20 * 1024,
+        "peak memory grew with the input: {small} KB at 2,000 prestazioni, {large} KB at 24,000"
+    );
 }
 
 /// What INPS will have been told, per store: each key's state and the hash of the version

@@ -35,6 +35,30 @@ pub fn run(mut cmd: Command) -> Output {
     out
 }
 
+/// Runs a command to its end with its output discarded, and returns whether it succeeded
+/// and its peak resident memory in kilobytes (`ru_maxrss` of that one child, from `wait4`).
+// The child is reaped by `wait4` (which alone reports its own peak memory), not by
+// `Child::wait`.
+#[allow(clippy::zombie_processes)]
+pub fn run_for_peak_rss(mut cmd: Command) -> (bool, u64) {
+    use std::process::Stdio;
+    let child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let mut status = 0;
+    // SAFETY: an all-zero `rusage` is a valid value, and `wait4` only writes into the two
+    // locals for the child spawned above, which nothing else waits for.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let pid = unsafe { libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut usage) };
+    assert_eq!(pid, child.id() as libc::pid_t, "wait4 failed");
+    (
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        usage.ru_maxrss as u64,
+    )
+}
+
 /// Runs `snodo ARGS… --json` and returns the exit code and the parsed output (null when
 /// the command printed no JSON, e.g. on a configuration error).
 pub fn snodo_json(config: &Path, args: &[&std::ffi::OsStr]) -> (i32, serde_json::Value) {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 use indexmap::IndexMap;
 use sha2::{Digest, Sha256};
+use snodo_core::committer::{Commit, Committer};
 use snodo_core::component::{Artifact, Prepare, Prepared, SavedCheckpoint, Sink};
 use snodo_core::db::Db;
 use snodo_core::error::{Error, Result};
@@ -18,7 +19,8 @@ use super::config::{Channel, SiussSinkConfig};
 use super::ledger::{self, Delivery, FileFlow, WaasEntry};
 use crate::file::output::{OutputFile, hash_file};
 use crate::file::xml::layout::{Layout, RecordProblem, XElem};
-use crate::file::xml::sink::{release_checks, xsd_reject};
+use crate::file::xml::release::ReleaseCheck;
+use crate::file::xml::sink::xsd_reject;
 use crate::file::xml::writer::{RenderedText, WriterState, XmlWriter};
 
 /// The file flow being written, saved with the file checkpoint.
@@ -34,6 +36,48 @@ struct FileState {
 struct Pending {
     rendered: RenderedText,
     delivery: Delivery,
+}
+
+/// One batch of a file flow, handed to the [`FileCommit`] task.
+struct FileJob {
+    deliveries: Vec<Delivery>,
+    /// The batch's elements, as they go into the file.
+    text: String,
+    records: u64,
+    /// The sink's [`FileState`] after the batch, saved with the file checkpoint.
+    state: serde_json::Value,
+    checkpoint: SavedCheckpoint,
+}
+
+/// Commits a file flow's batches in a task of their own (see [`Committer`]): each batch's
+/// versions are staged in the ledger, then its elements are appended to the file with its
+/// checkpoint, in that order, exactly as the sink did before; meanwhile the sink loop
+/// looks up and logs the next batch. That is safe because `check` decides against the
+/// versions INPS *has* (released with the flow, in `finish`), never against the versions
+/// staged by this run. With the sink loop waiting for each stage and append, the 100k
+/// benchmark left the two cores idle a third of the time (docs/benchmarks.md).
+struct FileCommit {
+    db: Db,
+    ente: String,
+    tipo: &'static str,
+    flow: String,
+    stats: ledger::Statistics,
+    out: OutputFile,
+    /// The release checks, fed each batch once it is in the file.
+    checks: ReleaseCheck,
+}
+
+impl Commit for FileCommit {
+    type Job = FileJob;
+    async fn commit(&mut self, job: FileJob) -> Result<()> {
+        ledger::stage(&self.db, &self.ente, self.tipo, &self.flow, &job.deliveries).await?;
+        self.stats.written(&self.db, job.deliveries.len()).await?;
+        self.out.set_state(job.state);
+        self.out
+            .append(job.text.as_bytes(), job.records, &job.checkpoint)?;
+        self.checks.feed(job.text.as_bytes());
+        Ok(())
+    }
 }
 
 /// What the step workers make of one record before `check` (see [`Prepare`]).
@@ -67,13 +111,15 @@ struct SiussPrepare {
 }
 
 impl SiussPrepare {
-    /// The values the ledger keeps: the layout's fields, tagged with their types.
+    /// The values the ledger keeps: the layout's fields, tagged with their types. Empty
+    /// fields are left out: the layout renders a missing field as it renders a null one,
+    /// and a PS record has about twenty of them, a third of the snapshot's bytes that
+    /// every ledger row would carry twice (staged, then released).
     fn snapshot(&self, r: &Record) -> String {
-        tagged_json_object(
-            self.fields
-                .iter()
-                .filter_map(|f| Some((f.as_str(), r.get(f)?))),
-        )
+        tagged_json_object(self.fields.iter().filter_map(|f| match r.get(f)? {
+            Value::Null => None,
+            v => Some((f.as_str(), v)),
+        }))
     }
 
     fn prepare_records(&self, records: &mut [Record]) -> Vec<Prep> {
@@ -125,7 +171,10 @@ pub struct SiussSink {
     tipo: &'static str,
     params: IndexMap<String, String>,
     binds_operation: bool,
+    /// The flow's file until the first batch; then its [`FileCommit`] task has it, until
+    /// `finish` takes it back.
     out: Option<OutputFile>,
+    committer: Option<Committer<FileCommit>>,
     file: FileState,
     header: Vec<XElem>,
     writer: XmlWriter,
@@ -224,6 +273,7 @@ impl SiussSink {
             params,
             binds_operation,
             out,
+            committer: None,
             file: FileState::default(),
             header: Vec::new(),
             pending: VecDeque::new(),
@@ -416,6 +466,11 @@ impl Sink for SiussSink {
         ctx: &'a StepContext,
     ) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
+            // What `check` decided for a batch that was never written (a dry run, or a run
+            // stopped by its reject limit) is forgotten: the deliveries of one batch at
+            // most are held, whatever the input's size. Without this a dry run of 100k
+            // prestazioni held every rendered record (398 MB at the end).
+            self.pending.clear();
             let mut records = std::mem::take(&mut batch.records);
             // 1. The current versions, rendered and checked on the step workers (or now,
             //    for a batch that did not go through them).
@@ -565,12 +620,6 @@ impl Sink for SiussSink {
             let ente = self.cfg.ente.codice.clone();
             match self.cfg.channel {
                 Channel::File => {
-                    let deliveries: Vec<Delivery> =
-                        batch.iter().map(|p| p.delivery.clone()).collect();
-                    ledger::stage(&self.db, &ente, self.tipo, &self.file.flow, &deliveries).await?;
-                    self.ledger_stats
-                        .written(&self.db, deliveries.len())
-                        .await?;
                     let mut text = String::with_capacity(batch.len() * 1024);
                     if !batch.is_empty() && !self.writer.state.started {
                         self.writer.start_document(&self.header, &mut text);
@@ -579,13 +628,42 @@ impl Sink for SiussSink {
                         self.writer.write_text(&p.rendered, &mut text);
                     }
                     self.file.writer = self.writer.state.clone();
-                    let state = serde_json::to_value(&self.file)
-                        .map_err(|e| Error::Other(e.to_string()))?;
-                    let out = self.out.as_mut().ok_or_else(|| {
-                        Error::Other("internal error: file flow without output".into())
-                    })?;
-                    out.set_state(state);
-                    out.append(text.as_bytes(), batch.len() as u64, checkpoint)
+                    let job = FileJob {
+                        records: batch.len() as u64,
+                        deliveries: batch.into_iter().map(|p| p.delivery).collect(),
+                        text,
+                        state: serde_json::to_value(&self.file)
+                            .map_err(|e| Error::Other(e.to_string()))?,
+                        checkpoint: checkpoint.clone(),
+                    };
+                    let records = job.records;
+                    let committer = match &mut self.committer {
+                        Some(c) => c,
+                        None => {
+                            let out = self.out.take().ok_or_else(|| {
+                                Error::Other("internal error: file flow without output".into())
+                            })?;
+                            // A resumed flow's file already holds its first batches.
+                            let mut checks = ReleaseCheck::start(
+                                self.layout.schema.clone(),
+                                &self.layout.schema_file,
+                                self.cfg.xmllint,
+                            )?;
+                            checks.feed_file(out.partial())?;
+                            let task = FileCommit {
+                                checks,
+                                db: self.db.clone(),
+                                ente,
+                                tipo: self.tipo,
+                                flow: self.file.flow.clone(),
+                                stats: std::mem::take(&mut self.ledger_stats),
+                                out,
+                            };
+                            self.committer
+                                .insert(Committer::start(task, "the SIUSS file-flow writer"))
+                        }
+                    };
+                    committer.commit(job, records).await
                 }
                 Channel::Waas => {
                     let layout = self.layout.clone();
@@ -638,6 +716,19 @@ impl Sink for SiussSink {
         })
     }
 
+    fn flush(&mut self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            match &mut self.committer {
+                Some(c) => c.flush().await,
+                None => Ok(()),
+            }
+        })
+    }
+
+    fn uncommitted(&self) -> u64 {
+        self.committer.as_ref().map_or(0, Committer::uncommitted)
+    }
+
     fn finish<'a>(
         &'a mut self,
         checkpoint: &'a SavedCheckpoint,
@@ -670,6 +761,12 @@ impl Sink for SiussSink {
                     }])
                 }
                 Channel::File => {
+                    let mut checks = None;
+                    if let Some(c) = self.committer.take() {
+                        let back = c.finish().await?;
+                        self.out = Some(back.out);
+                        checks = Some(back.checks);
+                    }
                     let target = self.target().display().to_string();
                     let out = self.out.as_mut().ok_or_else(|| {
                         Error::Other("internal error: file flow without output".into())
@@ -685,7 +782,15 @@ impl Sink for SiussSink {
                     let mut tail = String::new();
                     self.writer.end_document(&mut tail);
                     out.append_tail(tail.as_bytes())?;
-                    let checks = release_checks(&self.layout, out.partial(), self.cfg.xmllint)?;
+                    // Every batch went through the committer, which fed the checks (a flow
+                    // with records always has one).
+                    let mut checks = checks.ok_or_else(|| {
+                        Error::Other(
+                            "internal error: a file flow with records but no writer".into(),
+                        )
+                    })?;
+                    checks.feed(tail.as_bytes());
+                    let checks = checks.finish(out.partial())?;
                     let (_, sha) = hash_file(out.partial())?;
                     ledger::release_file(
                         &self.db,

@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod layout;
+pub mod release;
 pub mod sink;
 pub mod source;
 pub mod writer;

@@ -8,8 +8,9 @@ use snodo_core::error::{Error, Result};
 use snodo_core::record::{Batch, Record, Reject};
 use snodo_core::steps::StepContext;
 
-use super::config::{XmlSinkConfig, Xmllint};
+use super::config::XmlSinkConfig;
 use super::layout::{Layout, RecordProblem, XElem};
+use super::release::release_checks;
 use super::writer::{RenderedText, WriterState, XmlWriter};
 use crate::file::output::OutputFile;
 
@@ -113,78 +114,6 @@ pub fn xsd_reject(problems: &[RecordProblem], r: &Record, ctx: &StepContext) -> 
         .collect::<Vec<_>>()
         .join("; ");
     ctx.reject("sink", code.to_string(), reason, r)
-}
-
-/// Validates a finished document before it is released: snodo's validator always, then
-/// libxml2's `xmllint` as configured. Returns the checks that passed, for the flow log.
-pub fn release_checks(layout: &Layout, file: &Path, xmllint: Xmllint) -> Result<Vec<String>> {
-    let schema_name = layout
-        .schema_file
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let run = match xmllint {
-        Xmllint::Off => false,
-        Xmllint::Required => true,
-        Xmllint::Auto => std::process::Command::new("xmllint")
-            .arg("--version")
-            .output()
-            .is_ok(),
-    };
-    // libxml2 reads the file in its own process while snodo's validator reads it here:
-    // on a large flow the two passes take the time of one.
-    let lint = if run {
-        Some(
-            std::process::Command::new("xmllint")
-                .args(["--noout", "--stream", "--schema"])
-                .arg(&layout.schema_file)
-                .arg(file)
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .map_err(|e| {
-                    Error::Other(format!(
-                        "running xmllint (required by the sink's `xmllint: required`): {e}; install libxml2-utils"
-                    ))
-                })?,
-        )
-    } else {
-        None
-    };
-    let f = std::fs::File::open(file).map_err(|e| Error::io("opening", file, e))?;
-    let problems = layout
-        .schema
-        .validate_reader(std::io::BufReader::with_capacity(1 << 16, f), 20);
-    let lint = lint
-        .map(|child| child.wait_with_output())
-        .transpose()
-        .map_err(|e| Error::Other(format!("waiting for xmllint: {e}")))?;
-    if !problems.is_empty() {
-        return Err(Error::Other(format!(
-            "`{}` does not validate against `{}`, so it was not released (this is a bug: every record was checked on its own): {}",
-            file.display(),
-            layout.schema_file.display(),
-            problems
-                .iter()
-                .take(10)
-                .map(|p| p.to_string())
-                .collect::<Vec<_>>()
-                .join("; ")
-        )));
-    }
-    let mut checks = vec![format!("xsd:{schema_name}")];
-    if let Some(out) = lint {
-        if !out.status.success() {
-            let msg = String::from_utf8_lossy(&out.stderr);
-            return Err(Error::Other(format!(
-                "xmllint refuses `{}`, so it was not released: {}",
-                file.display(),
-                snodo_core::mask::redact_text(&msg.lines().take(10).collect::<Vec<_>>().join("; "))
-            )));
-        }
-        checks.push(format!("xmllint:{schema_name}"));
-    }
-    Ok(checks)
 }
 
 /// The `xml` sink.
@@ -297,7 +226,12 @@ impl Sink for XmlSink {
             let mut tail = String::new();
             self.writer.end_document(&mut tail);
             self.out.append_tail(tail.as_bytes())?;
-            let checks = release_checks(&self.layout, self.out.partial(), self.cfg.xmllint)?;
+            let checks = release_checks(
+                self.layout.schema.clone(),
+                &self.layout.schema_file,
+                self.out.partial(),
+                self.cfg.xmllint,
+            )?;
             let mut artifact = self.out.finish(checkpoint)?;
             artifact.checks = checks;
             Ok(vec![artifact])
