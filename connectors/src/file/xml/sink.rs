@@ -10,7 +10,7 @@ use snodo_core::steps::StepContext;
 
 use super::config::XmlSinkConfig;
 use super::layout::{Layout, RecordProblem, XElem};
-use super::release::release_checks;
+use super::release::{ReleaseCheck, release_checks};
 use super::writer::{RenderedText, WriterState, XmlWriter};
 use crate::file::output::OutputFile;
 
@@ -52,6 +52,9 @@ fn check_batch(
     ctx: &StepContext,
     pending: &mut VecDeque<RenderedText>,
 ) {
+    // What was accepted from a batch that was never written (a dry run, a run stopped by
+    // its reject limit) is forgotten: one batch at most is held, whatever the input's size.
+    pending.clear();
     let records = std::mem::take(&mut batch.records);
     let checked = match batch
         .prepared
@@ -125,6 +128,8 @@ pub struct XmlSink {
     writer: XmlWriter,
     pending: VecDeque<RenderedText>,
     prep: Arc<XmlPrepare>,
+    /// The release checks, fed each batch as it is appended (started with the first).
+    checks: Option<ReleaseCheck>,
 }
 
 impl XmlSink {
@@ -144,6 +149,7 @@ impl XmlSink {
             header,
             cfg,
             pending: VecDeque::new(),
+            checks: None,
         })
     }
 }
@@ -208,8 +214,22 @@ impl Sink for XmlSink {
                 serde_json::to_value(&self.writer.state)
                     .map_err(|e| Error::Other(e.to_string()))?,
             );
+            if self.checks.is_none() {
+                // A resumed document's file already holds its first batches.
+                let mut checks = ReleaseCheck::start(
+                    self.layout.schema.clone(),
+                    &self.layout.schema_file,
+                    self.cfg.xmllint,
+                )?;
+                checks.feed_file(self.out.partial())?;
+                self.checks = Some(checks);
+            }
             self.out
-                .append(text.as_bytes(), rendered.len() as u64, checkpoint)
+                .append(text.as_bytes(), rendered.len() as u64, checkpoint)?;
+            if let Some(c) = self.checks.as_mut() {
+                c.feed(text.as_bytes());
+            }
+            Ok(())
         })
     }
 
@@ -226,15 +246,139 @@ impl Sink for XmlSink {
             let mut tail = String::new();
             self.writer.end_document(&mut tail);
             self.out.append_tail(tail.as_bytes())?;
-            let checks = release_checks(
-                self.layout.schema.clone(),
-                &self.layout.schema_file,
-                self.out.partial(),
-                self.cfg.xmllint,
-            )?;
+            let checks = match self.checks.take() {
+                Some(mut c) => {
+                    c.feed(tail.as_bytes());
+                    c.finish(self.out.partial())?
+                }
+                // Unreachable with records written, but the file is checked all the same.
+                None => release_checks(
+                    self.layout.schema.clone(),
+                    &self.layout.schema_file,
+                    self.out.partial(),
+                    self.cfg.xmllint,
+                )?,
+            };
             let mut artifact = self.out.finish(checkpoint)?;
             artifact.checks = checks;
             Ok(vec![artifact])
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use snodo_core::expr::ExprEngine;
+    use snodo_core::record::{Schema, SourcePosition};
+    use snodo_core::value::Value;
+
+    /// A sink writing `<r><n v="…"/>…</r>` into `dir`, with a layout and schema of its own.
+    fn sink(dir: &Path) -> XmlSink {
+        std::fs::write(
+            dir.join("n.xsd"),
+            r#"<xs:schema xmlns:xs="http://www.w3.org/2001/XMLSchema">
+  <xs:element name="r"><xs:complexType><xs:sequence>
+    <xs:element name="n" maxOccurs="unbounded"><xs:complexType>
+      <xs:attribute name="v" type="xs:int" use="required"/>
+    </xs:complexType></xs:element>
+  </xs:sequence></xs:complexType></xs:element>
+</xs:schema>"#,
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("n.yaml"),
+            "schema: n.xsd\nroot: r\nrecord:\n  element: n\n  attributes:\n    v: v\n",
+        )
+        .unwrap();
+        let cfg: XmlSinkConfig = serde_json::from_value(serde_json::json!({
+            "path": dir.join("out.xml").display().to_string(),
+            "layout": dir.join("n.yaml").display().to_string(),
+            "xmllint": "off",
+        }))
+        .unwrap();
+        XmlSink::new(cfg).unwrap()
+    }
+
+    fn batch(values: &[&str], first: u64) -> Batch {
+        let schema = Schema::new(vec!["v".to_string()]);
+        Batch {
+            seq: first,
+            records: values
+                .iter()
+                .enumerate()
+                .map(|(i, v)| Record {
+                    schema: schema.clone(),
+                    values: vec![Value::Str((*v).into())],
+                    position: SourcePosition {
+                        record: first + i as u64,
+                        ..Default::default()
+                    },
+                })
+                .collect(),
+            rejects: Vec::new(),
+            filtered: 0,
+            read: values.len() as u64,
+            checkpoint: serde_json::Value::Null,
+            bytes_read: 0,
+            prepared: None,
+        }
+    }
+
+    fn checkpoint() -> SavedCheckpoint {
+        SavedCheckpoint {
+            fingerprint: String::new(),
+            position: serde_json::Value::Null,
+            done: false,
+            run_id: "t".into(),
+            records_read: 0,
+            records_written: 0,
+            records_rejected: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn writes_checks_as_it_goes_and_rejects_what_breaks_the_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = sink(dir.path());
+        let ctx = StepContext::new(Arc::new(ExprEngine::new()), Vec::new());
+        assert!(s.open("p").await.unwrap().is_none());
+        s.begin(None).await.unwrap();
+        for (i, values) in [&["1", "2"][..], &["x", "3"][..]].into_iter().enumerate() {
+            let mut b = batch(values, 1 + 2 * i as u64);
+            s.check(&mut b, &ctx).await.unwrap();
+            s.write(&b.records, &checkpoint()).await.unwrap();
+            if i == 1 {
+                assert_eq!(b.rejects.len(), 1, "`x` is not an xs:int");
+                assert!(b.rejects[0].reason.contains("v"), "{}", b.rejects[0].reason);
+            }
+        }
+        let done = SavedCheckpoint {
+            done: true,
+            ..checkpoint()
+        };
+        let artifacts = s.finish(&done).await.unwrap();
+        assert_eq!(artifacts[0].checks, vec!["xsd:n.xsd".to_string()]);
+        assert_eq!(artifacts[0].rows, 3);
+        let text = std::fs::read_to_string(dir.path().join("out.xml")).unwrap();
+        assert!(
+            text.contains(r#"<n v="1"/>"#)
+                && text.contains(r#"<n v="3"/>"#)
+                && !text.contains(r#"v="x""#),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_batch_checked_but_never_written_is_not_kept() {
+        // A dry run checks every batch and writes none: the sink must not hold them all.
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = sink(dir.path());
+        let ctx = StepContext::new(Arc::new(ExprEngine::new()), Vec::new());
+        for i in 0..10 {
+            let mut b = batch(&["1", "2", "3"], 1 + 3 * i);
+            s.check(&mut b, &ctx).await.unwrap();
+        }
+        assert_eq!(s.pending.len(), 3);
     }
 }
