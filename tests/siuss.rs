@@ -879,6 +879,48 @@ fn a_dry_run_of_the_ps_psa_flow_does_not_grow_with_its_input() {
     );
 }
 
+/// A flow whose every batch was written before the run stopped (`--limit` stops like an
+/// interruption, before the release) is released by the next run, which reads nothing
+/// new: the file is checked whole and published once, with every prestazione.
+#[test]
+fn a_flow_interrupted_after_its_last_batch_is_released_by_the_next_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = generated_store_of(dir.path(), 2_000);
+    let pipeline = ps_pipeline(dir.path(), "file");
+    let out = run({
+        let mut c = snodo(&cfg);
+        c.env("SNODO_SIUSS_CF_OPERATORE", CF_OPERATORE)
+            .args(["run", "--json", "--limit", "2000"])
+            .arg(&pipeline);
+        c
+    });
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    assert_eq!(summary["status"], "limited", "{summary}");
+    assert!(
+        flows(&dir.path().join("out")).is_empty(),
+        "released before the end"
+    );
+    let (code, summary) = run_ps(&cfg, &pipeline);
+    assert_eq!(code, 0, "{summary}");
+    assert_eq!(summary["read"], 0, "{summary}");
+    let published = flows(&dir.path().join("out"));
+    assert_eq!(published.len(), 1, "{published:?}");
+    xmllint_validates(&published[0], "PS_PSA_SINA201812.xsd");
+    let text = std::fs::read_to_string(&published[0]).unwrap();
+    assert_eq!(text.matches("<PrestazioniSociali").count(), 2_000);
+    let artifact = summary["artifacts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["path"].as_str().unwrap().contains("D969.PS."))
+        .unwrap_or_else(|| panic!("no flow artifact: {summary}"));
+    assert_eq!(artifact["rows"], 2_000, "{summary}");
+    assert!(
+        artifact["checks"].to_string().contains("xsd:"),
+        "the release checks ran: {summary}"
+    );
+}
+
 /// What INPS will have been told, per store: each key's state and the hash of the version
 /// sent, and the released flows with their record counts and SHA-256.
 fn ledger_state(dir: &Path) -> (String, String) {

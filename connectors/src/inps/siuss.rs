@@ -19,7 +19,7 @@ use super::config::{Channel, SiussSinkConfig};
 use super::ledger::{self, Delivery, FileFlow, WaasEntry};
 use crate::file::output::{OutputFile, hash_file};
 use crate::file::xml::layout::{Layout, RecordProblem, XElem};
-use crate::file::xml::release::ReleaseCheck;
+use crate::file::xml::release::{ReleaseCheck, release_checks};
 use crate::file::xml::sink::xsd_reject;
 use crate::file::xml::writer::{RenderedText, WriterState, XmlWriter};
 
@@ -782,15 +782,21 @@ impl Sink for SiussSink {
                     let mut tail = String::new();
                     self.writer.end_document(&mut tail);
                     out.append_tail(tail.as_bytes())?;
-                    // Every batch went through the committer, which fed the checks (a flow
-                    // with records always has one).
-                    let mut checks = checks.ok_or_else(|| {
-                        Error::Other(
-                            "internal error: a file flow with records but no writer".into(),
-                        )
-                    })?;
-                    checks.feed(tail.as_bytes());
-                    let checks = checks.finish(out.partial())?;
+                    let checks = match checks {
+                        Some(mut c) => {
+                            c.feed(tail.as_bytes());
+                            c.finish(out.partial())?
+                        }
+                        // A resumed flow whose batches were all written before the run
+                        // stopped: none went through this run's writer, so the file is
+                        // checked whole.
+                        None => release_checks(
+                            self.layout.schema.clone(),
+                            &self.layout.schema_file,
+                            out.partial(),
+                            self.cfg.xmllint,
+                        )?,
+                    };
                     let (_, sha) = hash_file(out.partial())?;
                     ledger::release_file(
                         &self.db,
