@@ -18,6 +18,7 @@ use snodo_core::value::{Value, tagged_json_object};
 use super::config::{Channel, SiussSinkConfig};
 use super::ledger::{self, Delivery, FileFlow, WaasEntry};
 use crate::file::output::{OutputFile, hash_file};
+use crate::file::xml::Xmllint;
 use crate::file::xml::layout::{Layout, RecordProblem, XElem};
 use crate::file::xml::release::{ReleaseCheck, release_checks};
 use crate::file::xml::sink::xsd_reject;
@@ -63,8 +64,11 @@ struct FileCommit {
     flow: String,
     stats: ledger::Statistics,
     out: OutputFile,
-    /// The release checks, fed each batch once it is in the file.
-    checks: ReleaseCheck,
+    layout: Arc<Layout>,
+    xmllint: Xmllint,
+    /// The release checks, started with the first batch that adds to the file (a run with
+    /// nothing new to send starts no `xmllint`) and fed each batch once it is in the file.
+    checks: Option<ReleaseCheck>,
 }
 
 impl Commit for FileCommit {
@@ -72,10 +76,22 @@ impl Commit for FileCommit {
     async fn commit(&mut self, job: FileJob) -> Result<()> {
         ledger::stage(&self.db, &self.ente, self.tipo, &self.flow, &job.deliveries).await?;
         self.stats.written(&self.db, job.deliveries.len()).await?;
+        if self.checks.is_none() && !job.text.is_empty() {
+            let mut checks = ReleaseCheck::start(
+                self.layout.schema.clone(),
+                &self.layout.schema_file,
+                self.xmllint,
+            )?;
+            // A resumed flow's file already holds its first batches.
+            checks.feed_file(self.out.partial())?;
+            self.checks = Some(checks);
+        }
         self.out.set_state(job.state);
         self.out
             .append(job.text.as_bytes(), job.records, &job.checkpoint)?;
-        self.checks.feed(job.text.as_bytes());
+        if let Some(c) = self.checks.as_mut() {
+            c.feed(job.text.as_bytes());
+        }
         Ok(())
     }
 }
@@ -643,15 +659,10 @@ impl Sink for SiussSink {
                             let out = self.out.take().ok_or_else(|| {
                                 Error::Other("internal error: file flow without output".into())
                             })?;
-                            // A resumed flow's file already holds its first batches.
-                            let mut checks = ReleaseCheck::start(
-                                self.layout.schema.clone(),
-                                &self.layout.schema_file,
-                                self.cfg.xmllint,
-                            )?;
-                            checks.feed_file(out.partial())?;
                             let task = FileCommit {
-                                checks,
+                                layout: self.layout.clone(),
+                                xmllint: self.cfg.xmllint,
+                                checks: None,
                                 db: self.db.clone(),
                                 ente,
                                 tipo: self.tipo,
@@ -765,7 +776,7 @@ impl Sink for SiussSink {
                     if let Some(c) = self.committer.take() {
                         let back = c.finish().await?;
                         self.out = Some(back.out);
-                        checks = Some(back.checks);
+                        checks = back.checks;
                     }
                     let target = self.target().display().to_string();
                     let out = self.out.as_mut().ok_or_else(|| {
@@ -788,8 +799,8 @@ impl Sink for SiussSink {
                             c.finish(out.partial())?
                         }
                         // A resumed flow whose batches were all written before the run
-                        // stopped: none went through this run's writer, so the file is
-                        // checked whole.
+                        // stopped: none added to the file in this run, so it is checked
+                        // whole.
                         None => release_checks(
                             self.layout.schema.clone(),
                             &self.layout.schema_file,
