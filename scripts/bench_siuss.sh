@@ -7,6 +7,7 @@
 # PROFILE=1 also records a perf profile per N in $WORK; KEEP=1 keeps the XML files;
 # BATCH_SIZE=N overrides the pipeline's batch size; STATS=1 prints PostgreSQL's ten
 # statements with the most total time in snodo's run (pg_stat_statements).
+# AB="BINARY_A BINARY_B" (PAIRS=3) runs two builds alternately on the same store instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export SQLX_OFFLINE=true
@@ -17,7 +18,9 @@ chmod 755 "$WORK" # the cluster runs as the postgres user when this runs as root
 [ -n "${STATS:-}" ] && PG_OPTS="${PG_OPTS:-} -c shared_preload_libraries=pg_stat_statements -c pg_stat_statements.track=all"
 source scripts/pg_throwaway.sh
 export SNODO_SIUSS_CF_OPERATORE=RSSMRA85T10A562S SNODO_PG_PASSWORD=unused
-printf '| prestazioni | snodo (XML + XSD) | peak RSS | psql \\copy CSV | ratio |\n|---:|---:|---:|---:|---:|\n'
+if [ -z "${AB:-}" ]; then
+  printf '| prestazioni | snodo (XML + XSD) | peak RSS | psql \\copy CSV | ratio |\n|---:|---:|---:|---:|---:|\n'
+fi
 for n in "${@:-1000000}"; do
   db=siuss_$n
   $PSQL -c "CREATE DATABASE $db"
@@ -67,6 +70,27 @@ SQL
   sed -e "s#dir: out/siuss#dir: $WORK/out#; s#path: out/siuss/controllo-ps.txt#path: $WORK/out/controllo.txt#" \
     -e "${BATCH_SIZE:+s#^batch_size: .*#batch_size: $BATCH_SIZE#}" \
     pipelines/siuss/ps_psa.yaml > "$WORK/ps.yaml"
+  if [ -n "${AB:-}" ]; then
+    # AB="BINARY_A BINARY_B": the two binaries run alternately on this store, PAIRS times
+    # (default 3), with the ledger, the flow numbers and the output emptied before each run.
+    # On a shared machine whose speed drifts within the hour, alternating runs are the
+    # comparison that holds. The idle CPU is the machine's (both cores) during the run.
+    for _ in $(seq "${PAIRS:-3}"); do
+      for bin in $AB; do
+        $PSQL -d "$db" -c "TRUNCATE siuss_invio, siuss_flusso, siuss_progressivo" -c "VACUUM ANALYZE siuss_invio" >/dev/null
+        rm -rf "$WORK/out" "$WORK/flowlog_$n.db"*
+        idle0=$(awk '/^cpu /{print $5 + $6}' /proc/stat)
+        /usr/bin/time -f "%e %M" -o "$WORK/time" "$bin" --config "$WORK/snodo.yaml" run "$WORK/ps.yaml" --json > "$WORK/run.json"
+        idle1=$(awk '/^cpu /{print $5 + $6}' /proc/stat)
+        read -r secs kb < "$WORK/time"
+        written=$(python3 -c "import json;print(json.load(open('$WORK/run.json'))['written'])")
+        [ "$written" = "$n" ] || { echo "$bin wrote $written of $n" >&2; exit 1; }
+        printf '%s prestazioni, %s: %s s, %d MB, idle CPU %s s\n' "$n" "$bin" "$secs" $((kb / 1024)) \
+          "$(awk -v d=$((idle1 - idle0)) 'BEGIN{printf "%.1f", d / 100}')"
+      done
+    done
+    continue
+  fi
   if [ -n "${STATS:-}" ]; then
     $PSQL -d "$db" -c "CREATE EXTENSION IF NOT EXISTS pg_stat_statements" -c "SELECT pg_stat_statements_reset()" >/dev/null
   fi
