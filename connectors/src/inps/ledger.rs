@@ -94,7 +94,10 @@ impl Statistics {
         self.next = self.written * 2;
         if let Db::Postgres(p) = db {
             tracing::debug!(rows = self.written, "ANALYZE siuss_invio");
-            sqlx::query("ANALYZE siuss_invio")
+            // Only the columns the run's statements filter on: statistics of the large ones
+            // (the versions' JSON) cost the most and serve nothing. By hand on a 100k
+            // ledger: 200 ms instead of 370-510 ms per ANALYZE.
+            sqlx::query("ANALYZE siuss_invio (ente, tipo, chiave, in_invio_flusso)")
                 .execute(p)
                 .await
                 .map_err(|e| Error::db(ctx("refreshing the statistics of the ledger"), e))?;
