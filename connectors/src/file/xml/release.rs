@@ -36,7 +36,7 @@ type Chunk = Arc<[u8]>;
 /// A document's release checks, running while it is written.
 pub struct ReleaseCheck {
     schema_file: PathBuf,
-    own: Option<(SyncSender<Chunk>, JoinHandle<Vec<Violation>>)>,
+    own: (SyncSender<Chunk>, JoinHandle<Vec<Violation>>),
     lint: Option<(SyncSender<Chunk>, JoinHandle<LintOutcome>)>,
     fed: u64,
 }
@@ -93,7 +93,7 @@ impl ReleaseCheck {
         })?;
         Ok(ReleaseCheck {
             schema_file: schema_file.to_path_buf(),
-            own: Some((tx, own)),
+            own: (tx, own),
             lint,
             fed: 0,
         })
@@ -106,8 +106,7 @@ impl ReleaseCheck {
         }
         let chunk: Chunk = Arc::from(bytes);
         self.fed += bytes.len() as u64;
-        let own = self.own.iter().map(|(tx, _)| tx);
-        for tx in own.chain(self.lint.iter().map(|(tx, _)| tx)) {
+        for tx in std::iter::once(&self.own.0).chain(self.lint.iter().map(|(tx, _)| tx)) {
             // A check whose thread has ended has already found what it reports in `finish`.
             let _ = tx.send(chunk.clone());
         }
@@ -134,43 +133,44 @@ impl ReleaseCheck {
 
     /// Ends the document and waits for the verdicts on `file`, which must hold exactly
     /// the bytes fed. Returns the checks that passed, for the flow log.
-    pub fn finish(mut self, file: &Path) -> Result<Vec<String>> {
-        let schema_name = self
-            .schema_file
+    pub fn finish(self, file: &Path) -> Result<Vec<String>> {
+        let ReleaseCheck {
+            schema_file,
+            own: (own_tx, own),
+            lint,
+            fed,
+        } = self;
+        let schema_name = schema_file
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let own = self.own.take().map(|(tx, thread)| {
-            drop(tx);
-            thread.join()
-        });
-        let lint = self.lint.take().map(|(tx, thread)| {
+        // Closing the queues ends the document for both checks.
+        drop(own_tx);
+        let own = own.join();
+        let lint = lint.map(|(tx, thread)| {
             drop(tx);
             thread.join()
         });
         let size = std::fs::metadata(file)
             .map_err(|e| Error::io("reading", file, e))?
             .len();
-        if size != self.fed {
+        if size != fed {
             return Err(Error::Other(format!(
                 "`{}` has {size} bytes but {} were written and checked: it was changed outside snodo, so it was not released; run the pipeline again",
                 file.display(),
-                self.fed
+                fed
             )));
         }
-        let problems = match own {
-            Some(Ok(p)) => p,
-            Some(Err(_)) | None => {
-                return Err(Error::Other(
-                    "snodo's XSD check stopped unexpectedly; the file was not released. This is a bug: please report it with the run id".into(),
-                ));
-            }
-        };
+        let problems = own.map_err(|_| {
+            Error::Other(
+                "snodo's XSD check stopped unexpectedly; the file was not released. This is a bug: please report it with the run id".into(),
+            )
+        })?;
         if !problems.is_empty() {
             return Err(Error::Other(format!(
                 "`{}` does not validate against `{}`, so it was not released (this is a bug: every record was checked on its own): {}",
                 file.display(),
-                self.schema_file.display(),
+                schema_file.display(),
                 problems
                     .iter()
                     .take(10)
