@@ -915,6 +915,14 @@ fn a_flow_interrupted_after_its_last_batch_is_released_by_the_next_run() {
         .find(|a| a["path"].as_str().unwrap().contains("D969.PS."))
         .unwrap_or_else(|| panic!("no flow artifact: {summary}"));
     assert_eq!(artifact["rows"], 2_000, "{summary}");
+    // The hash registered before the rename is the published file's.
+    let bytes = std::fs::read(&published[0]).unwrap();
+    assert_eq!(artifact["size"], bytes.len() as u64, "{summary}");
+    assert_eq!(
+        artifact["sha256"],
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes)),
+        "{summary}"
+    );
     assert!(
         artifact["checks"].to_string().contains("xsd:"),
         "the release checks ran: {summary}"

@@ -808,7 +808,7 @@ impl Sink for SiussSink {
                             self.cfg.xmllint,
                         )?,
                     };
-                    let (_, sha) = hash_file(out.partial())?;
+                    let (size, sha) = hash_file(out.partial())?;
                     ledger::release_file(
                         &self.db,
                         &FileFlow {
@@ -824,7 +824,7 @@ impl Sink for SiussSink {
                         },
                     )
                     .await?;
-                    let mut a = out.finish(checkpoint)?;
+                    let mut a = out.finish_hashed(checkpoint, size, sha)?;
                     a.checks = checks;
                     Ok(vec![a])
                 }
