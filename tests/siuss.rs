@@ -260,12 +260,28 @@ fn ps_psa_file_flow_from_postgresql_matches_the_golden_file() {
         "3",
         "siuss_invio has no planner statistics"
     );
-    // Half-empty pages, so that releasing a flow rewrites its rows in place (migration 0003).
+    // Releasing a flow rewrites no ledger row (migration 0004), so the pages are full again
+    // (0003 had left half of each free for that rewrite) and the versions the released
+    // flows carried are still in `in_invio_*`, read as sent through `siuss_inviato`.
     assert_eq!(
         pg.psql(
-            "SELECT array_to_string(reloptions, ',') FROM pg_class WHERE relname = 'siuss_invio'"
+            "SELECT coalesce(array_to_string(reloptions, ','), '') FROM pg_class WHERE relname = 'siuss_invio'"
         ),
-        "fillfactor=50"
+        ""
+    );
+    let counts = pg.psql(
+        "SELECT count(*) || ' ' || count(i.in_invio_flusso) || ' ' || count(v.in_invio_flusso) \
+         FROM siuss_inviato v JOIN siuss_invio i USING (id)",
+    );
+    let counts: Vec<u64> = counts
+        .split_whitespace()
+        .map(|n| n.parse().unwrap())
+        .collect();
+    assert!(counts[0] > 0, "the ledger is empty: {counts:?}");
+    assert_eq!(
+        counts,
+        [counts[0], counts[0], 0],
+        "[rows, rows holding the version staged, rows with a flow still to release]"
     );
 }
 
@@ -937,7 +953,7 @@ fn ledger_state(dir: &Path) -> (String, String) {
         sqlite_query(
             &db,
             "SELECT count(*) || ' ' || group_concat(chiave || '=' || stato || ':' || hash || ':' || coalesce(in_invio_flusso, '-'), ';') \
-             FROM (SELECT * FROM siuss_invio ORDER BY chiave)",
+             FROM (SELECT * FROM siuss_inviato ORDER BY chiave)",
         ),
         sqlite_query(
             &db,

@@ -43,6 +43,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "ledger_fillfactor",
         sql: include_str!("../migrations/0003_ledger_fillfactor.sql"),
     },
+    Migration {
+        version: 4,
+        name: "ledger_lazy_release",
+        sql: include_str!("../migrations/0004_ledger_lazy_release.sql"),
+    },
 ];
 
 /// A reference from one canonical table to another, kept as the legacy key as loaded
@@ -503,10 +508,10 @@ mod tests {
         };
         let db = Db::connect(&cfg, 1).await.unwrap();
         let first = migrate(&db).await.unwrap();
-        assert_eq!(first.applied, vec![1, 2, 3]);
+        assert_eq!(first.applied, vec![1, 2, 3, 4]);
         let second = migrate(&db).await.unwrap();
         assert!(second.applied.is_empty());
-        assert_eq!(second.already, vec![1, 2, 3]);
+        assert_eq!(second.already, vec![1, 2, 3, 4]);
         let i = columns("intervento").unwrap();
         assert!(
             i.contains(&"annullato".to_string()),

@@ -106,7 +106,8 @@ impl Statistics {
     }
 }
 
-/// The ledger rows of `keys`.
+/// What INPS has of `keys`, from the view `siuss_inviato` (migration 0004): a version staged
+/// in a released flow counts as sent.
 pub async fn lookup(
     db: &Db,
     ente: &str,
@@ -117,7 +118,7 @@ pub async fn lookup(
     for chunk in keys.chunks(500) {
         let marks: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 3)).collect();
         let sql = format!(
-            "SELECT chiave, stato, hash, record, esito_descrizione, esito_il FROM siuss_invio \
+            "SELECT chiave, stato, hash, record, esito_descrizione, esito_il FROM siuss_inviato \
              WHERE ente = $1 AND tipo = $2 AND chiave IN ({})",
             marks.join(", ")
         );
@@ -189,7 +190,32 @@ pub async fn stage(
         .filter(|(i, d)| last.get(d.key.as_str()) == Some(i))
         .map(|(_, d)| d)
         .collect();
-    const UPSERT: &str = "ON CONFLICT (ente, tipo, chiave) DO UPDATE SET in_invio_hash = EXCLUDED.in_invio_hash,
+    // A key staged before keeps that version in `in_invio_*` after its flow is released
+    // (the release writes no ledger row, migration 0004). Staging the key again must first
+    // move that version into the sent columns, as the view `siuss_inviato` reads it, or
+    // the version INPS has would be lost. The subqueries run only for keys already in the
+    // ledger (a conflict): a first send pays nothing for them.
+    const UPSERT: &str = "ON CONFLICT (ente, tipo, chiave) DO UPDATE SET
+           stato = CASE WHEN EXISTS (SELECT 1 FROM siuss_flusso f WHERE f.id_flusso = siuss_invio.in_invio_flusso)
+             THEN CASE WHEN siuss_invio.in_invio_operazione = 'C' THEN 'annullato' ELSE 'inviato' END
+             ELSE siuss_invio.stato END,
+           hash = CASE WHEN EXISTS (SELECT 1 FROM siuss_flusso f WHERE f.id_flusso = siuss_invio.in_invio_flusso)
+             THEN siuss_invio.in_invio_hash ELSE siuss_invio.hash END,
+           record = CASE WHEN EXISTS (SELECT 1 FROM siuss_flusso f WHERE f.id_flusso = siuss_invio.in_invio_flusso)
+             THEN siuss_invio.in_invio_record ELSE siuss_invio.record END,
+           id_flusso = CASE WHEN EXISTS (SELECT 1 FROM siuss_flusso f WHERE f.id_flusso = siuss_invio.in_invio_flusso)
+             THEN siuss_invio.in_invio_flusso ELSE siuss_invio.id_flusso END,
+           run_id = COALESCE((SELECT f.run_id FROM siuss_flusso f WHERE f.id_flusso = siuss_invio.in_invio_flusso),
+             siuss_invio.run_id),
+           inviato_il = COALESCE((SELECT f.creato_il FROM siuss_flusso f WHERE f.id_flusso = siuss_invio.in_invio_flusso),
+             siuss_invio.inviato_il),
+           esito = CASE WHEN EXISTS (SELECT 1 FROM siuss_flusso f WHERE f.id_flusso = siuss_invio.in_invio_flusso)
+             THEN NULL ELSE siuss_invio.esito END,
+           esito_descrizione = CASE WHEN EXISTS (SELECT 1 FROM siuss_flusso f WHERE f.id_flusso = siuss_invio.in_invio_flusso)
+             THEN NULL ELSE siuss_invio.esito_descrizione END,
+           esito_il = CASE WHEN EXISTS (SELECT 1 FROM siuss_flusso f WHERE f.id_flusso = siuss_invio.in_invio_flusso)
+             THEN NULL ELSE siuss_invio.esito_il END,
+           in_invio_hash = EXCLUDED.in_invio_hash,
            in_invio_record = EXCLUDED.in_invio_record, in_invio_operazione = EXCLUDED.in_invio_operazione,
            in_invio_flusso = EXCLUDED.in_invio_flusso";
     match db {
@@ -266,7 +292,7 @@ pub async fn clear_staged(db: &Db, ente: &str, tipo: &str) -> Result<u64> {
     let n = both!(db, p => sqlx::query(
         "UPDATE siuss_invio SET in_invio_hash = NULL, in_invio_record = NULL, in_invio_operazione = NULL, in_invio_flusso = NULL
          WHERE ente = $1 AND tipo = $2 AND in_invio_flusso IS NOT NULL
-           AND in_invio_flusso NOT IN (SELECT id_flusso FROM siuss_flusso)",
+           AND NOT EXISTS (SELECT 1 FROM siuss_flusso f WHERE f.id_flusso = siuss_invio.in_invio_flusso)",
     )
     .bind(ente)
     .bind(tipo)
@@ -312,8 +338,9 @@ pub struct FileFlow<'a> {
 }
 
 /// Releases a file flow, in one transaction: its number (which must be the next one:
-/// no gaps, no repeats), its registry row, and the versions staged in it become the
-/// versions INPS has.
+/// no gaps, no repeats) and its registry row. The registry row alone makes the versions
+/// staged in the flow the versions INPS has (the view `siuss_inviato`): no ledger row is
+/// rewritten, so releasing a million prestazioni costs what releasing ten does.
 pub async fn release_file(db: &Db, f: &FileFlow<'_>) -> Result<()> {
     let what = ctx(&format!("releasing flow {}", f.id_flusso));
     let now = chrono::Utc::now().to_rfc3339();
@@ -350,21 +377,6 @@ pub async fn release_file(db: &Db, f: &FileFlow<'_>) -> Result<()> {
         .bind(f.path)
         .bind(f.sha256)
         .bind(f.records)
-        .bind(&now)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| Error::db(&what, e))?;
-        sqlx::query(
-            "UPDATE siuss_invio SET
-               stato = CASE WHEN in_invio_operazione = 'C' THEN 'annullato' ELSE 'inviato' END,
-               hash = in_invio_hash, record = in_invio_record, id_flusso = in_invio_flusso,
-               run_id = $3, inviato_il = $4, esito = NULL, esito_descrizione = NULL, esito_il = NULL,
-               in_invio_hash = NULL, in_invio_record = NULL, in_invio_operazione = NULL, in_invio_flusso = NULL
-             WHERE ente = $1 AND in_invio_flusso = $2",
-        )
-        .bind(f.ente)
-        .bind(f.id_flusso)
-        .bind(f.run_id)
         .bind(&now)
         .execute(&mut *tx)
         .await
@@ -460,7 +472,8 @@ pub async fn enqueue(
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
                      ON CONFLICT (ente, tipo, chiave) DO UPDATE SET stato = EXCLUDED.stato, hash = EXCLUDED.hash,
                        record = EXCLUDED.record, id_flusso = EXCLUDED.id_flusso, run_id = EXCLUDED.run_id,
-                       inviato_il = EXCLUDED.inviato_il, esito = NULL, esito_descrizione = NULL, esito_il = NULL",
+                       inviato_il = EXCLUDED.inviato_il, esito = NULL, esito_descrizione = NULL, esito_il = NULL,
+                       in_invio_hash = NULL, in_invio_record = NULL, in_invio_operazione = NULL, in_invio_flusso = NULL",
                 )
                 .bind(ente)
                 .bind(tipo)
@@ -518,4 +531,224 @@ pub async fn save_checkpoint(db: &Db, pipeline: &str, checkpoint: &str) -> Resul
         .map(|_| ())
         .map_err(|e| Error::db(&what, e))?);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn store() -> (tempfile::TempDir, Db) {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = snodo_core::config::ConnectionConfig::Sqlite {
+            path: dir.path().join("store.db").display().to_string(),
+        };
+        let db = Db::connect(&cfg, 1).await.unwrap();
+        snodo_store::migrate(&db).await.unwrap();
+        (dir, db)
+    }
+
+    fn delivery(key: &str, op: char, version: &str) -> Delivery {
+        Delivery {
+            key: key.into(),
+            op,
+            hash: format!("h-{version}"),
+            record: format!("{{\"v\":\"{version}\"}}"),
+        }
+    }
+
+    async fn release(db: &Db, progressivo: i64, run: &str) -> String {
+        let id = format!("GE.PS.20261204.{progressivo:07}");
+        release_file(
+            db,
+            &FileFlow {
+                ente: "GE",
+                tipo: "PS",
+                giorno: "20261204",
+                progressivo,
+                id_flusso: &id,
+                run_id: run,
+                path: "/out/flow.xml",
+                sha256: "00",
+                records: 1,
+            },
+        )
+        .await
+        .unwrap();
+        id
+    }
+
+    /// (stato, hash) of each key INPS has, by the view.
+    async fn has(db: &Db, keys: &[&str]) -> Vec<Option<(String, Option<String>)>> {
+        let keys: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
+        let sent = lookup(db, "GE", "PS", &keys).await.unwrap();
+        keys.iter()
+            .map(|k| sent.get(k).map(|s| (s.stato.clone(), s.hash.clone())))
+            .collect()
+    }
+
+    fn sent(stato: &str, version: &str) -> Option<(String, Option<String>)> {
+        Some((stato.into(), Some(format!("h-{version}"))))
+    }
+
+    /// The release writes no ledger row, so the version a released flow carried stays in
+    /// the staging columns until the key is staged again. Staging it again must keep that
+    /// version as the one INPS has: if the new flow is then abandoned, INPS still has it,
+    /// with the run and time of its own release.
+    #[tokio::test]
+    async fn a_version_released_without_rewriting_its_row_survives_a_later_abandoned_flow() {
+        let (_dir, db) = store().await;
+        // Nothing staged is sent until its flow is released.
+        stage(
+            &db,
+            "GE",
+            "PS",
+            "GE.PS.20261204.0000001",
+            &[delivery("a", 'I', "1"), delivery("b", 'I', "1")],
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            has(&db, &["a", "b"]).await,
+            [Some((String::new(), None)), Some((String::new(), None))]
+        );
+        let first = release(&db, 1, "run-1").await;
+        assert_eq!(
+            has(&db, &["a", "b"]).await,
+            [sent("inviato", "1"), sent("inviato", "1")]
+        );
+
+        // A correction of `a` and the withdrawal of `b`, staged in flow 2 and released.
+        stage(
+            &db,
+            "GE",
+            "PS",
+            "GE.PS.20261204.0000002",
+            &[delivery("a", 'I', "2"), delivery("b", 'C', "1")],
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            has(&db, &["a", "b"]).await,
+            [sent("inviato", "1"), sent("inviato", "1")],
+            "a staged version is not sent before its release"
+        );
+        release(&db, 2, "run-2").await;
+        assert_eq!(
+            has(&db, &["a", "b"]).await,
+            [sent("inviato", "2"), sent("annullato", "1")]
+        );
+
+        // Flow 3 stages `a` again and is never released: its version is discarded and
+        // flow 2's is the one INPS has, as released by run-2.
+        stage(
+            &db,
+            "GE",
+            "PS",
+            "GE.PS.20261204.0000003",
+            &[delivery("a", 'I', "3")],
+        )
+        .await
+        .unwrap();
+        assert_eq!(clear_staged(&db, "GE", "PS").await.unwrap(), 1);
+        assert_eq!(
+            has(&db, &["a", "b"]).await,
+            [sent("inviato", "2"), sent("annullato", "1")]
+        );
+        let Db::Sqlite(p) = &db else { unreachable!() };
+        let row: (String, String, Option<String>) = sqlx::query_as(
+            "SELECT id_flusso, run_id, in_invio_flusso FROM siuss_inviato WHERE chiave = 'a'",
+        )
+        .fetch_one(p)
+        .await
+        .unwrap();
+        assert_eq!(row, ("GE.PS.20261204.0000002".into(), "run-2".into(), None));
+        let b: (String, String) =
+            sqlx::query_as("SELECT id_flusso, run_id FROM siuss_inviato WHERE chiave = 'b'")
+                .fetch_one(p)
+                .await
+                .unwrap();
+        assert_eq!(b, ("GE.PS.20261204.0000002".into(), "run-2".into()));
+        // Nothing of flow 1 is left but its registry row.
+        assert_ne!(row.0, first);
+    }
+
+    /// An outcome INPS refused, recorded on a version sent by WaaS, is cleared when a file
+    /// flow carrying a new version is released, and a WaaS send supersedes a version staged
+    /// in a released file flow.
+    #[tokio::test]
+    async fn a_release_clears_the_outcome_of_the_version_it_replaces() {
+        let (_dir, db) = store().await;
+        let Db::Sqlite(p) = &db else { unreachable!() };
+        sqlx::query(
+            "INSERT INTO siuss_invio (ente, tipo, chiave, stato, hash, record, id_flusso, run_id, esito, esito_descrizione)
+             VALUES ('GE', 'PS', 'a', 'scartato', 'h-0', '{}', 'GE.PS.20261203.0000001', 'run-0', 'RICHIESTA_INVALIDA', 'CF errato')",
+        )
+        .execute(p)
+        .await
+        .unwrap();
+        let before = lookup(&db, "GE", "PS", &["a".into()]).await.unwrap();
+        assert_eq!(before["a"].stato, "scartato");
+        assert_eq!(before["a"].esito_descrizione.as_deref(), Some("CF errato"));
+        stage(
+            &db,
+            "GE",
+            "PS",
+            "GE.PS.20261204.0000001",
+            &[delivery("a", 'I', "1")],
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            lookup(&db, "GE", "PS", &["a".into()]).await.unwrap()["a"],
+            before["a"]
+        );
+        release(&db, 1, "run-1").await;
+        let after = lookup(&db, "GE", "PS", &["a".into()]).await.unwrap();
+        assert_eq!(
+            after["a"],
+            Sent {
+                stato: "inviato".into(),
+                hash: Some("h-1".into()),
+                record: Some("{\"v\":\"1\"}".into()),
+                esito_descrizione: None,
+                esito_il: None,
+            }
+        );
+
+        // A WaaS send of a new version replaces the one the file flow carried.
+        checkpoint(&db, "ps-waas").await.unwrap();
+        let v2 = delivery("a", 'I', "2");
+        let ids = enqueue(
+            &db,
+            "GE",
+            "PS",
+            "run-2",
+            &[WaasEntry {
+                delivery: &v2,
+                render: Box::new(|id| format!("<flusso id='{id}'/>")),
+            }],
+            "ps-waas",
+            "{}",
+            |n| ("20261204".into(), format!("GE.PS.20261204.{n:07}")),
+        )
+        .await
+        .unwrap();
+        assert_eq!(ids, ["GE.PS.20261204.0000002"]);
+        assert_eq!(clear_staged(&db, "GE", "PS").await.unwrap(), 0);
+        let row: (String, String, String, Option<String>) = sqlx::query_as(
+            "SELECT v.hash, v.id_flusso, v.run_id, i.in_invio_flusso FROM siuss_inviato v JOIN siuss_invio i USING (id)",
+        )
+        .fetch_one(p)
+        .await
+        .unwrap();
+        assert_eq!(
+            row,
+            (
+                "h-2".into(),
+                "GE.PS.20261204.0000002".into(),
+                "run-2".into(),
+                None
+            )
+        );
+    }
 }
