@@ -16,6 +16,7 @@ command -v psql >/dev/null 2>&1 || need_pkgs+=(postgresql-client)
 command -v python3 >/dev/null 2>&1 || need_pkgs+=(python3)
 # libxml2's xmllint: the independent XSD validator the XML tests compare snodo's against.
 command -v xmllint >/dev/null 2>&1 || need_pkgs+=(libxml2-utils)
+command -v openssl >/dev/null 2>&1 || need_pkgs+=(openssl) # certificates of tests/pg_tls.rs
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   echo "installing: ${need_pkgs[*]}"
   if [ "$(id -u)" = 0 ]; then

@@ -9,7 +9,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
-use crate::config::ConnectionConfig;
+use crate::config::{ConnectionConfig, PgSslMode};
 use crate::error::{Error, Result};
 
 /// A connection pool to SQLite or PostgreSQL.
@@ -51,12 +51,34 @@ impl Db {
                 "{what}: SQL Server connections are read by `sql` sources (through tiberius); \
                  a store, a sink or the flow log must be SQLite or PostgreSQL"
             ))),
-            ConnectionConfig::Postgres { .. } => {
+            ConnectionConfig::Postgres {
+                ssl_mode,
+                ssl_root_cert,
+                ..
+            } => {
                 let url = cfg
                     .url()
                     .map_err(|e| Error::Other(format!("{what}: {e}")))?;
-                let opts = PgConnectOptions::from_str(&url)
+                let mut opts = PgConnectOptions::from_str(&url)
                     .map_err(|e| Error::db(&what, e))?
+                    .ssl_mode(match ssl_mode {
+                        PgSslMode::Disable => sqlx::postgres::PgSslMode::Disable,
+                        PgSslMode::Prefer => sqlx::postgres::PgSslMode::Prefer,
+                        PgSslMode::Require => sqlx::postgres::PgSslMode::Require,
+                        PgSslMode::VerifyCa => sqlx::postgres::PgSslMode::VerifyCa,
+                        PgSslMode::VerifyFull => sqlx::postgres::PgSslMode::VerifyFull,
+                    });
+                if let Some(ca) = ssl_root_cert {
+                    // Read here rather than by the driver at connect time, so that a wrong
+                    // path is reported as a missing file, not as a failed handshake.
+                    let pem = std::fs::read(ca).map_err(|e| {
+                        Error::Other(format!(
+                            "{what}: cannot read its certificate authority (ssl_root_cert) `{ca}`: {e}"
+                        ))
+                    })?;
+                    opts = opts.ssl_root_cert_from_pem(pem);
+                }
+                let opts = opts
                     .application_name("snodo")
                     // Keyset pages are one prepared statement run with a new key each time.
                     // After five runs PostgreSQL may switch to a generic plan that ignores

@@ -115,10 +115,54 @@ pub enum ConnectionConfig {
         /// Password reference: `${env:NAME}` or `${file:/path}`. Omit for trust/peer auth.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         password: Option<SecretRef>,
+        /// Whether and how the connection is encrypted, with libpq's names (`sslmode`):
+        /// `disable`, `prefer` (the default), `require`, `verify-ca`, `verify-full`. The
+        /// data is about vulnerable people: across any network but the host itself use
+        /// `verify-full`, which also proves the server is the one named in `host`.
+        #[serde(default)]
+        ssl_mode: PgSslMode,
+        /// PEM file of the certificate authority that signed the server's certificate
+        /// (libpq's `sslrootcert`), for `verify-ca` and `verify-full`. Without it the
+        /// server's certificate must chain to one of the public authorities built into
+        /// snodo (the Mozilla list), which an internal server's seldom does.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ssl_root_cert: Option<String>,
     },
     /// A SQL Server database, read with tiberius: a source of pipelines and migrations
     /// (the legacy applications), never a store or the flow log.
     Mssql(MssqlConnection),
+}
+
+/// How the connection to PostgreSQL is encrypted: libpq's `sslmode` values, with their
+/// meaning (TLS through rustls; no OpenSSL needed).
+///
+/// ```yaml
+/// connections:
+///   store:
+///     postgres:
+///       host: pg01.comune.local
+///       database: snodo
+///       user: snodo
+///       password: ${env:SNODO_PG_PASSWORD}
+///       ssl_mode: verify-full
+///       ssl_root_cert: /etc/snodo/ca-comune.pem
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum PgSslMode {
+    /// Plain text: the password and every row cross the network readable.
+    Disable,
+    /// TLS when the server offers it, plain text otherwise; the certificate is not
+    /// checked. libpq's default, kept so that existing set-ups connect as before.
+    #[default]
+    Prefer,
+    /// TLS or no connection; the certificate is not checked, so a machine in the middle
+    /// could still impersonate the server.
+    Require,
+    /// TLS, and the certificate must be signed by `ssl_root_cert` (or a public authority).
+    VerifyCa,
+    /// As `verify-ca`, and the certificate must be issued for `host`.
+    VerifyFull,
 }
 
 /// How the connection to SQL Server is encrypted.
@@ -395,6 +439,7 @@ impl ConnectionConfig {
                 database,
                 user,
                 password,
+                ..
             } => {
                 let pw = match password {
                     Some(p) => format!(":{}", urlencode(p.resolve()?.expose())),

@@ -13,7 +13,7 @@ use std::path::Path;
 
 use serde::de::DeserializeOwned;
 
-pub use connections::{ConnectionConfig, ConnectionsFile};
+pub use connections::{ConnectionConfig, ConnectionsFile, PgSslMode};
 pub use pipeline::{FieldRule, LookupConfig, OnError, PipelineFile, RejectLimit, StepConfig, Then};
 use yaml::{Location, Node, NodeKind, Problem};
 
