@@ -231,8 +231,11 @@ pub fn validate_with_birthplace(cf: &str) -> Result<CfInfo, CfError> {
 /// Like [`validate_at`], and also checks that the birthplace exists and was in force on the
 /// birth date (comuni from the ANPR archive, `Zxxx` from the ANPR foreign states table).
 ///
-/// The ANPR foreign states table lists current states only, so codes of states that no longer
-/// exist (still present in older codici fiscali) are reported as unknown.
+/// The ANPR foreign states table lists current states only; the codes of states that no longer
+/// exist (Yugoslavia, USSR, Czechoslovakia …) and of a few territories, still carried by the
+/// codici fiscali of people born there, come from `mappings/comuni/stati_cessati.csv` with
+/// their periods, so a person born in Belgrade in 1958 (`Z118`) is valid and one born there
+/// in 2004 is not.
 pub fn validate_with_birthplace_at(cf: &str, today: NaiveDate) -> Result<CfInfo, CfError> {
     let info = validate_at(cf, today)?;
     let reason = match info.birth_date {
@@ -660,6 +663,28 @@ mod tests {
         // Foreign state Z200 (Afghanistan); check character Z computed independently.
         let info = validate_with_birthplace_at("RSSMRA85T10Z200Z", TODAY()).unwrap();
         assert_eq!(info.birthplace, "Z200");
+        // States that no longer exist are valid for births while they existed (check
+        // characters by scripts/gen_legacy_csv.py): Yugoslavia, the USSR, Serbia and
+        // Montenegro, and the territory of Hong Kong, none of which are in ANPR's table.
+        for cf in [
+            "PTRDGN58D02Z118J",
+            "VNVLGO50C55Z135U",
+            "PTRMLN04H01Z157Y",
+            "CHNMEI80L41Z221Q",
+        ] {
+            assert!(validate_with_birthplace_at(cf, TODAY()).is_ok(), "{cf}");
+        }
+        // … and not after: Yugoslavia ended on 4 February 2003.
+        assert_eq!(
+            validate_with_birthplace_at("PTRDGN04D02Z118T", TODAY()),
+            Err(CfError::Birthplace {
+                code: "Z118".into(),
+                reason: BirthplaceReason::NotValidAtBirth {
+                    valid_from: d(1900, 1, 1),
+                    valid_to: d(2003, 2, 3)
+                }
+            })
+        );
         // Unknown code Z999.
         assert_eq!(
             validate_with_birthplace_at("RSSMRA85T10Z999S", TODAY()),

@@ -11,6 +11,9 @@ use chrono::NaiveDate;
 
 const COMUNI_CSV: &str = include_str!("../../../mappings/comuni/ANPR_archivio_comuni.csv");
 const STATI_ESTERI_CSV: &str = include_str!("../../../mappings/comuni/ANPR_stati_esteri.csv");
+/// States that no longer exist and territories without a code in the ANPR table, in its
+/// column names (see `mappings/comuni/SOURCE.md`): their codes are in older codici fiscali.
+const STATI_CESSATI_CSV: &str = include_str!("../../../mappings/comuni/stati_cessati.csv");
 
 /// Province abbreviation conventionally used for places abroad (e.g. on Agenzia delle Entrate
 /// forms), so that foreign states fit the same record shape as comuni.
@@ -82,6 +85,7 @@ fn build_index() -> Index {
     for record in parse_comuni(COMUNI_CSV)
         .into_iter()
         .chain(parse_stati_esteri(STATI_ESTERI_CSV))
+        .chain(parse_stati_esteri(STATI_CESSATI_CSV))
     {
         index
             .entry(record.belfiore.clone())
@@ -261,11 +265,13 @@ pub fn exists(belfiore: &str) -> bool {
 ///
 /// Six digits for comuni (the code changes when a comune moves to a new province, so the date
 /// matters); three digits (ISTAT state code) for `Zxxx` foreign states. `None` if the code is
-/// unknown or not in force on that date.
+/// unknown, not in force on that date, or a state that no longer exists (their ISTAT codes
+/// are not in the data).
 pub fn istat_code_at(belfiore: &str, date: NaiveDate) -> Option<String> {
     match lookup_at(belfiore, date) {
-        PlaceCheck::Valid(record) => Some(record.istat.clone()),
-        PlaceCheck::NotValidAt { .. } | PlaceCheck::Unknown => None,
+        // The states that no longer exist carry no ISTAT code here (stati_cessati.csv).
+        PlaceCheck::Valid(record) if !record.istat.is_empty() => Some(record.istat.clone()),
+        PlaceCheck::Valid(_) | PlaceCheck::NotValidAt { .. } | PlaceCheck::Unknown => None,
     }
 }
 
