@@ -283,6 +283,22 @@ fn ps_psa_file_flow_from_postgresql_matches_the_golden_file() {
         [counts[0], counts[0], 0],
         "[rows, rows holding the version staged, rows with a flow still to release]"
     );
+    // The correction and the withdrawal staged keys whose first version was only staged:
+    // PostgreSQL moved that version into the sent columns, with its flow's run and time.
+    let promoted = pg.psql(
+        "SELECT count(*) || ' ' || count(f.id_flusso) FROM siuss_invio i \
+         LEFT JOIN siuss_flusso f ON f.id_flusso = i.id_flusso AND f.run_id = i.run_id AND f.creato_il = i.inviato_il \
+         WHERE i.id_flusso IS NOT NULL AND i.stato = 'inviato'",
+    );
+    let promoted: Vec<u64> = promoted
+        .split_whitespace()
+        .map(|n| n.parse().unwrap())
+        .collect();
+    assert!(promoted[0] >= 2, "no version was moved: {promoted:?}");
+    assert_eq!(
+        promoted[1], promoted[0],
+        "[versions moved, of which match their flow's run and time]"
+    );
 }
 
 /// First run, rerun, correction and withdrawal, rerun; golden file and xmllint each time.

@@ -192,29 +192,14 @@ pub async fn stage(
         .collect();
     // A key staged before keeps that version in `in_invio_*` after its flow is released
     // (the release writes no ledger row, migration 0004). Staging the key again must first
-    // move that version into the sent columns, as the view `siuss_inviato` reads it, or
-    // the version INPS has would be lost. The subqueries run only for keys already in the
-    // ledger (a conflict): a first send pays nothing for them.
+    // move what INPS has into the sent columns, or that version would be lost: the view
+    // `siuss_inviato`, which resolves it for every reader, is read for the row's old state,
+    // so the two cannot disagree. The subquery runs only for keys already in the ledger
+    // (a conflict): a first send pays nothing for it.
     const UPSERT: &str = "ON CONFLICT (ente, tipo, chiave) DO UPDATE SET
-           stato = CASE WHEN EXISTS (SELECT 1 FROM siuss_flusso f WHERE f.id_flusso = siuss_invio.in_invio_flusso)
-             THEN CASE WHEN siuss_invio.in_invio_operazione = 'C' THEN 'annullato' ELSE 'inviato' END
-             ELSE siuss_invio.stato END,
-           hash = CASE WHEN EXISTS (SELECT 1 FROM siuss_flusso f WHERE f.id_flusso = siuss_invio.in_invio_flusso)
-             THEN siuss_invio.in_invio_hash ELSE siuss_invio.hash END,
-           record = CASE WHEN EXISTS (SELECT 1 FROM siuss_flusso f WHERE f.id_flusso = siuss_invio.in_invio_flusso)
-             THEN siuss_invio.in_invio_record ELSE siuss_invio.record END,
-           id_flusso = CASE WHEN EXISTS (SELECT 1 FROM siuss_flusso f WHERE f.id_flusso = siuss_invio.in_invio_flusso)
-             THEN siuss_invio.in_invio_flusso ELSE siuss_invio.id_flusso END,
-           run_id = COALESCE((SELECT f.run_id FROM siuss_flusso f WHERE f.id_flusso = siuss_invio.in_invio_flusso),
-             siuss_invio.run_id),
-           inviato_il = COALESCE((SELECT f.creato_il FROM siuss_flusso f WHERE f.id_flusso = siuss_invio.in_invio_flusso),
-             siuss_invio.inviato_il),
-           esito = CASE WHEN EXISTS (SELECT 1 FROM siuss_flusso f WHERE f.id_flusso = siuss_invio.in_invio_flusso)
-             THEN NULL ELSE siuss_invio.esito END,
-           esito_descrizione = CASE WHEN EXISTS (SELECT 1 FROM siuss_flusso f WHERE f.id_flusso = siuss_invio.in_invio_flusso)
-             THEN NULL ELSE siuss_invio.esito_descrizione END,
-           esito_il = CASE WHEN EXISTS (SELECT 1 FROM siuss_flusso f WHERE f.id_flusso = siuss_invio.in_invio_flusso)
-             THEN NULL ELSE siuss_invio.esito_il END,
+           (stato, hash, record, id_flusso, run_id, inviato_il, esito, esito_descrizione, esito_il) =
+             (SELECT v.stato, v.hash, v.record, v.id_flusso, v.run_id, v.inviato_il, v.esito, v.esito_descrizione, v.esito_il
+              FROM siuss_inviato v WHERE v.id = siuss_invio.id),
            in_invio_hash = EXCLUDED.in_invio_hash,
            in_invio_record = EXCLUDED.in_invio_record, in_invio_operazione = EXCLUDED.in_invio_operazione,
            in_invio_flusso = EXCLUDED.in_invio_flusso";
