@@ -21,23 +21,19 @@ const SYSTEMS: [(&str, &str); 3] = [
 
 /// Generates the legacy set (SQLite copies) and returns its ground truth.
 fn generate(dir: &Path, persons: u32, seed: u32, format: &str) -> Json {
-    let out = Command::new("python3")
-        .arg(root().join("scripts/gen_legacy_db.py"))
-        .arg("--out")
-        .arg(dir)
-        .args([
-            "--persons",
-            &persons.to_string(),
-            "--seed",
-            &seed.to_string(),
-        ])
-        .args(["--format", format])
-        .output()
-        .expect("python3");
-    assert!(
-        out.status.success(),
-        "generator: {}",
-        String::from_utf8_lossy(&out.stderr)
+    succeed(
+        Command::new("python3")
+            .arg(root().join("scripts/gen_legacy_db.py"))
+            .arg("--out")
+            .arg(dir)
+            .args([
+                "--persons",
+                &persons.to_string(),
+                "--seed",
+                &seed.to_string(),
+            ])
+            .args(["--format", format]),
+        "generator",
     );
     serde_json::from_slice(&std::fs::read(dir.join("expect.json")).unwrap()).unwrap()
 }
@@ -558,28 +554,24 @@ fn full_migration_from_and_into_postgresql_gives_the_same_result_as_sqlite() {
     let expect = generate(&legacy_pg, 300, 11, "pgsql");
     let pg = pg_db("migration_full");
     for (s, _) in SYSTEMS {
-        let out = Command::new("psql")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &pg.port.to_string(),
-                "-U",
-                "postgres",
-                "-d",
-                &pg.name,
-                "-q",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-f",
-            ])
-            .arg(legacy_pg.join(format!("{s}.sql")))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "loading {s}: {}",
-            String::from_utf8_lossy(&out.stderr)
+        succeed(
+            Command::new("psql")
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &pg.port.to_string(),
+                    "-U",
+                    "postgres",
+                    "-d",
+                    &pg.name,
+                    "-q",
+                    "-v",
+                    "ON_ERROR_STOP=1",
+                    "-f",
+                ])
+                .arg(legacy_pg.join(format!("{s}.sql"))),
+            &format!("loading {s}"),
         );
     }
     let config = migration_connections(dir.path(), &legacy_pg, Some(&pg));

@@ -11,15 +11,9 @@ use std::process::Command;
 
 /// Runs `openssl` with `args` in `dir`.
 fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("openssl (the openssl package) is needed to make the test's certificates");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
+    succeed(
+        Command::new("openssl").args(args).current_dir(dir),
+        &format!("openssl {args:?} (the openssl package makes the test's certificates)"),
     );
 }
 

@@ -17,19 +17,15 @@ const CF_OPERATORE: &str = "RSSMRA85T10A562S";
 
 /// Runs SQL on the SQLite store with Python's sqlite3 (the test suite installs Python).
 fn sqlite(db: &Path, sql: &str) {
-    let out = Command::new("python3")
+    succeed(
+        Command::new("python3")
         .args([
             "-c",
             "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.executescript(sys.argv[2]); c.commit()",
         ])
         .arg(db)
-        .arg(sql)
-        .output()
-        .expect("python3");
-    assert!(
-        out.status.success(),
-        "sqlite script failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+        .arg(sql),
+        "sqlite script failed",
     );
 }
 
@@ -157,18 +153,16 @@ fn flows_of(dir: &Path, prefix: &str) -> Vec<PathBuf> {
 
 /// libxml2's verdict, independent of snodo's own validator.
 fn xmllint_validates(file: &Path, xsd: &str) {
-    let out = Command::new("xmllint")
-        .arg("--noout")
-        .arg("--schema")
-        .arg(root().join("specs/siuss").join(xsd))
-        .arg(file)
-        .output()
-        .expect("xmllint is needed by the tests: install libxml2-utils (scripts/test.sh does)");
-    assert!(
-        out.status.success(),
-        "{} does not validate against {xsd}: {}",
-        file.display(),
-        String::from_utf8_lossy(&out.stderr)
+    succeed(
+        Command::new("xmllint")
+            .arg("--noout")
+            .arg("--schema")
+            .arg(root().join("specs/siuss").join(xsd))
+            .arg(file),
+        &format!(
+            "{} does not validate against {xsd} (xmllint, from libxml2-utils: scripts/test.sh installs it)",
+            file.display()
+        ),
     );
 }
 
@@ -861,18 +855,14 @@ c.executemany("""INSERT INTO valutazione_sina (id, ente, source_system, source_k
   [(k, f"s{k}", k) for k in range(1, n // 2 + 1, 3)])
 c.commit()
 "#;
-    let out = Command::new("python3")
-        .current_dir(root())
-        .arg("-c")
-        .arg(script)
-        .arg(dir.join("store.db"))
-        .arg(n.to_string())
-        .output()
-        .expect("python3");
-    assert!(
-        out.status.success(),
-        "generating the store failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+    succeed(
+        Command::new("python3")
+            .current_dir(root())
+            .arg("-c")
+            .arg(script)
+            .arg(dir.join("store.db"))
+            .arg(n.to_string()),
+        "generating the store failed",
     );
     let (code, summary) = run_pipeline(&cfg, &root().join("pipelines/siuss/mappature.yaml"));
     assert_eq!(code, 0, "mapping load failed: {summary}");

@@ -35,6 +35,21 @@ pub fn run(mut cmd: Command) -> Output {
     out
 }
 
+/// Runs a helper program (psql, python3, openssl, xmllint …) and returns its output; the
+/// test fails, saying `what` and showing the program's stderr, when it cannot be started
+/// or exits with an error.
+pub fn succeed(cmd: &mut Command, what: &str) -> Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: cannot start {:?}: {e}", cmd.get_program()));
+    assert!(
+        out.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// Runs a command to its end with its output discarded, and returns whether it succeeded
 /// and its peak resident memory in kilobytes (`ru_maxrss` of that one child, from `wait4`).
 // The child is reaped by `wait4` (which alone reports its own peak memory), not by
@@ -135,8 +150,8 @@ impl PgDb {
 
     /// Runs SQL with psql and returns the unaligned output.
     pub fn psql(&self, sql: &str) -> String {
-        let out = Command::new("psql")
-            .args([
+        let out = succeed(
+            Command::new("psql").args([
                 "-h",
                 "127.0.0.1",
                 "-p",
@@ -150,13 +165,8 @@ impl PgDb {
                 "ON_ERROR_STOP=1",
                 "-c",
                 sql,
-            ])
-            .output()
-            .expect("psql");
-        assert!(
-            out.status.success(),
-            "psql failed: {}",
-            String::from_utf8_lossy(&out.stderr)
+            ]),
+            "psql failed",
         );
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
@@ -273,26 +283,22 @@ pub fn generate_csv(
 ) -> (PathBuf, serde_json::Value) {
     let out = dir.join(format!("legacy_{rows}_{seed}.csv"));
     let expect = dir.join(format!("legacy_{rows}_{seed}.expect.json"));
-    let st = Command::new("python3")
-        .arg(root().join("scripts/gen_legacy_csv.py"))
-        .args([
-            "--rows",
-            &rows.to_string(),
-            "--seed",
-            &seed.to_string(),
-            "--bad-rate",
-            bad_rate,
-        ])
-        .arg("--out")
-        .arg(&out)
-        .arg("--expect")
-        .arg(&expect)
-        .output()
-        .expect("python3");
-    assert!(
-        st.status.success(),
-        "generator: {}",
-        String::from_utf8_lossy(&st.stderr)
+    succeed(
+        Command::new("python3")
+            .arg(root().join("scripts/gen_legacy_csv.py"))
+            .args([
+                "--rows",
+                &rows.to_string(),
+                "--seed",
+                &seed.to_string(),
+                "--bad-rate",
+                bad_rate,
+            ])
+            .arg("--out")
+            .arg(&out)
+            .arg("--expect")
+            .arg(&expect),
+        "generator",
     );
     let e: serde_json::Value = serde_json::from_slice(&std::fs::read(&expect).unwrap()).unwrap();
     (out, e)
