@@ -55,7 +55,9 @@ pub struct SiussSinkConfig {
     /// `tipo_operazione`; SINBA has none).
     #[serde(default = "operation")]
     pub operation: String,
-    /// Also have libxml2 validate file flows before they are released.
+    /// Who validates a file flow as a whole before it is released: libxml2's `xmllint`
+    /// (by default when installed) or snodo's validator. Every record is validated by
+    /// snodo as it is rendered either way.
     #[serde(default)]
     pub xmllint: Xmllint,
 }

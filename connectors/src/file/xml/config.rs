@@ -30,13 +30,15 @@ pub struct XmlSinkConfig {
     /// Where the file is meant to go, recorded in the flow log (default `local`).
     #[serde(default = "local")]
     pub destination: String,
-    /// Also have libxml2 validate the finished document (`xmllint --stream --schema`).
+    /// Who validates the finished document as a whole before it is released: libxml2
+    /// (`xmllint --stream --schema`) or snodo's validator. Every record is validated by
+    /// snodo as it is rendered either way.
     #[serde(default)]
     pub xmllint: Xmllint,
 }
 
-/// Whether libxml2's `xmllint` validates the finished document as a second, independent
-/// gate.
+/// Whether libxml2's `xmllint`, a second and independent XSD implementation, validates the
+/// finished document as a whole; when it does not, snodo's validator does.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Xmllint {
@@ -45,7 +47,7 @@ pub enum Xmllint {
     Auto,
     /// Always; a missing `xmllint` fails the run (install `libxml2-utils`).
     Required,
-    /// Never: snodo's own validation only.
+    /// Never: snodo's validator checks the whole document too.
     Off,
 }
 
