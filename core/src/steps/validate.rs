@@ -7,12 +7,15 @@ use regex::Regex;
 use super::{Step, StepContext, config_error};
 use crate::config::FieldRule;
 use crate::error::Result;
-use crate::record::{Batch, Record};
+use crate::record::{Batch, FieldRef, Record};
 use crate::validators::{codice_fiscale, comuni, iban, partita_iva};
 use crate::value::Value;
 
 struct CompiledRule {
-    field: String,
+    field: FieldRef,
+    /// The fields `not_before` and `belfiore_at` name.
+    not_before: Option<FieldRef>,
+    belfiore_at: Option<FieldRef>,
     rule: FieldRule,
     min: Option<Bound>,
     max: Option<Bound>,
@@ -62,7 +65,9 @@ impl Validate {
                     .map_err(|e| config_error(&format!("{at}.{which}"), e))
             };
             compiled.push(CompiledRule {
-                field: field.clone(),
+                field: FieldRef::new(field),
+                not_before: rule.not_before.as_ref().map(FieldRef::new),
+                belfiore_at: rule.belfiore_at.as_ref().map(FieldRef::new),
                 rule: rule.clone(),
                 min: bound(&rule.min, "min")?,
                 max: bound(&rule.max, "max")?,
@@ -134,8 +139,8 @@ fn date_of(v: Option<&Value>) -> Option<NaiveDate> {
 
 /// Checks one field; returns `(code, message)` for every broken rule.
 fn check(r: &CompiledRule, record: &Record, broken: &mut Vec<(String, String)>) {
-    let f = &r.field;
-    let value = record.get(f).unwrap_or(&Value::Null);
+    let f = r.field.name();
+    let value = r.field.get(record).unwrap_or(&Value::Null);
     if value.is_missing() {
         if r.rule.required {
             broken.push((
@@ -245,8 +250,8 @@ fn check(r: &CompiledRule, record: &Record, broken: &mut Vec<(String, String)>) 
             _ => {}
         }
     }
-    if let Some(other) = &r.rule.not_before
-        && let Some(start) = date_of(record.get(other))
+    if let Some(other) = &r.not_before
+        && let Some(start) = date_of(other.get(record))
     {
         match date_of(Some(value)) {
             Some(end) if end < start => broken.push((
@@ -260,9 +265,9 @@ fn check(r: &CompiledRule, record: &Record, broken: &mut Vec<(String, String)>) 
             )),
         }
     }
-    if let Some(date_field) = &r.rule.belfiore_at {
+    if let Some(date_field) = &r.belfiore_at {
         let code = text.trim().to_uppercase();
-        match date_of(record.get(date_field)) {
+        match date_of(date_field.get(record)) {
             None => broken.push((
                 format!("belfiore_at.{f}"),
                 format!("`{f}`: cannot check the place code because `{date_field}` is not a date"),

@@ -43,7 +43,7 @@ use serde::{Deserialize, Serialize};
 use snodo_core::config::yaml::{self, Node, Problem};
 use snodo_core::config::{child, deepest, problem};
 use snodo_core::error::{Error, Result};
-use snodo_core::record::Record;
+use snodo_core::record::{FieldRef, Record};
 use snodo_core::value::Value;
 
 use super::xsd::{ElementDecl, Schema, TypeDef, Validator, Violation};
@@ -161,7 +161,7 @@ pub struct BindingSpec {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Bind {
     /// A record field, with an optional date format.
-    Field(String, Option<String>),
+    Field(FieldRef, Option<String>),
     /// A sink parameter.
     Param(String),
     /// A constant.
@@ -174,7 +174,7 @@ impl Bind {
     /// The record field this binding reads, if any.
     pub fn field(&self) -> Option<&str> {
         match self {
-            Bind::Field(f, _) => Some(f),
+            Bind::Field(f, _) => Some(f.name()),
             _ => None,
         }
     }
@@ -194,9 +194,9 @@ pub struct Element {
     /// Children in layout order.
     pub children: Vec<Element>,
     /// Written only when this field has a value.
-    pub when: Option<String>,
+    pub when: Option<FieldRef>,
     /// Repeated per item of this field.
-    pub for_each: Option<String>,
+    pub for_each: Option<FieldRef>,
     /// Repeated per record of a group.
     pub per_record: bool,
 }
@@ -220,9 +220,11 @@ pub struct Layout {
     pub record: Element,
     /// Grouping fields.
     pub group_by: Vec<String>,
+    /// The same, looked up in records.
+    group_fields: Vec<FieldRef>,
     /// Every field the record element may write (attribute and text bindings, `for_each`):
     /// the fields checked for characters XML cannot carry.
-    written: Vec<String>,
+    written: Vec<FieldRef>,
 }
 
 /// A rendered element: names and values as they will be written.
@@ -385,7 +387,11 @@ impl Layout {
         problems.sort_by_key(|p| (p.location.line, p.location.column));
         match record {
             Some(record) if problems.is_empty() => Ok(Arc::new(Layout {
-                written: written_fields(&record),
+                written: written_fields(&record)
+                    .into_iter()
+                    .map(FieldRef::new)
+                    .collect(),
+                group_fields: raw.record.group_by.iter().map(FieldRef::new).collect(),
                 file: path.to_path_buf(),
                 namespace: schema.target_namespace.clone(),
                 schema,
@@ -414,8 +420,8 @@ impl Layout {
             if let Some(f) = e.text.as_ref().and_then(Bind::field) {
                 out.push(f.to_string());
             }
-            out.extend(e.when.iter().cloned());
-            out.extend(e.for_each.iter().cloned());
+            out.extend(e.when.iter().map(|f| f.name().to_string()));
+            out.extend(e.for_each.iter().map(|f| f.name().to_string()));
             for c in &e.children {
                 walk(c, out);
             }
@@ -485,7 +491,7 @@ impl Layout {
         let suspect = self
             .written
             .iter()
-            .any(|f| forbidden_char(record, f).is_some());
+            .any(|f| forbidden_char(f.get(record)).is_some());
         if violations.is_empty() && !suspect {
             let group = self
                 .group_by
@@ -515,7 +521,7 @@ impl Layout {
             });
         }
         for (path, attr, field) in &fields {
-            if let Some(bad) = forbidden_char(record, field) {
+            if let Some(bad) = forbidden_char(record.get(field)) {
                 problems.push(RecordProblem {
                     violation: Violation {
                         line: None,
@@ -536,9 +542,9 @@ impl Layout {
             return Err(problems);
         }
         let group = self
-            .group_by
+            .group_fields
             .iter()
-            .map(|g| record.get(g).and_then(Value::to_text).unwrap_or_default())
+            .map(|g| g.get(record).and_then(Value::to_text).unwrap_or_default())
             .collect();
         Ok(Rendered { element, group })
     }
@@ -575,8 +581,8 @@ impl Layout {
     }
 }
 
-fn forbidden_char(record: &Record, field: &str) -> Option<char> {
-    let text = record.get(field).and_then(Value::text)?;
+fn forbidden_char(value: Option<&Value>) -> Option<char> {
+    let text = value.and_then(Value::text)?;
     text.chars().find(|&c| {
         (c < ' ' && c != '\t' && c != '\n' && c != '\r') || c == '\u{FFFE}' || c == '\u{FFFF}'
     })
@@ -591,7 +597,7 @@ fn written_fields(e: &Element) -> Vec<String> {
                 .filter_map(|(_, b)| b.field().map(str::to_string)),
         );
         out.extend(e.text.as_ref().and_then(Bind::field).map(str::to_string));
-        out.extend(e.for_each.iter().cloned());
+        out.extend(e.for_each.iter().map(|f| f.name().to_string()));
         for c in &e.children {
             walk(c, out);
         }
@@ -668,7 +674,7 @@ fn value_of(b: &Bind, ctx: &RenderCtx) -> Result<Option<String>> {
     Ok(match b {
         Bind::Field(f, fmt) => ctx
             .record
-            .and_then(|r| r.get(f))
+            .and_then(|r| f.get(r))
             .and_then(|v| format_value(v, fmt.as_deref())),
         Bind::Param(p) => Some(ctx.params.get(p).cloned().ok_or_else(|| {
             Error::Other(format!(
@@ -697,12 +703,12 @@ fn render(
     parent_path: &str,
 ) -> Result<()> {
     if let Some(w) = &e.when
-        && !present(ctx.record.and_then(|r| r.get(w)))
+        && !present(ctx.record.and_then(|r| w.get(r)))
     {
         return Ok(());
     }
     let repetitions: Vec<Option<String>> = match &e.for_each {
-        Some(f) => items(ctx.record.and_then(|r| r.get(f)))
+        Some(f) => items(ctx.record.and_then(|r| f.get(r)))
             .into_iter()
             .map(Some)
             .collect(),
@@ -740,7 +746,10 @@ fn render(
         if let Some(t) = &e.text {
             x.text = value_of(t, &ctx)?;
             if let Some(fields) = fields.as_deref_mut() {
-                let f = t.field().map(str::to_string).or_else(|| e.for_each.clone());
+                let f = t
+                    .field()
+                    .or_else(|| e.for_each.as_ref().map(FieldRef::name))
+                    .map(str::to_string);
                 if let Some(f) = f {
                     fields.push((path.clone(), None, f));
                 }
@@ -766,7 +775,7 @@ fn resolve_binding(
             problems.push(layout_problem(node, path, "an empty field name"));
             None
         }
-        Binding::Field(f) => Some(Bind::Field(f.clone(), None)),
+        Binding::Field(f) => Some(Bind::Field(FieldRef::new(f), None)),
         Binding::Spec(s) => {
             let given = [
                 s.field.is_some(),
@@ -809,7 +818,7 @@ fn resolve_binding(
                 ));
             }
             Some(if let Some(f) = &s.field {
-                Bind::Field(f.clone(), s.format.clone())
+                Bind::Field(FieldRef::new(f), s.format.clone())
             } else if let Some(p) = &s.param {
                 Bind::Param(p.clone())
             } else if let Some(v) = &s.value {
@@ -970,8 +979,8 @@ fn resolve(
         attributes,
         text,
         children,
-        when: e.when.clone(),
-        for_each: e.for_each.clone(),
+        when: e.when.as_ref().map(FieldRef::new),
+        for_each: e.for_each.as_ref().map(FieldRef::new),
         per_record: e.each == Each::Record,
     })
 }

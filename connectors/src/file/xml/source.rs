@@ -267,7 +267,7 @@ impl<'l> Extractor<'l> {
                             match bind {
                                 Bind::Field(f, fmt) => {
                                     let v = typed(raw, ty, fmt.is_some());
-                                    self.set(scope, f, v);
+                                    self.set(scope, f.name(), v);
                                 }
                                 Bind::Param(p) => {
                                     self.set(Scope::Header, p, Value::Str(raw.clone()))
@@ -290,12 +290,12 @@ impl<'l> Extractor<'l> {
                         match bind {
                             Bind::Field(f, fmt) => {
                                 let v = typed(&text, base, fmt.is_some());
-                                self.set(scope, f, v);
+                                self.set(scope, f.name(), v);
                             }
                             Bind::Item(fmt) => {
                                 if let Some(f) = &l.for_each {
                                     let v = typed(&text, base, fmt.is_some());
-                                    self.push_item(scope, f, v);
+                                    self.push_item(scope, f.name(), v);
                                 }
                             }
                             Bind::Param(_) | Bind::Const(_) => {}
