@@ -11,7 +11,7 @@ use snodo_core::committer::{Commit, Committer};
 use snodo_core::component::{Artifact, Prepare, Prepared, SavedCheckpoint, Sink};
 use snodo_core::db::Db;
 use snodo_core::error::{Error, Result};
-use snodo_core::record::{Batch, OutputField, Record, Schema};
+use snodo_core::record::{Batch, FieldRef, OutputField, Record, Schema};
 use snodo_core::steps::StepContext;
 use snodo_core::value::{Value, tagged_json_object};
 
@@ -119,7 +119,7 @@ struct Current {
 struct SiussPrepare {
     layout: Arc<Layout>,
     /// The layout's fields, in the order of the ledger snapshot.
-    fields: Vec<String>,
+    fields: Vec<FieldRef>,
     params: IndexMap<String, String>,
     key: Vec<String>,
     cancelled: String,
@@ -132,9 +132,9 @@ impl SiussPrepare {
     /// and a PS record has about twenty of them, a third of the snapshot's bytes that
     /// every ledger row would carry twice (staged, then released).
     fn snapshot(&self, r: &Record) -> String {
-        tagged_json_object(self.fields.iter().filter_map(|f| match r.get(f)? {
+        tagged_json_object(self.fields.iter().filter_map(|f| match f.get(r)? {
             Value::Null => None,
-            v => Some((f.as_str(), v)),
+            v => Some((f.name(), v)),
         }))
     }
 
@@ -276,7 +276,7 @@ impl SiussSink {
         Ok(SiussSink {
             writer: XmlWriter::new(layout.clone()),
             prep: Arc::new(SiussPrepare {
-                fields: layout.fields(),
+                fields: layout.fields().into_iter().map(FieldRef::new).collect(),
                 layout: layout.clone(),
                 params: params.clone(),
                 key: cfg.key.clone(),

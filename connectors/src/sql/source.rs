@@ -145,8 +145,12 @@ impl Reader<'_> {
             q = values::bind_pg(q, v);
         }
         let mut rows = q.fetch(&mut *conn);
+        let mut columns: Option<values::PgColumns> = None;
         while let Some(row) = rows.try_next().await.map_err(|e| Error::db(ctx_msg, e))? {
-            let vals = values::pg_row(&row, ctx.extra_fields).map_err(Error::Input)?;
+            let vals = columns
+                .get_or_insert_with(|| values::PgColumns::of(&row))
+                .decode(&row, ctx.extra_fields)
+                .map_err(Error::Input)?;
             if self.layout.is_none() {
                 let names = row.columns().iter().map(|c| c.name().to_string()).collect();
                 self.set_layout(names)?;
