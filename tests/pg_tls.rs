@@ -1,7 +1,8 @@
 //! TLS to PostgreSQL against a real server: this binary's throwaway cluster is switched to
 //! TLS with a certificate authority made by `openssl` for the test, and a role that
-//! `pg_hba.conf` admits only over TLS. Each `ssl_mode` is tried through `snodo store
-//! migrate`, the first thing an operator runs against a new store.
+//! `pg_hba.conf` admits only over TLS, and one it admits only with a client certificate
+//! signed by that authority. Each `ssl_mode` is tried through `snodo store migrate`, the
+//! first thing an operator runs against a new store.
 
 mod common;
 
@@ -44,8 +45,10 @@ fn authority(dir: &Path, name: &str) {
 }
 
 struct Tls {
-    /// The authority that signed the server's certificate.
+    /// The authority that signed the server's certificate and the client's.
     ca: PathBuf,
+    /// The directory of the certificates.
+    dir: PathBuf,
     /// Another authority, which signed nothing the server has.
     stranger: PathBuf,
     port: u16,
@@ -81,6 +84,31 @@ fn tls_cluster() -> &'static Tls {
                 "-CAcreateserial", "-days", "2", "-extfile", "server.ext", "-out", "server.crt",
             ],
         );
+        // Client certificates for the role `snodo_cert` (`cert` authentication matches the
+        // certificate's CN with the user name): one from the server's authority, one from
+        // the stranger.
+        std::fs::write(
+            dir.join("client.ext"),
+            "extendedKeyUsage=clientAuth\nbasicConstraints=CA:FALSE\n",
+        )
+        .unwrap();
+        for (name, ca) in [("client", "ca"), ("forged", "stranger")] {
+            openssl(
+                &dir,
+                &[
+                    "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=snodo_cert",
+                    "-keyout", &format!("{name}.key"), "-out", &format!("{name}.csr"),
+                ],
+            );
+            openssl(
+                &dir,
+                &[
+                    "x509", "-req", "-in", &format!("{name}.csr"), "-CA", &format!("{ca}.crt"),
+                    "-CAkey", &format!("{ca}.key"), "-CAcreateserial", "-days", "2",
+                    "-extfile", "client.ext", "-out", &format!("{name}.crt"),
+                ],
+            );
+        }
         // PostgreSQL refuses a key that others can read, and reads it as its own user.
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(dir.join("server.key"), std::fs::Permissions::from_mode(0o600))
@@ -100,17 +128,22 @@ fn tls_cluster() -> &'static Tls {
             &hba,
             format!(
                 "hostssl all snodo_tls 127.0.0.1/32 trust\nhost all snodo_tls 127.0.0.1/32 reject\n\
-                 hostssl all snodo_tls ::1/128 trust\nhost all snodo_tls ::1/128 reject\n{rules}"
+                 hostssl all snodo_tls ::1/128 trust\nhost all snodo_tls ::1/128 reject\n\
+                 hostssl all snodo_cert 127.0.0.1/32 cert\nhost all snodo_cert 127.0.0.1/32 reject\n\
+                 hostssl all snodo_cert ::1/128 cert\nhost all snodo_cert ::1/128 reject\n{rules}"
             ),
         )
         .unwrap();
         for sql in [
             format!("ALTER SYSTEM SET ssl_cert_file = '{}'", dir.join("server.crt").display()),
             format!("ALTER SYSTEM SET ssl_key_file = '{}'", dir.join("server.key").display()),
+            format!("ALTER SYSTEM SET ssl_ca_file = '{}'", dir.join("ca.crt").display()),
             "ALTER SYSTEM SET ssl = on".into(),
             "SELECT pg_reload_conf()".into(),
             "CREATE ROLE snodo_tls LOGIN".into(),
             "CREATE DATABASE tls_store OWNER snodo_tls".into(),
+            "CREATE ROLE snodo_cert LOGIN".into(),
+            "CREATE DATABASE cert_store OWNER snodo_cert".into(),
         ] {
             admin.psql(&sql);
         }
@@ -122,6 +155,7 @@ fn tls_cluster() -> &'static Tls {
         assert!(on, "the server did not turn TLS on: see {}/log", cluster.dir.display());
         Tls {
             ca: dir.join("ca.crt"),
+            dir: dir.clone(),
             stranger: dir.join("stranger.crt"),
             port: cluster.port,
         }
@@ -131,12 +165,17 @@ fn tls_cluster() -> &'static Tls {
 /// `snodo store migrate` on a store reached as `host` with `tls` (YAML flow-map entries);
 /// returns whether it succeeded and its stderr.
 fn migrate(dir: &Path, host: &str, tls: &str) -> (bool, String) {
+    migrate_as(dir, "snodo_tls", "tls_store", host, tls)
+}
+
+/// [`migrate`] as `user`, into `database`.
+fn migrate_as(dir: &Path, user: &str, database: &str, host: &str, tls: &str) -> (bool, String) {
     let t = tls_cluster();
     let cfg = dir.join("snodo.yaml");
     std::fs::write(
         &cfg,
         format!(
-            "connections:\n  store:\n    postgres: {{ host: {host}, port: {}, database: tls_store, user: snodo_tls{tls} }}\n  \
+            "connections:\n  store:\n    postgres: {{ host: {host}, port: {}, database: {database}, user: {user}{tls} }}\n  \
              flowlog:\n    sqlite: {{ path: {}/flowlog.db }}\nflow_log:\n  connection: flowlog\n",
             t.port,
             dir.display()
@@ -242,4 +281,79 @@ fn an_unknown_ssl_mode_is_a_config_error_naming_the_key() {
     assert!(!ok);
     assert!(err.contains("snodo.yaml:3:"), "{err}");
     assert!(err.contains("ssl_mode"), "{err}");
+}
+
+#[test]
+fn a_client_certificate_signed_by_the_servers_authority_logs_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = tls_cluster();
+    let at = |f: &str| t.dir.join(f).display().to_string();
+    let tls = |cert: &str, key: &str| {
+        format!(
+            ", ssl_mode: verify-full, ssl_root_cert: {}, ssl_client_cert: {cert}, ssl_client_key: {key}",
+            at("ca.crt")
+        )
+    };
+    let (ok, err) = migrate_as(
+        dir.path(),
+        "snodo_cert",
+        "cert_store",
+        "localhost",
+        &tls(&at("client.crt"), &at("client.key")),
+    );
+    assert!(ok, "{err}");
+    let store = PgDb {
+        port: t.port,
+        name: "cert_store".into(),
+    };
+    // pg_hba.conf admits the role only with a certificate: the session had one.
+    assert!(
+        store
+            .psql("SELECT count(*) FROM _snodo_store_migrations")
+            .parse::<u32>()
+            .unwrap()
+            >= 4
+    );
+
+    // A key whose contents are not a key: the error names the connection and never shows
+    // what the file holds.
+    let garbage = dir.path().join("garbage.key");
+    let secret = "NOT-A-KEY-s3cr3t-material-0123456789";
+    std::fs::write(
+        &garbage,
+        format!("-----BEGIN PRIVATE KEY-----\n{secret}\n-----END PRIVATE KEY-----\n"),
+    )
+    .unwrap();
+    let refused = [
+        // No certificate at all: pg_hba.conf's `cert` refuses the role.
+        (
+            format!(", ssl_mode: verify-full, ssl_root_cert: {}", at("ca.crt")),
+            "requires a valid client certificate",
+        ),
+        // A certificate for the right name from an authority the server does not trust.
+        (tls(&at("forged.crt"), &at("forged.key")), "UnknownCA"),
+        // A certificate with another certificate's key.
+        (tls(&at("client.crt"), &at("forged.key")), "KeyMismatch"),
+        // A missing key file is named as such.
+        (
+            tls(&at("client.crt"), "/nonexistent/snodo.key"),
+            "client key (ssl_client_key) `/nonexistent/snodo.key`",
+        ),
+        (
+            tls(&at("client.crt"), &garbage.display().to_string()),
+            "error with configuration",
+        ),
+    ];
+    for (tls, expect) in refused {
+        let (ok, err) = migrate_as(dir.path(), "snodo_cert", "cert_store", "localhost", &tls);
+        assert!(!ok, "{tls} connected");
+        assert!(
+            err.contains("connecting to postgres snodo_cert@") && err.contains(expect),
+            "{tls}: expected {expect:?} in: {err}"
+        );
+        assert!(
+            !err.contains(secret),
+            "{tls}: the key's contents leaked: {err}"
+        );
+    }
 }

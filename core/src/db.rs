@@ -54,6 +54,8 @@ impl Db {
             ConnectionConfig::Postgres {
                 ssl_mode,
                 ssl_root_cert,
+                ssl_client_cert,
+                ssl_client_key,
                 ..
             } => {
                 let url = cfg
@@ -77,6 +79,18 @@ impl Db {
                         ))
                     })?;
                     opts = opts.ssl_root_cert_from_pem(pem);
+                }
+                if let (Some(cert), Some(key)) = (ssl_client_cert, ssl_client_key) {
+                    let read = |setting: &str, path: &str| {
+                        std::fs::read(path).map_err(|e| {
+                            Error::Other(format!(
+                                "{what}: cannot read its client {setting} `{path}`: {e}"
+                            ))
+                        })
+                    };
+                    opts = opts
+                        .ssl_client_cert_from_pem(read("certificate (ssl_client_cert)", cert)?)
+                        .ssl_client_key_from_pem(read("key (ssl_client_key)", key)?);
                 }
                 let opts = opts
                     .application_name("snodo")

@@ -127,6 +127,16 @@ pub enum ConnectionConfig {
         /// snodo (the Mozilla list), which an internal server's seldom does.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         ssl_root_cert: Option<String>,
+        /// PEM file of snodo's own certificate (libpq's `sslcert`), for servers that
+        /// authenticate clients by certificate (`cert` in `pg_hba.conf`, or `clientcert`).
+        /// Needs `ssl_client_key`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ssl_client_cert: Option<String>,
+        /// PEM file of the private key of `ssl_client_cert` (libpq's `sslkey`): a path, never
+        /// the key itself; keep the file readable by snodo's user only. Its contents never
+        /// appear in an error or a log.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ssl_client_key: Option<String>,
     },
     /// A SQL Server database, read with tiberius: a source of pipelines and migrations
     /// (the legacy applications), never a store or the flow log.
@@ -146,6 +156,9 @@ pub enum ConnectionConfig {
 ///       password: ${env:SNODO_PG_PASSWORD}
 ///       ssl_mode: verify-full
 ///       ssl_root_cert: /etc/snodo/ca-comune.pem
+///       # only where pg_hba.conf asks for a client certificate:
+///       ssl_client_cert: /etc/snodo/snodo.crt
+///       ssl_client_key: /etc/snodo/snodo.key
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
@@ -317,6 +330,27 @@ impl ConnectionsFile {
                     &format!("connections.{name}.{kind}.password"),
                     "a password must be a reference such as `${env:SNODO_PG_PASSWORD}` or \
                      `${file:/run/secrets/pg}`; never write a secret in a file",
+                ));
+            }
+        }
+        for (name, conn) in &file.connections {
+            if let ConnectionConfig::Postgres {
+                ssl_client_cert,
+                ssl_client_key,
+                ..
+            } = conn
+                && ssl_client_cert.is_some() != ssl_client_key.is_some()
+            {
+                let (given, missing) = if ssl_client_cert.is_some() {
+                    ("ssl_client_cert", "ssl_client_key")
+                } else {
+                    ("ssl_client_key", "ssl_client_cert")
+                };
+                let pg = deepest(&root, &["connections", name, "postgres"]);
+                problems.push(problem(
+                    child(pg, given).unwrap_or(pg),
+                    &format!("connections.{name}.postgres.{given}"),
+                    format!("`{given}` needs `{missing}` too: a client certificate is presented with its private key"),
                 ));
             }
         }
@@ -497,6 +531,29 @@ mod tests {
         assert!(err.contains("snodo.yaml:7:"), "{err}");
         assert!(err.contains("connections.pg.postgres.password"), "{err}");
         assert!(!err.contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn a_client_certificate_without_its_key_is_a_lint_error_at_its_line() {
+        for (given, missing) in [
+            ("ssl_client_cert", "ssl_client_key"),
+            ("ssl_client_key", "ssl_client_cert"),
+        ] {
+            let text = format!(
+                "connections:\n  pg:\n    postgres:\n      host: h\n      database: d\n      user: u\n      {given}: /etc/snodo/x.pem\n"
+            );
+            let err = ConnectionsFile::parse(&text, Path::new("snodo.yaml"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("snodo.yaml:7:"), "{err}");
+            assert!(
+                err.contains(&format!("connections.pg.postgres.{given}"))
+                    && err.contains(&format!("needs `{missing}`")),
+                "{err}"
+            );
+        }
+        let both = "connections:\n  pg:\n    postgres: { host: h, database: d, user: u, ssl_client_cert: c.pem, ssl_client_key: k.pem }\n";
+        assert!(ConnectionsFile::parse(both, Path::new("snodo.yaml")).is_ok());
     }
 
     #[test]
