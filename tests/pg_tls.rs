@@ -190,6 +190,18 @@ fn migrate_as(dir: &Path, user: &str, database: &str, host: &str, tls: &str) -> 
     (out.status.success(), stderr(&out))
 }
 
+/// How many store migrations `database` of the TLS cluster has applied.
+fn migrations_in(database: &str) -> u32 {
+    let store = PgDb {
+        port: tls_cluster().port,
+        name: database.into(),
+    };
+    store
+        .psql("SELECT count(*) FROM _snodo_store_migrations")
+        .parse()
+        .unwrap()
+}
+
 #[test]
 fn verify_full_connects_to_the_server_named_by_the_given_authority() {
     let dir = tempfile::tempdir().unwrap();
@@ -203,17 +215,7 @@ fn verify_full_connects_to_the_server_named_by_the_given_authority() {
     assert!(ok, "{err}");
     // The role is refused without TLS, so reaching the store proves the session was
     // encrypted; the migrations are there.
-    let store = PgDb {
-        port: t.port,
-        name: "tls_store".into(),
-    };
-    assert!(
-        store
-            .psql("SELECT count(*) FROM _snodo_store_migrations")
-            .parse::<u32>()
-            .unwrap()
-            >= 4
-    );
+    assert!(migrations_in("tls_store") >= 4);
     // `require` encrypts without checking the certificate; `verify-ca` checks the
     // authority but not the name (the certificate is for localhost, not 127.0.0.1).
     for tls in [
@@ -302,18 +304,8 @@ fn a_client_certificate_signed_by_the_servers_authority_logs_in() {
         &tls(&at("client.crt"), &at("client.key")),
     );
     assert!(ok, "{err}");
-    let store = PgDb {
-        port: t.port,
-        name: "cert_store".into(),
-    };
     // pg_hba.conf admits the role only with a certificate: the session had one.
-    assert!(
-        store
-            .psql("SELECT count(*) FROM _snodo_store_migrations")
-            .parse::<u32>()
-            .unwrap()
-            >= 4
-    );
+    assert!(migrations_in("cert_store") >= 4);
 
     // A key whose contents are not a key: the error names the connection and never shows
     // what the file holds.

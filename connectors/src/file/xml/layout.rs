@@ -493,11 +493,7 @@ impl Layout {
             .iter()
             .any(|f| forbidden_char(f.get(record)).is_some());
         if violations.is_empty() && !suspect {
-            let group = self
-                .group_by
-                .iter()
-                .map(|g| record.get(g).and_then(Value::to_text).unwrap_or_default())
-                .collect();
+            let group = self.group_of(record);
             return Ok(Rendered { element, group });
         }
         let mut fields = FieldPlaces::new();
@@ -541,12 +537,16 @@ impl Layout {
         if !problems.is_empty() {
             return Err(problems);
         }
-        let group = self
-            .group_fields
+        let group = self.group_of(record);
+        Ok(Rendered { element, group })
+    }
+
+    /// The values of `record`'s `group_by` fields, as text.
+    fn group_of(&self, record: &Record) -> Vec<String> {
+        self.group_fields
             .iter()
             .map(|g| g.get(record).and_then(Value::to_text).unwrap_or_default())
-            .collect();
-        Ok(Rendered { element, group })
+            .collect()
     }
 
     fn validate_element(&self, e: &XElem) -> Vec<Violation> {
