@@ -655,7 +655,9 @@ pub fn format_value(v: &Value, format: Option<&str>) -> Option<String> {
     match (v, format) {
         (Value::Null, _) => None,
         (Value::Date(d), Some(f)) => Some(d.format(f).to_string()),
-        (Value::Date(d), None) => Some(d.format("%Y-%m-%d").to_string()),
+        // `xs:date`: NaiveDate's Display is exactly `%Y-%m-%d` (sign and all) and much
+        // faster than `format`, which re-parses its format string on every call.
+        (Value::Date(d), None) => Some(d.to_string()),
         (Value::DateTime(d), Some(f)) => Some(d.format(f).to_string()),
         (Value::DateTime(d), None) => Some(d.format("%Y-%m-%dT%H:%M:%S").to_string()),
         (Value::Str(s), Some(f)) => {
@@ -983,4 +985,47 @@ fn resolve(
         for_each: e.for_each.as_ref().map(FieldRef::new),
         per_record: e.each == Each::Record,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::NaiveDate;
+
+    #[test]
+    fn dates_are_written_as_xs_date_unless_a_format_is_given() {
+        for (y, m, d) in [
+            (2024, 2, 29),
+            (999, 1, 1),
+            (1, 12, 31),
+            (9999, 12, 31),
+            (-44, 3, 15),
+        ] {
+            let date = NaiveDate::from_ymd_opt(y, m, d).unwrap();
+            assert_eq!(
+                format_value(&Value::Date(date), None),
+                Some(date.format("%Y-%m-%d").to_string()),
+                "{date:?}"
+            );
+        }
+        let date = NaiveDate::from_ymd_opt(2024, 2, 9).unwrap();
+        assert_eq!(
+            format_value(&Value::Date(date), None).unwrap(),
+            "2024-02-09"
+        );
+        assert_eq!(
+            format_value(&Value::Date(date), Some("%m/%Y")).unwrap(),
+            "02/2024"
+        );
+        // Text holding an ISO date is formatted too; other text is kept.
+        assert_eq!(
+            format_value(&Value::Str("2024-02-09".into()), Some("%m/%Y")).unwrap(),
+            "02/2024"
+        );
+        assert_eq!(
+            format_value(&Value::Str("n/d".into()), Some("%m/%Y")).unwrap(),
+            "n/d"
+        );
+        assert_eq!(format_value(&Value::Null, None), None);
+    }
 }
