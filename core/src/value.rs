@@ -62,9 +62,10 @@ pub enum ValueType {
     Map,
 }
 
-impl fmt::Display for ValueType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let s = match self {
+impl ValueType {
+    /// The type's name in pipelines, messages and tagged JSON.
+    pub fn name(self) -> &'static str {
+        match self {
             ValueType::String => "string",
             ValueType::Int => "int",
             ValueType::Decimal => "decimal",
@@ -74,8 +75,13 @@ impl fmt::Display for ValueType {
             ValueType::Bytes => "bytes",
             ValueType::List => "list",
             ValueType::Map => "map",
-        };
-        f.write_str(s)
+        }
+    }
+}
+
+impl fmt::Display for ValueType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -217,12 +223,10 @@ impl Value {
     /// without building the JSON tree (the SIUSS ledger keeps one per field of every record
     /// sent, and building them was a third of the PS/PSA flow's instructions).
     pub fn write_tagged_json(&self, out: &mut Vec<u8>) {
-        use std::io::Write;
-        // Writing into a Vec cannot fail.
-        let _ = match self.value_type() {
-            Some(t) => write!(out, "{{\"{t}\":"),
-            None => write!(out, "{{\"null\":"),
-        };
+        // Type names are plain ASCII words: nothing to escape.
+        out.extend_from_slice(b"{\"");
+        out.extend_from_slice(self.value_type().map_or("null", ValueType::name).as_bytes());
+        out.extend_from_slice(b"\":");
         match self {
             Value::Null => out.extend_from_slice(b"null"),
             Value::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
