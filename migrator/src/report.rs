@@ -155,8 +155,10 @@ async fn stream_keys(
         }
         Db::Postgres(p) => {
             let mut rows = sqlx::query(sqlx::AssertSqlSafe(sql)).fetch(p);
+            let mut columns: Option<values::PgColumns> = None;
             while let Some(r) = rows.try_next().await.map_err(|e| Error::db(what, e))? {
-                each(values::pg_row(&r, 0).map_err(Error::Input)?)?;
+                let columns = columns.get_or_insert_with(|| values::PgColumns::of(&r));
+                each(columns.decode(&r, 0).map_err(Error::Input)?)?;
             }
         }
     }

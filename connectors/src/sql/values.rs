@@ -23,13 +23,8 @@ fn float_to_decimal(f: f64) -> Value {
         .unwrap_or(Value::Null)
 }
 
-/// Decodes a PostgreSQL row, into a vector with room for `extra` more values. A query's
-/// rows all have its columns: [`PgColumns`] reads them once for all rows.
-pub fn pg_row(row: &PgRow, extra: usize) -> Result<Vec<Value>, String> {
-    PgColumns::of(row).decode(row, extra)
-}
-
-/// How each column of a query's rows is decoded, worked out once from its type.
+/// How each column of a query's rows is decoded, worked out once from its type (a query's
+/// rows all have its columns).
 ///
 /// Why: deciding per value (the type's name matched against a list, then sqlx's
 /// compatibility check inside `try_get`) was most of the cost of reading a row of the
