@@ -70,27 +70,24 @@ impl Db {
                         PgSslMode::VerifyCa => sqlx::postgres::PgSslMode::VerifyCa,
                         PgSslMode::VerifyFull => sqlx::postgres::PgSslMode::VerifyFull,
                     });
+                // The PEM files are read here rather than by the driver at connect time, so
+                // that a wrong path is reported as a missing file, not as a failed handshake.
+                let read = |setting: &str, path: &str| {
+                    std::fs::read(path).map_err(|e| {
+                        Error::Other(format!("{what}: cannot read its {setting} `{path}`: {e}"))
+                    })
+                };
                 if let Some(ca) = ssl_root_cert {
-                    // Read here rather than by the driver at connect time, so that a wrong
-                    // path is reported as a missing file, not as a failed handshake.
-                    let pem = std::fs::read(ca).map_err(|e| {
-                        Error::Other(format!(
-                            "{what}: cannot read its certificate authority (ssl_root_cert) `{ca}`: {e}"
-                        ))
-                    })?;
-                    opts = opts.ssl_root_cert_from_pem(pem);
+                    opts = opts
+                        .ssl_root_cert_from_pem(read("certificate authority (ssl_root_cert)", ca)?);
                 }
                 if let (Some(cert), Some(key)) = (ssl_client_cert, ssl_client_key) {
-                    let read = |setting: &str, path: &str| {
-                        std::fs::read(path).map_err(|e| {
-                            Error::Other(format!(
-                                "{what}: cannot read its client {setting} `{path}`: {e}"
-                            ))
-                        })
-                    };
                     opts = opts
-                        .ssl_client_cert_from_pem(read("certificate (ssl_client_cert)", cert)?)
-                        .ssl_client_key_from_pem(read("key (ssl_client_key)", key)?);
+                        .ssl_client_cert_from_pem(read(
+                            "client certificate (ssl_client_cert)",
+                            cert,
+                        )?)
+                        .ssl_client_key_from_pem(read("client key (ssl_client_key)", key)?);
                 }
                 let opts = opts
                     .application_name("snodo")

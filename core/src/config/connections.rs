@@ -332,8 +332,6 @@ impl ConnectionsFile {
                      `${file:/run/secrets/pg}`; never write a secret in a file",
                 ));
             }
-        }
-        for (name, conn) in &file.connections {
             if let ConnectionConfig::Postgres {
                 ssl_client_cert,
                 ssl_client_key,
@@ -346,10 +344,10 @@ impl ConnectionsFile {
                 } else {
                     ("ssl_client_key", "ssl_client_cert")
                 };
-                let pg = deepest(&root, &["connections", name, "postgres"]);
+                let pg = child(node, kind).unwrap_or(node);
                 problems.push(problem(
                     child(pg, given).unwrap_or(pg),
-                    &format!("connections.{name}.postgres.{given}"),
+                    &format!("connections.{name}.{kind}.{given}"),
                     format!("`{given}` needs `{missing}` too: a client certificate is presented with its private key"),
                 ));
             }
