@@ -541,8 +541,20 @@ mod tests {
         }
     }
 
+    /// The name of the test's flow number `progressivo`.
+    fn flow_id(progressivo: i64) -> String {
+        format!("GE.PS.20261204.{progressivo:07}")
+    }
+
+    /// Stages `deliveries` in the test's flow number `progressivo`.
+    async fn stage_in(db: &Db, progressivo: i64, deliveries: &[Delivery]) {
+        stage(db, "GE", "PS", &flow_id(progressivo), deliveries)
+            .await
+            .unwrap();
+    }
+
     async fn release(db: &Db, progressivo: i64, run: &str) -> String {
-        let id = format!("GE.PS.20261204.{progressivo:07}");
+        let id = flow_id(progressivo);
         release_file(
             db,
             &FileFlow {
@@ -583,15 +595,7 @@ mod tests {
     async fn a_version_released_without_rewriting_its_row_survives_a_later_abandoned_flow() {
         let (_dir, db) = store().await;
         // Nothing staged is sent until its flow is released.
-        stage(
-            &db,
-            "GE",
-            "PS",
-            "GE.PS.20261204.0000001",
-            &[delivery("a", 'I', "1"), delivery("b", 'I', "1")],
-        )
-        .await
-        .unwrap();
+        stage_in(&db, 1, &[delivery("a", 'I', "1"), delivery("b", 'I', "1")]).await;
         assert_eq!(
             has(&db, &["a", "b"]).await,
             [Some((String::new(), None)), Some((String::new(), None))]
@@ -603,15 +607,7 @@ mod tests {
         );
 
         // A correction of `a` and the withdrawal of `b`, staged in flow 2 and released.
-        stage(
-            &db,
-            "GE",
-            "PS",
-            "GE.PS.20261204.0000002",
-            &[delivery("a", 'I', "2"), delivery("b", 'C', "1")],
-        )
-        .await
-        .unwrap();
+        stage_in(&db, 2, &[delivery("a", 'I', "2"), delivery("b", 'C', "1")]).await;
         assert_eq!(
             has(&db, &["a", "b"]).await,
             [sent("inviato", "1"), sent("inviato", "1")],
@@ -625,15 +621,7 @@ mod tests {
 
         // Flow 3 stages `a` again and is never released: its version is discarded and
         // flow 2's is the one INPS has, as released by run-2.
-        stage(
-            &db,
-            "GE",
-            "PS",
-            "GE.PS.20261204.0000003",
-            &[delivery("a", 'I', "3")],
-        )
-        .await
-        .unwrap();
+        stage_in(&db, 3, &[delivery("a", 'I', "3")]).await;
         assert_eq!(clear_staged(&db, "GE", "PS").await.unwrap(), 1);
         assert_eq!(
             has(&db, &["a", "b"]).await,
@@ -674,15 +662,7 @@ mod tests {
         let before = lookup(&db, "GE", "PS", &["a".into()]).await.unwrap();
         assert_eq!(before["a"].stato, "scartato");
         assert_eq!(before["a"].esito_descrizione.as_deref(), Some("CF errato"));
-        stage(
-            &db,
-            "GE",
-            "PS",
-            "GE.PS.20261204.0000001",
-            &[delivery("a", 'I', "1")],
-        )
-        .await
-        .unwrap();
+        stage_in(&db, 1, &[delivery("a", 'I', "1")]).await;
         assert_eq!(
             lookup(&db, "GE", "PS", &["a".into()]).await.unwrap()["a"],
             before["a"]
