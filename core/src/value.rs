@@ -12,6 +12,12 @@ use indexmap::IndexMap;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
+/// The text of a [`Value::Str`]. Most fields of a record are short (a codice fiscale, a
+/// name, a code, a postcode): kept inline they cost no allocation, where a `String` cost
+/// one to make and one to free per field, a fifth of a CSV load's CPU with the kernel's
+/// page work it caused (docs/benchmarks.md).
+pub type Text = compact_str::CompactString;
+
 /// One field value.
 #[derive(Clone, Debug, PartialEq, Default)]
 pub enum Value {
@@ -24,8 +30,8 @@ pub enum Value {
     Int(i64),
     /// An exact decimal number (amounts, rates).
     Decimal(Decimal),
-    /// Text.
-    Str(String),
+    /// Text: up to 24 bytes inline, longer on the heap (see [`Text`]).
+    Str(Text),
     /// A calendar date.
     Date(NaiveDate),
     /// A date and time without time zone (legacy databases store local time).
@@ -34,8 +40,9 @@ pub enum Value {
     Bytes(Vec<u8>),
     /// An ordered list.
     List(Vec<Value>),
-    /// A map with ordered keys.
-    Map(IndexMap<String, Value>),
+    /// A map with ordered keys, boxed: maps are rare, and unboxed this one variant would
+    /// make every value 80 bytes instead of 32.
+    Map(Box<IndexMap<String, Value>>),
 }
 
 /// The type of a value, as written in pipeline files (`type: decimal`).
@@ -148,7 +155,7 @@ impl Value {
             Value::Bool(b) => b.to_string(),
             Value::Int(i) => i.to_string(),
             Value::Decimal(d) => d.normalize_keep_scale(),
-            Value::Str(s) => s.clone(),
+            Value::Str(s) => s.to_string(),
             // NaiveDate's Display is ISO 8601 and much faster than `format("%Y-%m-%d")`,
             // which re-parses its format string on every call.
             Value::Date(d) => d.to_string(),
@@ -168,7 +175,7 @@ impl Value {
             Value::Decimal(d) => serde_json::Number::from_str(&d.to_string())
                 .map(J::Number)
                 .unwrap_or_else(|_| J::String(d.to_string())),
-            Value::Str(s) => J::String(s.clone()),
+            Value::Str(s) => J::String(s.to_string()),
             Value::Date(_) | Value::DateTime(_) | Value::Bytes(_) => {
                 J::String(self.to_text().unwrap_or_default())
             }
@@ -192,16 +199,16 @@ impl Value {
                     Decimal::from_str(&text)
                         .or_else(|_| Decimal::from_scientific(&text))
                         .map(Value::Decimal)
-                        .unwrap_or(Value::Str(text))
+                        .unwrap_or(Value::Str(text.into()))
                 }
             }
-            J::String(s) => Value::Str(s.clone()),
+            J::String(s) => Value::Str(Text::new(s)),
             J::Array(a) => Value::List(a.iter().map(Value::from_json).collect()),
-            J::Object(o) => Value::Map(
+            J::Object(o) => Value::Map(Box::new(
                 o.iter()
                     .map(|(k, v)| (k.clone(), Value::from_json(v)))
                     .collect(),
-            ),
+            )),
         }
     }
 }
@@ -244,7 +251,7 @@ impl Value {
             "bool" => Value::Bool(v.as_bool()?),
             "int" => Value::Int(text?.parse().ok()?),
             "decimal" => Value::Decimal(Decimal::from_str(text?).ok()?),
-            "string" => Value::Str(text?.to_string()),
+            "string" => Value::Str(Text::new(text?)),
             "date" => Value::Date(NaiveDate::parse_from_str(text?, "%Y-%m-%d").ok()?),
             "datetime" => {
                 Value::DateTime(NaiveDateTime::parse_from_str(text?, "%Y-%m-%dT%H:%M:%S%.f").ok()?)
@@ -528,6 +535,22 @@ pub fn parse_bool(text: &str) -> Result<bool, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A record is a vector of values, a batch thousands of records: a wide variant (an
+    /// unboxed map) would make every value of every record wider.
+    #[test]
+    fn a_value_is_four_words_and_short_text_is_inline() {
+        assert!(
+            std::mem::size_of::<Value>() <= 32,
+            "{}",
+            std::mem::size_of::<Value>()
+        );
+        let Value::Str(cf) = Value::Str(Text::new("RSSMRA85T10A562S")) else {
+            unreachable!()
+        };
+        assert!(!cf.is_heap_allocated());
+        assert!(Text::new("x".repeat(25)).is_heap_allocated());
+    }
 
     #[test]
     fn italian_decimals_parse_exactly() {

@@ -33,14 +33,7 @@ pub fn source_key<'a>(prefix: Option<&str>, values: impl IntoIterator<Item = &'a
 pub fn key_from_position(prefix: Option<&str>, position_key: &str) -> String {
     let values: Vec<Value> = position_key
         .split(',')
-        .map(|part| {
-            Value::Str(
-                part.split_once('=')
-                    .map(|(_, v)| v)
-                    .unwrap_or(part)
-                    .to_string(),
-            )
-        })
+        .map(|part| Value::Str(part.split_once('=').map(|(_, v)| v).unwrap_or(part).into()))
         .collect();
     source_key(prefix, &values)
 }
@@ -126,8 +119,12 @@ impl Step for Trace {
             }
             let key = source_key(self.prefix.as_deref(), idx.iter().map(|&i| &rec.values[i]));
             let [ente, system, run] = &self.constants;
-            rec.values
-                .extend([ente.clone(), system.clone(), Value::Str(key), run.clone()]);
+            rec.values.extend([
+                ente.clone(),
+                system.clone(),
+                Value::Str(key.into()),
+                run.clone(),
+            ]);
             rec.schema = schema.clone();
             out.push(rec);
         }

@@ -305,7 +305,8 @@ impl SiussSink {
 
     /// The record with the operation field set.
     fn with_operation(&mut self, mut r: Record, op: char) -> Record {
-        self.operation.set(&mut r, Value::Str(op.to_string()));
+        self.operation
+            .set(&mut r, Value::Str(op.to_string().into()));
         r
     }
 

@@ -31,7 +31,7 @@ use snodo_core::component::{Source, SourceContext};
 use snodo_core::config::connections::{MssqlConnection, MssqlEncrypt};
 use snodo_core::error::{Error, Result};
 use snodo_core::record::{Batch, Checkpoint, Schema};
-use snodo_core::value::Value;
+use snodo_core::value::{Text, Value};
 
 use super::SqlSourceConfig;
 use tiberius::numeric::Numeric;
@@ -180,7 +180,7 @@ fn float_to_decimal(text: String) -> Value {
     Decimal::from_str(&text)
         .or_else(|_| Decimal::from_scientific(&text))
         .map(Value::Decimal)
-        .unwrap_or(Value::Str(text))
+        .unwrap_or(Value::Str(text.into()))
 }
 
 /// `value × 10^-scale` written out exactly.
@@ -212,7 +212,7 @@ fn numeric_to_value(n: Numeric) -> Value {
     }
     match Decimal::try_from_i128_with_scale(value, scale) {
         Ok(d) => Value::Decimal(d),
-        Err(_) => Value::Str(numeric_text(n.value(), n.scale() as u32)),
+        Err(_) => Value::Str(numeric_text(n.value(), n.scale() as u32).into()),
     }
 }
 
@@ -275,13 +275,15 @@ pub fn column_to_value(data: ColumnData<'static>) -> std::result::Result<Value, 
         ColumnData::F32(v) => v.map_or(Value::Null, |f| float_to_decimal(f.to_string())),
         ColumnData::F64(v) => v.map_or(Value::Null, |f| float_to_decimal(f.to_string())),
         ColumnData::Bit(v) => v.map_or(Value::Null, Value::Bool),
-        ColumnData::String(v) => v.map_or(Value::Null, |s| Value::Str(s.into_owned())),
+        ColumnData::String(v) => v.map_or(Value::Null, |s| Value::Str(Text::from(s))),
         ColumnData::Guid(v) => v.map_or(Value::Null, |g| {
-            Value::Str(g.hyphenated().to_string().to_uppercase())
+            Value::Str(g.hyphenated().to_string().to_uppercase().into())
         }),
         ColumnData::Binary(v) => v.map_or(Value::Null, |b| Value::Bytes(b.into_owned())),
         ColumnData::Numeric(v) => v.map_or(Value::Null, numeric_to_value),
-        ColumnData::Xml(v) => v.map_or(Value::Null, |x| Value::Str(x.into_owned().into_string())),
+        ColumnData::Xml(v) => v.map_or(Value::Null, |x| {
+            Value::Str(x.into_owned().into_string().into())
+        }),
         ColumnData::DateTime(_) => NaiveDateTime::from_sql(&data)
             .map_err(conv)?
             .map_or(Value::Null, |d| Value::DateTime(round_to_millis(d))),
@@ -294,7 +296,7 @@ pub fn column_to_value(data: ColumnData<'static>) -> std::result::Result<Value, 
         ColumnData::Time(_) => NaiveTime::from_sql(&data)
             .map_err(conv)?
             .map_or(Value::Null, |t| {
-                Value::Str(t.format("%H:%M:%S%.f").to_string())
+                Value::Str(t.format("%H:%M:%S%.f").to_string().into())
             }),
         // The wire value is UTC plus the offset. tiberius 0.13's `DateTime<Utc>` conversion
         // subtracts the offset once more (wrong by the offset); `DateTime<FixedOffset>` reads
@@ -328,7 +330,7 @@ fn value_param(v: &Value) -> ColumnData<'static> {
         Value::Decimal(d) => {
             ColumnData::Numeric(Some(Numeric::new_with_scale(d.mantissa(), d.scale() as u8)))
         }
-        Value::Str(s) => ColumnData::String(Some(Cow::Owned(s.clone()))),
+        Value::Str(s) => ColumnData::String(Some(Cow::Owned(s.to_string()))),
         Value::Date(d) => d.into_sql(),
         Value::DateTime(d) => d.into_sql(),
         Value::Bytes(b) => ColumnData::Binary(Some(Cow::Owned(b.clone()))),
@@ -770,7 +772,7 @@ mod tests {
         assert_eq!(cv(ColumnData::F64(Some(1e-7))), dec("0.0000001"));
         assert_eq!(
             cv(ColumnData::F32(Some(1e30))),
-            Value::Str(1e30f32.to_string())
+            Value::Str(1e30f32.to_string().into())
         );
     }
 
@@ -1248,7 +1250,10 @@ mod tests {
         let x = r1.get("x").and_then(Value::as_str).unwrap_or_default();
         assert!(x.starts_with("<a b=\"1\"") && x.ends_with("/>"), "{x}");
         assert_eq!(all[1].records[0].get("bin"), Some(&Value::Bytes(vec![])));
-        assert_eq!(all[1].records[0].get("s"), Some(&Value::Str(String::new())));
+        assert_eq!(
+            all[1].records[0].get("s"),
+            Some(&Value::Str(Default::default()))
+        );
         for (col, _) in expect.iter().filter(|(c, _)| *c != "dt") {
             assert_eq!(
                 all[1].records[1].get(col),

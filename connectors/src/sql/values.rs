@@ -4,7 +4,7 @@ use std::str::FromStr;
 
 use chrono::Datelike;
 use rust_decimal::Decimal;
-use snodo_core::value::{Value, ValueType};
+use snodo_core::value::{Text, Value, ValueType};
 use sqlx::postgres::PgRow;
 use sqlx::sqlite::SqliteRow;
 use sqlx::{Column, Row, TypeInfo, ValueRef};
@@ -15,7 +15,7 @@ fn float_to_decimal(f: f64) -> Value {
     if !f.is_finite() {
         // NaN and infinities have no decimal form; keep them visible as text rather than
         // turning them into a NULL nobody asked for.
-        return Value::Str(f.to_string());
+        return Value::Str(f.to_string().into());
     }
     Decimal::from_str(&f.to_string())
         .or_else(|_| Decimal::from_scientific(&format!("{f:e}")))
@@ -131,7 +131,7 @@ impl PgColumns {
                 ),
                 PgKind::Bytea => Value::Bytes(get(raw, name, row, i)?),
                 PgKind::Json => Value::from_json(&get::<serde_json::Value>(raw, name, row, i)?),
-                PgKind::Text => Value::Str(get::<&str>(raw, name, row, i)?.to_string()),
+                PgKind::Text => Value::Str(Text::new(get::<&str>(raw, name, row, i)?)),
                 PgKind::Unsupported => {
                     return Err(format!(
                         "column `{name}` has type {}, which snodo cannot read yet; cast it to text in the query",
@@ -161,7 +161,7 @@ pub fn sqlite_row(row: &SqliteRow, extra: usize) -> Result<Vec<Value>, String> {
             "INTEGER" => Value::Int(row.try_get(i).map_err(err)?),
             "REAL" => float_to_decimal(row.try_get::<f64, _>(i).map_err(err)?),
             "BLOB" => Value::Bytes(row.try_get(i).map_err(err)?),
-            _ => Value::Str(row.try_get(i).map_err(err)?),
+            _ => Value::Str(Text::new(row.try_get::<&str, _>(i).map_err(err)?)),
         };
         out.push(v);
     }
@@ -282,7 +282,7 @@ pub fn bind_pg<'q>(
         Value::Date(d) => q.bind(*d),
         Value::DateTime(d) => q.bind(*d),
         Value::Bytes(b) => q.bind(b.clone()),
-        Value::Str(s) => q.bind(s.clone()),
+        Value::Str(s) => q.bind(s.to_string()),
         other => q.bind(other.to_json()),
     }
 }

@@ -24,7 +24,7 @@ use rust_decimal::Decimal;
 
 use crate::record::Record;
 use crate::validators;
-use crate::value::{self, DecimalStyle, Value};
+use crate::value::{self, DecimalStyle, Text, Value};
 
 mod native;
 pub use native::Native;
@@ -90,10 +90,10 @@ const DATE_TEXT: &str = "%Y-%m-%d";
 const DATETIME_TEXT: &str = "%Y-%m-%dT%H:%M:%S";
 
 /// Applies a text function, passing null through.
-fn on_text(v: Dynamic, f: impl Fn(&str) -> String) -> Dynamic {
+fn on_text<T: AsRef<str>>(v: Dynamic, f: impl Fn(&str) -> T) -> Dynamic {
     match text_of(&v) {
         None => Dynamic::UNIT,
-        Some(s) => Dynamic::from(ImmutableString::from(f(&s))),
+        Some(s) => Dynamic::from(ImmutableString::from(f(&s).as_ref())),
     }
 }
 
@@ -231,8 +231,8 @@ pub fn norm_name(s: &str) -> String {
         .collect()
 }
 
-fn collapse_spaces(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
+fn collapse_spaces(s: &str) -> Text {
+    let mut out = Text::with_capacity(s.len());
     for word in s.split_whitespace() {
         if !out.is_empty() {
             out.push(' ');
@@ -242,18 +242,41 @@ fn collapse_spaces(s: &str) -> String {
     out
 }
 
+/// `to_uppercase`, without its `String` for the usual ASCII text (a short name stays
+/// inline in its [`Text`]). For ASCII the two agree by definition.
+fn upper(s: &str) -> Text {
+    if s.is_ascii() {
+        let mut t = Text::new(s);
+        t.as_mut_str().make_ascii_uppercase();
+        t
+    } else {
+        Text::from(s.to_uppercase())
+    }
+}
+
+/// `to_lowercase`, like [`upper`].
+fn lower(s: &str) -> Text {
+    if s.is_ascii() {
+        let mut t = Text::new(s);
+        t.as_mut_str().make_ascii_lowercase();
+        t
+    } else {
+        Text::from(s.to_lowercase())
+    }
+}
+
 /// A function from text to text.
-type TextFn = fn(&str) -> String;
+type TextFn = fn(&str) -> Text;
 
 /// The functions from text to text, which pass null through: registered in Rhai and
 /// evaluated by [`Native`] expressions, from this one table so that the two cannot disagree.
 const TEXT_FUNCTIONS: [(&str, TextFn); 6] = [
-    ("upper", |s| s.to_uppercase()),
-    ("lower", |s| s.to_lowercase()),
-    ("trim", |s| s.trim().to_string()),
+    ("upper", upper),
+    ("lower", lower),
+    ("trim", |s| Text::new(s.trim())),
     ("collapse_spaces", collapse_spaces),
-    ("text", |s| s.to_string()),
-    ("norm_name", norm_name),
+    ("text", |s| Text::new(s)),
+    ("norm_name", |s| Text::from(norm_name(s))),
 ];
 
 /// The conversions of one value, registered in Rhai and called directly by [`Native`]
@@ -348,7 +371,7 @@ impl ExprEngine {
         e.register_fn("trim", |s: ImmutableString| ImmutableString::from(s.trim()));
         e.register_fn("is_empty", |s: ImmutableString| s.trim().is_empty());
         e.register_fn("left", |v: Dynamic, n: i64| {
-            on_text(v, |s| s.chars().take(n.max(0) as usize).collect())
+            on_text(v, |s| s.chars().take(n.max(0) as usize).collect::<String>())
         });
         e.register_fn("pad_left", |v: Dynamic, n: i64, c: char| {
             on_text(v, |s| {
@@ -739,12 +762,12 @@ pub fn from_dynamic(d: Dynamic) -> Value {
     if d.is_string() {
         return Value::Str(
             d.into_immutable_string()
-                .map(|s| s.to_string())
+                .map(|s| Text::new(&s))
                 .unwrap_or_default(),
         );
     }
     if let Ok(c) = d.as_char() {
-        return Value::Str(c.to_string());
+        return Value::Str(Text::from(c.to_string()));
     }
     if d.is::<NaiveDate>() {
         return d
@@ -772,15 +795,15 @@ pub fn from_dynamic(d: Dynamic) -> Value {
     }
     if d.is_map() {
         if let Some(m) = d.try_cast::<rhai::Map>() {
-            return Value::Map(
+            return Value::Map(Box::new(
                 m.into_iter()
                     .map(|(k, v)| (k.to_string(), from_dynamic(v)))
                     .collect(),
-            );
+            ));
         }
         return Value::Null;
     }
-    Value::Str(d.to_string())
+    Value::Str(d.to_string().into())
 }
 
 #[cfg(test)]

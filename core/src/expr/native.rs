@@ -32,7 +32,7 @@ use super::{
 };
 use crate::record::Schema;
 use crate::validators;
-use crate::value::{self, Value};
+use crate::value::{self, Text, Value};
 
 /// An expression compiled for native evaluation against records of one schema.
 #[derive(Clone, Debug)]
@@ -215,7 +215,7 @@ fn expression(e: &rhai::Expr, field: FieldOf) -> Option<Node> {
         }
         E::BoolConstant(b, _) => Node::Const(Value::Bool(*b)),
         E::IntegerConstant(i, _) => Node::Const(Value::Int(*i)),
-        E::StringConstant(s, _) => Node::Const(Value::Str(s.to_string())),
+        E::StringConstant(s, _) => Node::Const(Value::Str(Text::new(s))),
         E::Unit(_) => Node::Const(Value::Null),
         E::Variable(var, _, _) => Node::Field(field(var.1.as_str())?),
         E::Stmt(b) => block(b.statements(), field)?,
@@ -301,7 +301,12 @@ impl Node {
             Node::Concat(a, b) => {
                 let (a, b) = (a.eval(values)?, b.eval(values)?);
                 match (&*a, &*b) {
-                    (Value::Str(x), Value::Str(y)) => Cow::Owned(Value::Str(format!("{x}{y}"))),
+                    (Value::Str(x), Value::Str(y)) => {
+                        let mut t = Text::with_capacity(x.len() + y.len());
+                        t.push_str(x);
+                        t.push_str(y);
+                        Cow::Owned(Value::Str(t))
+                    }
                     // Rhai's `+` of text and null is the text.
                     (Value::Str(_), Value::Null) => a,
                     (Value::Null, Value::Str(_)) => b,
@@ -431,7 +436,7 @@ fn call(f: Function, args: &[Cow<Value>]) -> Option<Value> {
                         Function::IstatCode => validators::comuni::istat_code_at(code.trim(), at),
                         _ => validators::comuni::istat_region_at(code.trim(), at),
                     };
-                    found.map(Value::Str).unwrap_or(Value::Null)
+                    found.map(|c| Value::Str(c.into())).unwrap_or(Value::Null)
                 }
             }
         }
@@ -545,7 +550,7 @@ mod tests {
         let date = |y, m, d| Value::Date(NaiveDate::from_ymd_opt(y, m, d).unwrap());
         let a_values = [
             Value::Null,
-            Value::Str(String::new()),
+            Value::Str(Default::default()),
             Value::Str(" m ".into()),
             Value::Str("F".into()),
             Value::Str("Z100".into()),

@@ -5,7 +5,7 @@ use crate::config::LookupConfig;
 use crate::config::pipeline::Missing;
 use crate::error::Result;
 use crate::record::{Batch, OutputField, Record};
-use crate::value::Value;
+use crate::value::{Text, Value};
 
 /// The `lookup` step: translates a code through a code table held in memory (code tables
 /// are small: thousands of rows, not millions).
@@ -92,10 +92,10 @@ impl Step for Lookup {
             let code = rec.get(&self.key).and_then(Value::to_text);
             let found = code.as_deref().and_then(|c| self.table.get(c.trim()));
             let value = match (found, self.missing) {
-                (Some(v), _) => Value::Str(v.clone()),
+                (Some(v), _) => Value::Str(Text::new(v)),
                 (None, _) if code.is_none() => Value::Null,
                 (None, Missing::Null) => Value::Null,
-                (None, Missing::Keep) => Value::Str(code.unwrap_or_default()),
+                (None, Missing::Keep) => Value::Str(code.unwrap_or_default().into()),
                 (None, Missing::Reject) => {
                     let reason = format!(
                         "`{}` = `{}` is not in the code table",

@@ -273,7 +273,7 @@ mod tests {
 
         let values = [
             Value::Null,
-            Value::Str(String::new()),
+            Value::Str(Default::default()),
             Value::Str("  d'Angelo   nicolò \t".into()),
             Value::Str("straße ǅ Ÿ".into()),
             Value::Str("\n".into()),

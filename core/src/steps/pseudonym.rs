@@ -93,7 +93,7 @@ impl Step for Pseudonym {
             .into_iter()
             .map(|mut rec| {
                 let value = match rec.get(&self.field).and_then(Value::to_text) {
-                    Some(id) if !id.trim().is_empty() => Value::Str(self.pseudonym(&id)),
+                    Some(id) if !id.trim().is_empty() => Value::Str(self.pseudonym(&id).into()),
                     _ => Value::Null,
                 };
                 self.into.set(&mut rec, value);

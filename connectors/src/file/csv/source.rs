@@ -8,7 +8,7 @@ use snodo_core::component::{Source, SourceContext};
 use snodo_core::error::{Error, Result};
 use snodo_core::mask;
 use snodo_core::record::{Batch, Checkpoint, Record, Reject, Schema, SourcePosition};
-use snodo_core::value::{self, DecimalStyle, Value};
+use snodo_core::value::{self, DecimalStyle, Text, Value};
 use tokio::sync::mpsc;
 
 use super::config::{ColumnType, CsvSourceConfig, single_byte};
@@ -91,13 +91,12 @@ impl Reader {
         let lossy = |raw: &csv::ByteRecord| -> Vec<Value> {
             raw.iter()
                 .map(|f| {
-                    Value::Str(
+                    Value::Str(Text::from(
                         self.cfg
                             .encoding
                             .decode(f)
-                            .unwrap_or_else(|_| String::from_utf8_lossy(f))
-                            .into_owned(),
-                    )
+                            .unwrap_or_else(|_| String::from_utf8_lossy(f)),
+                    ))
                 })
                 .collect()
         };
@@ -117,7 +116,7 @@ impl Reader {
             let name = &self.schema.names()[i];
             if field.len() > self.cfg.max_field_length {
                 let mut vals = lossy(raw);
-                vals[i] = Value::Str(format!("<{} bytes>", field.len()));
+                vals[i] = Value::Str(format!("<{} bytes>", field.len()).into());
                 return Err(reject(
                     "oversized_field",
                     format!(
@@ -147,7 +146,7 @@ impl Reader {
                 continue;
             }
             let converted = match self.columns[i].ty {
-                ColumnType::String => Ok(Value::Str(text.to_string())),
+                ColumnType::String => Ok(Value::Str(Text::new(text))),
                 ColumnType::Int => value::parse_int(text).map(Value::Int),
                 ColumnType::Decimal => value::parse_decimal(text, self.style).map(Value::Decimal),
                 ColumnType::Date => self.date_format.date(text).map(Value::Date),

@@ -664,7 +664,7 @@ pub fn format_value(v: &Value, format: Option<&str>) -> Option<String> {
             let head = s.get(..10).unwrap_or(s);
             match chrono::NaiveDate::parse_from_str(head, "%Y-%m-%d") {
                 Ok(d) => Some(d.format(f).to_string()),
-                Err(_) => Some(s.clone()),
+                Err(_) => Some(s.to_string()),
             }
         }
         (Value::Bool(b), _) => Some(b.to_string()),
@@ -684,9 +684,9 @@ fn value_of(b: &Bind, ctx: &RenderCtx) -> Result<Option<String>> {
             ))
         })?),
         Bind::Const(c) => Some(c.clone()),
-        Bind::Item(fmt) => ctx
-            .item
-            .map(|i| format_value(&Value::Str(i.to_string()), fmt.as_deref()).unwrap_or_default()),
+        Bind::Item(fmt) => ctx.item.map(|i| {
+            format_value(&Value::Str(i.to_string().into()), fmt.as_deref()).unwrap_or_default()
+        }),
     })
 }
 

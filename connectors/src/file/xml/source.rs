@@ -11,7 +11,7 @@ use snodo_core::component::{Source, SourceContext};
 use snodo_core::error::{Error, Result};
 use snodo_core::mask;
 use snodo_core::record::{Batch, Checkpoint, Record, Reject, Schema, SourcePosition};
-use snodo_core::value::Value;
+use snodo_core::value::{Text, Value};
 use tokio::sync::mpsc;
 
 use super::config::XmlSourceConfig;
@@ -52,7 +52,7 @@ fn typed(text: &str, ty: Option<Builtin>, formatted: bool) -> Value {
         },
         _ => None,
     };
-    parsed.unwrap_or_else(|| Value::Str(text.to_string()))
+    parsed.unwrap_or_else(|| Value::Str(Text::new(text)))
 }
 
 /// Reads a document into records, following the layout.
@@ -270,7 +270,7 @@ impl<'l> Extractor<'l> {
                                     self.set(scope, f.name(), v);
                                 }
                                 Bind::Param(p) => {
-                                    self.set(Scope::Header, p, Value::Str(raw.clone()))
+                                    self.set(Scope::Header, p, Value::Str(Text::new(&raw)))
                                 }
                                 Bind::Const(_) | Bind::Item(_) => {}
                             }
