@@ -109,11 +109,7 @@ fn jsonl_lookup_filter_select_to_csv() {
 /// The flow log on PostgreSQL: written by runs, verified, and tampering detected.
 #[test]
 fn flow_log_on_postgres_verifies_and_detects_tampering() {
-    // SAFETY: set before any thread of this test reads it.
-    unsafe { std::env::set_var("SNODO_TEST_PG_PASSWORD", "test-only-password") };
-    let dir = tempfile::tempdir().unwrap();
-    let pg = pg_db("flowlog_pg");
-    let cfg = connections(dir.path(), Some(&pg));
+    let (_dir, pg, cfg) = pg_workspace("flowlog_pg");
     let text = std::fs::read_to_string(&cfg)
         .unwrap()
         .replace("connection: flowlog", "connection: pg");
@@ -204,11 +200,7 @@ fn bom_before_a_quoted_header_is_skipped() {
 /// never copied into (that would duplicate rows): the run fails and names the constraint.
 #[test]
 fn postgres_sink_copies_new_keys_and_upserts_the_rest() {
-    // SAFETY: set before any thread of this test reads it; other tests set the same value.
-    unsafe { std::env::set_var("SNODO_TEST_PG_PASSWORD", "test-only-password") };
-    let dir = tempfile::tempdir().unwrap();
-    let pg = pg_db("sink_write_modes");
-    let cfg = connections(dir.path(), Some(&pg));
+    let (dir, pg, cfg) = pg_workspace("sink_write_modes");
     let load = |name: &str, table: &str, lines: &[(i64, &str)]| {
         let input = dir.path().join(format!("{name}.jsonl"));
         let text: String = lines
@@ -294,11 +286,7 @@ fn postgres_sink_copies_new_keys_and_upserts_the_rest() {
 /// fixed: in the end every row is in the table once.
 #[test]
 fn postgres_sink_failure_counts_only_committed_rows_and_resumes() {
-    // SAFETY: set before any thread of this test reads it; other tests set the same value.
-    unsafe { std::env::set_var("SNODO_TEST_PG_PASSWORD", "test-only-password") };
-    let dir = tempfile::tempdir().unwrap();
-    let pg = pg_db("sink_background_failure");
-    let cfg = connections(dir.path(), Some(&pg));
+    let (dir, pg, cfg) = pg_workspace("sink_background_failure");
     pg.psql("CREATE TABLE limitati (id bigint PRIMARY KEY, nome text, CONSTRAINT sotto_100 CHECK (id < 100))");
     // Batches of 3: [1 2 3] [4 5 6] [7 8 9] [200 10 11] [12 13 14] [15]; the fourth is
     // refused by the check constraint.
@@ -343,11 +331,7 @@ fn postgres_sink_failure_counts_only_committed_rows_and_resumes() {
 /// row, and names the column of a type it cannot read.
 #[test]
 fn postgres_source_reads_each_column_type() {
-    // SAFETY: set before any thread of this test reads it; other tests set the same value.
-    unsafe { std::env::set_var("SNODO_TEST_PG_PASSWORD", "test-only-password") };
-    let dir = tempfile::tempdir().unwrap();
-    let pg = pg_db("source_types");
-    let cfg = connections(dir.path(), Some(&pg));
+    let (dir, pg, cfg) = pg_workspace("source_types");
     pg.psql(
         "CREATE TABLE tipi (id int8 PRIMARY KEY, b bool, i2 int2, i4 int4, n numeric, f4 float4,
            f8 float8, d date, ts timestamp, tz timestamptz, by bytea, j json, jb jsonb,

@@ -139,11 +139,7 @@ fn readme_example_loads_the_fixture_into_sqlite() {
 /// round trip keeps every row and every amount exactly.
 #[test]
 fn csv_to_postgres_and_back_to_csv() {
-    // SAFETY: set before any thread of this test reads it; other tests set the same value.
-    unsafe { std::env::set_var("SNODO_TEST_PG_PASSWORD", "test-only-password") };
-    let dir = tempfile::tempdir().unwrap();
-    let pg = pg_db("e2e_roundtrip");
-    let cfg = connections(dir.path(), Some(&pg));
+    let (dir, pg, cfg) = pg_workspace("e2e_roundtrip");
     let (csv, expect) = generate_csv(dir.path(), 3000, 7, "0.01");
     let p = example_pipeline(dir.path(), "csv-to-pg", &csv, "pg", "");
     let out = run({
@@ -270,11 +266,7 @@ fn sqlite_source_is_incremental_and_dry_run_changes_nothing() {
 /// checkpoint after each batch, `--limit` and the resumed query must give the same reads.
 #[test]
 fn postgres_source_is_incremental_and_dry_run_changes_nothing() {
-    // SAFETY: set before any thread of this test reads it; other tests set the same value.
-    unsafe { std::env::set_var("SNODO_TEST_PG_PASSWORD", "test-only-password") };
-    let dir = tempfile::tempdir().unwrap();
-    let pg = pg_db("e2e_incremental");
-    let cfg = connections(dir.path(), Some(&pg));
+    let (dir, pg, cfg) = pg_workspace("e2e_incremental");
     incremental_source(dir.path(), &cfg, "pg", &|sql| {
         pg.psql(sql);
     });

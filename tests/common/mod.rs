@@ -257,6 +257,19 @@ pub fn pg_cluster() -> &'static PgCluster {
     })
 }
 
+/// What a PostgreSQL test starts from: a temporary directory, a fresh database `name` in
+/// the shared cluster, and a connections file naming it `pg` (its password from
+/// `SNODO_TEST_PG_PASSWORD`, which this sets).
+pub fn pg_workspace(name: &str) -> (tempfile::TempDir, PgDb, PathBuf) {
+    // SAFETY: set before the test starts any thread that reads it; every test sets the
+    // same value.
+    unsafe { std::env::set_var("SNODO_TEST_PG_PASSWORD", "test-only-password") };
+    let dir = tempfile::tempdir().unwrap();
+    let pg = pg_db(name);
+    let cfg = connections(dir.path(), Some(&pg));
+    (dir, pg, cfg)
+}
+
 /// A fresh database in the shared cluster.
 pub fn pg_db(name: &str) -> PgDb {
     let c = pg_cluster();

@@ -242,26 +242,16 @@ fn collapse_spaces(s: &str) -> Text {
     out
 }
 
-/// `to_uppercase`, without its `String` for the usual ASCII text (a short name stays
-/// inline in its [`Text`]). For ASCII the two agree by definition.
-fn upper(s: &str) -> Text {
+/// A change of case: `ascii` in place on an inline copy for the usual ASCII text (a short
+/// name then costs no allocation), else `full`, the Unicode mapping. For ASCII the two
+/// agree by definition.
+fn change_case(s: &str, ascii: fn(&mut str), full: fn(&str) -> String) -> Text {
     if s.is_ascii() {
         let mut t = Text::new(s);
-        t.as_mut_str().make_ascii_uppercase();
+        ascii(t.as_mut_str());
         t
     } else {
-        Text::from(s.to_uppercase())
-    }
-}
-
-/// `to_lowercase`, like [`upper`].
-fn lower(s: &str) -> Text {
-    if s.is_ascii() {
-        let mut t = Text::new(s);
-        t.as_mut_str().make_ascii_lowercase();
-        t
-    } else {
-        Text::from(s.to_lowercase())
+        Text::from(full(s))
     }
 }
 
@@ -271,8 +261,12 @@ type TextFn = fn(&str) -> Text;
 /// The functions from text to text, which pass null through: registered in Rhai and
 /// evaluated by [`Native`] expressions, from this one table so that the two cannot disagree.
 const TEXT_FUNCTIONS: [(&str, TextFn); 6] = [
-    ("upper", upper),
-    ("lower", lower),
+    ("upper", |s| {
+        change_case(s, str::make_ascii_uppercase, str::to_uppercase)
+    }),
+    ("lower", |s| {
+        change_case(s, str::make_ascii_lowercase, str::to_lowercase)
+    }),
     ("trim", |s| Text::new(s.trim())),
     ("collapse_spaces", collapse_spaces),
     ("text", |s| Text::new(s)),
@@ -1023,6 +1017,23 @@ mod tests {
             .unwrap(),
             Value::Null
         );
+    }
+
+    #[test]
+    fn case_changes_agree_with_unicode_for_ascii_and_accented_text() {
+        for s in ["rossi", "D'Angelo-Bianchi 2", "nicolò", "straße", "ÀÉÌ", ""] {
+            let r = rec(&[("s", Value::Str(s.into()))]);
+            assert_eq!(
+                eval("upper(s)", &r).unwrap(),
+                Value::Str(s.to_uppercase().into()),
+                "{s}"
+            );
+            assert_eq!(
+                eval("lower(s)", &r).unwrap(),
+                Value::Str(s.to_lowercase().into()),
+                "{s}"
+            );
+        }
     }
 
     #[test]

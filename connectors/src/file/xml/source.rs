@@ -270,7 +270,7 @@ impl<'l> Extractor<'l> {
                                     self.set(scope, f.name(), v);
                                 }
                                 Bind::Param(p) => {
-                                    self.set(Scope::Header, p, Value::Str(Text::new(&raw)))
+                                    self.set(Scope::Header, p, Value::Str(Text::new(raw)))
                                 }
                                 Bind::Const(_) | Bind::Item(_) => {}
                             }
