@@ -326,6 +326,54 @@ fn postgres_sink_failure_counts_only_committed_rows_and_resumes() {
     );
 }
 
+/// The PostgreSQL sink commits each batch asynchronously (PostgreSQL acknowledges it
+/// before its WAL is on disk; a server crash may undo the last batches together with their
+/// checkpoint), so before the run says what it wrote, the sink must commit one synchronous
+/// transaction, which waits for the WAL of every batch before it. A test cannot crash the
+/// machine under the server, so this one reads what the sink sent, by pg_stat_statements.
+#[test]
+fn postgres_sink_commits_batches_asynchronously_and_makes_them_durable_before_it_ends() {
+    let (dir, pg, cfg) = pg_workspace("sink_durability");
+    pg.psql("CREATE EXTENSION IF NOT EXISTS pg_stat_statements");
+    pg.psql("SELECT pg_stat_statements_reset()");
+    let input = dir.path().join("durevoli.jsonl");
+    let text: String = (1..=10)
+        .map(|id| format!("{{\"id\": {id}, \"nome\": \"n{id}\"}}\n"))
+        .collect();
+    std::fs::write(&input, text).unwrap();
+    let p = dir.path().join("durevoli.yaml");
+    std::fs::write(
+        &p,
+        format!(
+            "pipeline: durevoli\nsource:\n  jsonl: {{ path: {} }}\nsink:\n  sql: {{ connection: pg, table: durevoli, key: [id], create_table: true }}\nbatch_size: 3\n",
+            input.display()
+        ),
+    )
+    .unwrap();
+    let done = run_ok(&cfg, &p);
+    assert_eq!(done["written"], 10, "{done}");
+    assert_eq!(pg.psql("SELECT count(*) FROM durevoli"), "10");
+    let calls = |query: &str| -> i64 {
+        pg.psql(&format!(
+            "SELECT coalesce(sum(calls), 0) FROM pg_stat_statements \
+             WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+               AND query = '{query}'"
+        ))
+        .parse()
+        .unwrap()
+    };
+    // Four batches of rows, then the final checkpoint: each its own asynchronous commit.
+    assert!(
+        calls("SET LOCAL synchronous_commit TO off") >= 4,
+        "{}",
+        pg.psql("SELECT string_agg(query || ' ×' || calls, E'\\n') FROM pg_stat_statements")
+    );
+    // The barrier: a synchronous transaction with an id (it writes a commit record),
+    // after the batches (the runtime's flush) and after the final checkpoint (the finish).
+    assert!(calls("SET LOCAL synchronous_commit TO on") >= 1);
+    assert!(calls("SELECT pg_current_xact_id()") >= 1);
+}
+
 /// The PostgreSQL source reads every column type it knows into the value it stands for
 /// (numbers exact, dates as dates, text types as text, NULL as null), the same in every
 /// row, and names the column of a type it cannot read.

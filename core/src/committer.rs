@@ -29,11 +29,18 @@ pub trait Commit: Send + 'static {
     type Job: Send + 'static;
     /// Commits one batch with its checkpoint, all or nothing.
     fn commit(&mut self, job: Self::Job) -> impl Future<Output = Result<()>> + Send;
+
+    /// Makes every batch committed so far durable. A committer whose commits are durable
+    /// one by one has nothing to do; one that lets the database acknowledge a commit
+    /// before it is on disk (see the PostgreSQL writer) waits here until it is.
+    fn sync(&mut self) -> impl Future<Output = Result<()>> + Send {
+        std::future::ready(Ok(()))
+    }
 }
 
 enum Message<J> {
     Commit(J, u64),
-    /// Answered once every batch before it is committed.
+    /// Answered once every batch before it is committed and durable.
     Flush(oneshot::Sender<()>),
 }
 
@@ -84,7 +91,7 @@ impl<C: Commit> Committer<C> {
         Ok(())
     }
 
-    /// Waits until every batch handed over is committed.
+    /// Waits until every batch handed over is committed and durable ([`Commit::sync`]).
     pub async fn flush(&mut self) -> Result<()> {
         let (done, answer) = oneshot::channel();
         if self.to_task.send(Message::Flush(done)).await.is_err() || answer.await.is_err() {
@@ -93,8 +100,8 @@ impl<C: Commit> Committer<C> {
         Ok(())
     }
 
-    /// Waits until every batch handed over is committed, and gives back what committed
-    /// them (a sink that publishes a file takes its file back this way).
+    /// Waits until every batch handed over is committed and durable, and gives back what
+    /// committed them (a sink that publishes a file takes its file back this way).
     pub async fn finish(self) -> Result<C> {
         let Committer {
             to_task,
@@ -147,9 +154,18 @@ async fn run<C: Commit>(
 ) -> Option<C> {
     while let Some(message) = from_sink.recv().await {
         match message {
-            Message::Flush(done) => {
-                let _ = done.send(());
-            }
+            Message::Flush(done) => match commit.sync().await {
+                Ok(()) => {
+                    let _ = done.send(());
+                }
+                Err(e) => {
+                    if let Ok(mut f) = failure.lock() {
+                        *f = Some(e);
+                    }
+                    // The flush, and every later commit, report this error.
+                    return None;
+                }
+            },
             Message::Commit(job, records) => match commit.commit(job).await {
                 Ok(()) => {
                     committed.fetch_add(records, Ordering::Release);
@@ -165,6 +181,13 @@ async fn run<C: Commit>(
             },
         }
     }
+    // The sink is done with it (`finish`): what it committed must be durable too.
+    if let Err(e) = commit.sync().await {
+        if let Ok(mut f) = failure.lock() {
+            *f = Some(e);
+        }
+        return None;
+    }
     Some(commit)
 }
 
@@ -172,10 +195,14 @@ async fn run<C: Commit>(
 mod tests {
     use super::*;
 
-    /// Commits into a shared list; refuses the batch `fail_at`.
+    /// Commits into a shared list; refuses the batch `fail_at`. Its `sync` records how
+    /// many batches were durable, or fails when `sync_fails`.
+    #[derive(Debug)]
     struct Log {
         done: Arc<Mutex<Vec<u32>>>,
         fail_at: u32,
+        synced: Arc<Mutex<Vec<usize>>>,
+        sync_fails: bool,
     }
 
     impl Commit for Log {
@@ -188,15 +215,65 @@ mod tests {
             self.done.lock().unwrap().push(job);
             Ok(())
         }
+        async fn sync(&mut self) -> Result<()> {
+            if self.sync_fails {
+                return Err(Error::Other("the disk is gone".into()));
+            }
+            let n = self.done.lock().unwrap().len();
+            self.synced.lock().unwrap().push(n);
+            Ok(())
+        }
     }
 
     fn start(fail_at: u32) -> (Committer<Log>, Arc<Mutex<Vec<u32>>>) {
+        let (c, done, _) = start_with(fail_at, false);
+        (c, done)
+    }
+
+    type Synced = Arc<Mutex<Vec<usize>>>;
+
+    fn start_with(
+        fail_at: u32,
+        sync_fails: bool,
+    ) -> (Committer<Log>, Arc<Mutex<Vec<u32>>>, Synced) {
         let done = Arc::new(Mutex::new(Vec::new()));
+        let synced = Arc::new(Mutex::new(Vec::new()));
         let log = Log {
             done: done.clone(),
             fail_at,
+            synced: synced.clone(),
+            sync_fails,
         };
-        (Committer::start(log, "the test committer"), done)
+        (Committer::start(log, "the test committer"), done, synced)
+    }
+
+    #[tokio::test]
+    async fn a_flush_and_the_finish_make_every_commit_before_them_durable() {
+        let (mut c, _, synced) = start_with(u32::MAX, false);
+        for job in 1..=4 {
+            c.commit(job, 1).await.unwrap();
+        }
+        c.flush().await.unwrap();
+        assert_eq!(*synced.lock().unwrap(), vec![4]);
+        c.commit(5, 1).await.unwrap();
+        c.finish().await.unwrap();
+        assert_eq!(*synced.lock().unwrap(), vec![4, 5]);
+    }
+
+    #[tokio::test]
+    async fn a_failed_sync_fails_the_flush_with_its_error() {
+        let (mut c, done, _) = start_with(u32::MAX, true);
+        c.commit(1, 1).await.unwrap();
+        let e = c.flush().await.unwrap_err().to_string();
+        assert!(e.contains("the disk is gone"), "{e}");
+        assert_eq!(*done.lock().unwrap(), vec![1]);
+        assert!(
+            c.commit(2, 1).await.is_err(),
+            "nothing is committed after it"
+        );
+        let (c, _, _) = start_with(u32::MAX, true);
+        let e = c.finish().await.unwrap_err().to_string();
+        assert!(e.contains("the disk is gone"), "{e}");
     }
 
     #[tokio::test]

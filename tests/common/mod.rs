@@ -233,7 +233,12 @@ pub fn pg_cluster() -> &'static PgCluster {
             .output()
             .unwrap();
         assert!(st.status.success(), "initdb: {}", String::from_utf8_lossy(&st.stderr));
-        let opts = format!("-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200", dir.display());
+        // pg_stat_statements (shipped with the server) lets a test see which statements a sink
+        // sent, such as the PostgreSQL writer's durability barrier.
+        let opts = format!(
+            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200 -c shared_preload_libraries=pg_stat_statements",
+            dir.display()
+        );
         let st = as_postgres(
             &bin.join("pg_ctl"),
             &["-D", data.to_str().unwrap(), "-o", &opts, "-l", dir.join("log").to_str().unwrap(), "-w", "start"],
