@@ -5,6 +5,7 @@
 //! and any text is scrubbed of things that *look like* a codice fiscale or an IBAN, wherever
 //! they appear — a surname typed into a notes field is not caught, a codice fiscale is.
 
+use std::borrow::Cow;
 use std::sync::OnceLock;
 
 use regex::Regex;
@@ -51,12 +52,24 @@ fn iban_regex() -> &'static Regex {
 
 /// Scrubs codici fiscali and IBANs out of free text (error messages, reasons, log lines).
 pub fn redact_text(text: &str) -> String {
+    redact_cow(text).into_owned()
+}
+
+/// [`redact_text`] without a copy of a text that holds nothing to scrub (almost every
+/// text: the flow log scrubs two keys per record it lineages).
+pub fn redact_cow(text: &str) -> Cow<'_, str> {
     if !may_hold_code(text) {
-        return crate::secret::redact(text);
+        return crate::secret::redact_cow(text);
     }
     let step = cf_regex().replace_all(text, |c: &regex::Captures| mask_cf(&c[0]));
-    let step = iban_regex().replace_all(&step, |c: &regex::Captures| mask_keep(&c[0], 4, 3));
-    crate::secret::redact(&step)
+    let step = match iban_regex().replace_all(&step, |c: &regex::Captures| mask_keep(&c[0], 4, 3)) {
+        Cow::Borrowed(_) => step,
+        Cow::Owned(s) => Cow::Owned(s),
+    };
+    match crate::secret::redact_cow(&step) {
+        Cow::Borrowed(_) => step,
+        Cow::Owned(s) => Cow::Owned(s),
+    }
 }
 
 /// Whether `text` has a run of at least 15 bytes that are ASCII letters or digits or part

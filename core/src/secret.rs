@@ -5,6 +5,7 @@
 //! it in any text that leaves the process (errors, logs, the flow log): a database driver
 //! that echoes a connection string cannot leak the password through snodo.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::{Mutex, OnceLock};
 
@@ -30,13 +31,18 @@ pub fn register(value: &str) {
 
 /// Replaces every registered secret in `text` with `***`.
 pub fn redact(text: &str) -> String {
+    redact_cow(text).into_owned()
+}
+
+/// [`redact`] without a copy of a text that holds no secret (almost every text).
+pub fn redact_cow(text: &str) -> Cow<'_, str> {
     let Ok(r) = registry().lock() else {
-        return text.to_string();
+        return Cow::Borrowed(text);
     };
-    let mut out = text.to_string();
+    let mut out = Cow::Borrowed(text);
     for s in r.iter() {
         if out.contains(s.as_str()) {
-            out = out.replace(s.as_str(), "***");
+            out = Cow::Owned(out.replace(s.as_str(), "***"));
         }
     }
     out
