@@ -30,16 +30,20 @@ unsafe extern "C" {
 const MI_OPTION_ARENA_EAGER_COMMIT: std::ffi::c_int = 4;
 const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
 
-/// Makes mimalloc commit memory only as pages are used and hand freed pages back at once.
-/// Its defaults (commit whole arenas, purge after a delay) keep what a batch freed resident
-/// while the next batches allocate: the PS/PSA flow held 139 MB at 50k prestazioni with
-/// them and 78 MB without, about 5 % slower (docs/benchmarks.md).
+/// Makes mimalloc commit memory only as pages are used and hand freed pages back after
+/// 10 ms. Its defaults (commit whole arenas, purge after a delay) keep what a batch freed
+/// resident while the next batches allocate: the PS/PSA flow held 139 MB at 50k
+/// prestazioni with them and 78 MB without, about 5 % slower (docs/benchmarks.md). Handing
+/// pages back at once (a delay of 0) cost a fifth of the CSV load's CPU in the kernel,
+/// returning pages and faulting them back; once PostgreSQL's commits stopped waiting for
+/// the disk that load became CPU-bound, and 10 ms took 0.3-0.7 s of CPU off 1M rows
+/// (about 4 % of the wall time over seven alternating pairs) for 2-4 MB more.
 fn tune_allocator() {
     // SAFETY: called at the start of `main`, before any other thread exists (the setter
     // is not thread-safe); both options take plain integers.
     unsafe {
         mi_option_set(MI_OPTION_ARENA_EAGER_COMMIT, 0);
-        mi_option_set(MI_OPTION_PURGE_DELAY, 0);
+        mi_option_set(MI_OPTION_PURGE_DELAY, 10);
     }
 }
 
