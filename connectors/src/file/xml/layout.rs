@@ -37,6 +37,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use compact_str::ToCompactString;
 use indexmap::IndexMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -44,7 +45,7 @@ use snodo_core::config::yaml::{self, Node, Problem};
 use snodo_core::config::{child, deepest, problem};
 use snodo_core::error::{Error, Result};
 use snodo_core::record::{FieldRef, Record};
-use snodo_core::value::Value;
+use snodo_core::value::{Text, Value};
 
 use super::xsd::{ElementDecl, Schema, TypeDef, Validator, Violation};
 
@@ -228,14 +229,18 @@ pub struct Layout {
 }
 
 /// A rendered element: names and values as they will be written.
+///
+/// Names and values are [`Text`], inline up to 24 bytes: element and attribute names and
+/// most values (codes, dates, amounts) fit, so rendering a record of ninety fields no
+/// longer allocates a string for each name and each value.
 #[derive(Debug, Clone, PartialEq)]
 pub struct XElem {
     /// Name.
-    pub name: String,
+    pub name: Text,
     /// Attributes, in order.
-    pub attrs: Vec<(String, String)>,
+    pub attrs: Vec<(Text, Text)>,
     /// Text content.
-    pub text: Option<String>,
+    pub text: Option<Text>,
     /// Children.
     pub children: Vec<XElem>,
     /// Repeated per record of a group (only meaningful for the record element's children).
@@ -481,7 +486,7 @@ impl Layout {
             }]);
         }
         let element = out.pop().unwrap_or_else(|| XElem {
-            name: self.record.name.clone(),
+            name: self.record.name.as_str().into(),
             attrs: Vec::new(),
             text: None,
             children: Vec::new(),
@@ -581,11 +586,32 @@ impl Layout {
     }
 }
 
+/// The first character of `value`'s text that XML 1.0 cannot carry (a control character
+/// other than tab and line breaks, U+FFFE, U+FFFF). Only text can hold one: numbers, dates
+/// and booleans are written with digits, signs and separators, and used to be turned into
+/// a string here only to be scanned (checked for every field of every record).
 fn forbidden_char(value: Option<&Value>) -> Option<char> {
-    let text = value.and_then(Value::text)?;
-    text.chars().find(|&c| {
-        (c < ' ' && c != '\t' && c != '\n' && c != '\r') || c == '\u{FFFE}' || c == '\u{FFFF}'
-    })
+    fn scan(text: &str) -> Option<char> {
+        // Bytes first: a control character is a byte below 0x20, and U+FFFE and U+FFFF
+        // start with 0xEF in UTF-8; most text has neither.
+        if !text
+            .bytes()
+            .any(|b| (b < 0x20 && b != b'\t' && b != b'\n' && b != b'\r') || b == 0xEF)
+        {
+            return None;
+        }
+        text.chars().find(|&c| {
+            (c < ' ' && c != '\t' && c != '\n' && c != '\r') || c == '\u{FFFE}' || c == '\u{FFFF}'
+        })
+    }
+    match value? {
+        Value::Str(s) => scan(s),
+        // A list is written item by item (`for_each`): each item's own text, not the list's
+        // JSON form, which escapes control characters out of sight.
+        Value::List(items) => items.iter().find_map(|i| forbidden_char(Some(i))),
+        v @ Value::Map(_) => v.text().and_then(|t| scan(&t)),
+        _ => None,
+    }
 }
 
 /// The fields `e` and its children write (see [`Layout::written`]).
@@ -651,42 +677,51 @@ pub fn items(v: Option<&Value>) -> Vec<String> {
 }
 
 /// The text of a value as XML writes it.
-pub fn format_value(v: &Value, format: Option<&str>) -> Option<String> {
-    match (v, format) {
-        (Value::Null, _) => None,
-        (Value::Date(d), Some(f)) => Some(d.format(f).to_string()),
+pub fn format_value(v: &Value, format: Option<&str>) -> Option<Text> {
+    Some(match (v, format) {
+        (Value::Null, _) => return None,
+        (Value::Date(d), Some(f)) => d.format(f).to_compact_string(),
         // `xs:date`: NaiveDate's Display is exactly `%Y-%m-%d` (sign and all) and much
         // faster than `format`, which re-parses its format string on every call.
-        (Value::Date(d), None) => Some(d.to_string()),
-        (Value::DateTime(d), Some(f)) => Some(d.format(f).to_string()),
-        (Value::DateTime(d), None) => Some(d.format("%Y-%m-%dT%H:%M:%S").to_string()),
+        (Value::Date(d), None) => d.to_compact_string(),
+        (Value::DateTime(d), Some(f)) => d.format(f).to_compact_string(),
+        (Value::DateTime(d), None) => d.format("%Y-%m-%dT%H:%M:%S").to_compact_string(),
         (Value::Str(s), Some(f)) => {
             let head = s.get(..10).unwrap_or(s);
             match chrono::NaiveDate::parse_from_str(head, "%Y-%m-%d") {
-                Ok(d) => Some(d.format(f).to_string()),
-                Err(_) => Some(s.to_string()),
+                Ok(d) => d.format(f).to_compact_string(),
+                Err(_) => s.clone(),
             }
         }
-        (Value::Bool(b), _) => Some(b.to_string()),
-        (other, _) => other.to_text(),
-    }
+        (Value::Str(s), None) => s.clone(),
+        (Value::Bool(b), _) => Text::const_new(if *b { "true" } else { "false" }),
+        (Value::Int(i), _) => i.to_compact_string(),
+        // What `Value::to_text` writes: the scale the amount was read with.
+        (Value::Decimal(d), _) => d.to_compact_string(),
+        (other, _) => other.to_text()?.into(),
+    })
 }
 
-fn value_of(b: &Bind, ctx: &RenderCtx) -> Result<Option<String>> {
+fn value_of(b: &Bind, ctx: &RenderCtx) -> Result<Option<Text>> {
     Ok(match b {
         Bind::Field(f, fmt) => ctx
             .record
             .and_then(|r| f.get(r))
             .and_then(|v| format_value(v, fmt.as_deref())),
-        Bind::Param(p) => Some(ctx.params.get(p).cloned().ok_or_else(|| {
-            Error::Other(format!(
-                "the layout needs the parameter `{p}`: set it in the sink's `params`"
-            ))
-        })?),
-        Bind::Const(c) => Some(c.clone()),
-        Bind::Item(fmt) => ctx.item.map(|i| {
-            format_value(&Value::Str(i.to_string().into()), fmt.as_deref()).unwrap_or_default()
-        }),
+        Bind::Param(p) => Some(
+            ctx.params
+                .get(p)
+                .map(|v| Text::from(v.as_str()))
+                .ok_or_else(|| {
+                    Error::Other(format!(
+                        "the layout needs the parameter `{p}`: set it in the sink's `params`"
+                    ))
+                })?,
+        ),
+        Bind::Const(c) => Some(c.as_str().into()),
+        Bind::Item(fmt) => ctx
+            .item
+            .map(|i| format_value(&Value::Str(i.into()), fmt.as_deref()).unwrap_or_default()),
     })
 }
 
@@ -731,7 +766,7 @@ fn render(
             }
         };
         let mut x = XElem {
-            name: e.name.clone(),
+            name: e.name.as_str().into(),
             attrs: Vec::with_capacity(e.attributes.len()),
             text: None,
             children: Vec::new(),
@@ -739,7 +774,7 @@ fn render(
         };
         for (name, b) in &e.attributes {
             if let Some(v) = value_of(b, &ctx)? {
-                x.attrs.push((name.clone(), v));
+                x.attrs.push((name.as_str().into(), v));
             }
             if let (Some(fields), Some(f)) = (fields.as_deref_mut(), b.field()) {
                 fields.push((path.clone(), Some(name.clone()), f.to_string()));
@@ -1004,7 +1039,7 @@ mod tests {
             let date = NaiveDate::from_ymd_opt(y, m, d).unwrap();
             assert_eq!(
                 format_value(&Value::Date(date), None),
-                Some(date.format("%Y-%m-%d").to_string()),
+                Some(date.format("%Y-%m-%d").to_string().into()),
                 "{date:?}"
             );
         }
@@ -1027,5 +1062,21 @@ mod tests {
             "n/d"
         );
         assert_eq!(format_value(&Value::Null, None), None);
+    }
+
+    #[test]
+    fn forbidden_characters_are_found_in_text_and_lists_only() {
+        let s = |t: &str| Value::Str(t.into());
+        assert_eq!(forbidden_char(Some(&s("Via Roma 1\tscala B\r\n"))), None);
+        assert_eq!(forbidden_char(Some(&s("GE-2025\u{1}-1"))), Some('\u{1}'));
+        assert_eq!(forbidden_char(Some(&s("a\u{FFFE}"))), Some('\u{FFFE}'));
+        assert_eq!(forbidden_char(Some(&s("\u{FFFF}"))), Some('\u{FFFF}'));
+        // Lead byte 0xEF without being U+FFFE/U+FFFF (fullwidth letters, U+FEFF).
+        assert_eq!(forbidden_char(Some(&s("ｆｕｌｌ \u{FEFF} àèìòù"))), None);
+        let list = Value::List(vec![s("ok"), s("bad\u{7}")]);
+        assert_eq!(forbidden_char(Some(&list)), Some('\u{7}'));
+        assert_eq!(forbidden_char(Some(&Value::Int(-42))), None);
+        assert_eq!(forbidden_char(Some(&Value::Null)), None);
+        assert_eq!(forbidden_char(None), None);
     }
 }
