@@ -279,6 +279,33 @@ fn postgres_sink_copies_new_keys_and_upserts_the_rest() {
     assert_eq!(pg.psql("SELECT count(*) FROM senza_chiave"), "0");
 }
 
+/// A pipeline `name` that loads JSON lines `{"id": N, "nome": "nN"}` for `ids`, in batches
+/// of 3, into the PostgreSQL table `name` keyed on `id` (`sink_extra` is added to the sink's
+/// options).
+fn numbered_rows_pipeline(
+    dir: &std::path::Path,
+    name: &str,
+    ids: &[i64],
+    sink_extra: &str,
+) -> std::path::PathBuf {
+    let input = dir.join(format!("{name}.jsonl"));
+    let text: String = ids
+        .iter()
+        .map(|id| format!("{{\"id\": {id}, \"nome\": \"n{id}\"}}\n"))
+        .collect();
+    std::fs::write(&input, text).unwrap();
+    let p = dir.join(format!("{name}.yaml"));
+    std::fs::write(
+        &p,
+        format!(
+            "pipeline: {name}\nsource:\n  jsonl: {{ path: {} }}\nsink:\n  sql: {{ connection: pg, table: {name}, key: [id]{sink_extra} }}\nbatch_size: 3\n",
+            input.display()
+        ),
+    )
+    .unwrap();
+    p
+}
+
 /// The PostgreSQL sink commits in the background while the run reads on, so a batch that
 /// PostgreSQL refuses is learnt about after later batches were handed over. The run must
 /// still fail, report as written exactly the rows committed (not those handed over), keep
@@ -291,21 +318,7 @@ fn postgres_sink_failure_counts_only_committed_rows_and_resumes() {
     // Batches of 3: [1 2 3] [4 5 6] [7 8 9] [200 10 11] [12 13 14] [15]; the fourth is
     // refused by the check constraint.
     let ids = [1, 2, 3, 4, 5, 6, 7, 8, 9, 200, 10, 11, 12, 13, 14, 15];
-    let input = dir.path().join("limitati.jsonl");
-    let text: String = ids
-        .iter()
-        .map(|id| format!("{{\"id\": {id}, \"nome\": \"n{id}\"}}\n"))
-        .collect();
-    std::fs::write(&input, text).unwrap();
-    let p = dir.path().join("limitati.yaml");
-    std::fs::write(
-        &p,
-        format!(
-            "pipeline: limitati\nsource:\n  jsonl: {{ path: {} }}\nsink:\n  sql: {{ connection: pg, table: limitati, key: [id] }}\nbatch_size: 3\n",
-            input.display()
-        ),
-    )
-    .unwrap();
+    let p = numbered_rows_pipeline(dir.path(), "limitati", &ids, "");
 
     let (code, failed) = run_pipeline(&cfg, &p);
     assert_ne!(code, 0, "{failed}");
@@ -336,20 +349,8 @@ fn postgres_sink_commits_batches_asynchronously_and_makes_them_durable_before_it
     let (dir, pg, cfg) = pg_workspace("sink_durability");
     pg.psql("CREATE EXTENSION IF NOT EXISTS pg_stat_statements");
     pg.psql("SELECT pg_stat_statements_reset()");
-    let input = dir.path().join("durevoli.jsonl");
-    let text: String = (1..=10)
-        .map(|id| format!("{{\"id\": {id}, \"nome\": \"n{id}\"}}\n"))
-        .collect();
-    std::fs::write(&input, text).unwrap();
-    let p = dir.path().join("durevoli.yaml");
-    std::fs::write(
-        &p,
-        format!(
-            "pipeline: durevoli\nsource:\n  jsonl: {{ path: {} }}\nsink:\n  sql: {{ connection: pg, table: durevoli, key: [id], create_table: true }}\nbatch_size: 3\n",
-            input.display()
-        ),
-    )
-    .unwrap();
+    let ids: Vec<i64> = (1..=10).collect();
+    let p = numbered_rows_pipeline(dir.path(), "durevoli", &ids, ", create_table: true");
     let done = run_ok(&cfg, &p);
     assert_eq!(done["written"], 10, "{done}");
     assert_eq!(pg.psql("SELECT count(*) FROM durevoli"), "10");
