@@ -372,7 +372,7 @@ fn postgres_sink_commits_batches_asynchronously_and_makes_them_durable_before_it
     // The barrier: a synchronous transaction with an id (it writes a commit record),
     // after the batches (the runtime's flush) and after the final checkpoint (the finish).
     assert!(calls("SET LOCAL synchronous_commit TO on") >= 1);
-    assert!(calls("SELECT pg_current_xact_id()") >= 1);
+    assert!(calls("SELECT txid_current()") >= 1);
 }
 
 /// The PostgreSQL source reads every column type it knows into the value it stands for

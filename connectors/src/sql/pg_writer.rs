@@ -102,22 +102,21 @@ impl Commit for Task {
 
     /// A synchronous commit of a transaction that has an id (so that it writes a commit
     /// record): PostgreSQL answers once the WAL up to that record, which holds every
-    /// asynchronous commit before it, is flushed.
+    /// asynchronous commit before it, is flushed. `txid_current()` rather than its newer
+    /// name `pg_current_xact_id()`, which servers before PostgreSQL 13 lack.
     async fn sync(&mut self) -> Result<()> {
         if !self.unsynced {
             return Ok(());
         }
-        sqlx::raw_sql(
-            "BEGIN; SET LOCAL synchronous_commit TO on; SELECT pg_current_xact_id(); COMMIT",
-        )
-        .execute(&mut *self.conn)
-        .await
-        .map_err(|e| {
-            Error::db(
-                format!("{} (making the committed batches durable)", self.t.ctx),
-                e,
-            )
-        })?;
+        sqlx::raw_sql("BEGIN; SET LOCAL synchronous_commit TO on; SELECT txid_current(); COMMIT")
+            .execute(&mut *self.conn)
+            .await
+            .map_err(|e| {
+                Error::db(
+                    format!("{} (making the committed batches durable)", self.t.ctx),
+                    e,
+                )
+            })?;
         self.unsynced = false;
         Ok(())
     }
