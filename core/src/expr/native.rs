@@ -32,7 +32,7 @@ use super::{
 };
 use crate::record::Schema;
 use crate::validators;
-use crate::value::{self, Text, Value};
+use crate::value::{self, Text, Value, ValueType};
 
 /// An expression compiled for native evaluation against records of one schema.
 #[derive(Clone, Debug)]
@@ -107,7 +107,9 @@ enum Node {
     Const(Value),
     Field(usize),
     Text(TextFn, Box<Node>),
-    Convert(ValueFn, Box<Node>),
+    /// A conversion (`as_date`, `as_decimal`, …) and the type it yields: a value already of
+    /// that type, or null, is what the conversion would give back.
+    Convert(ValueFn, Option<ValueType>, Box<Node>),
     Call(Function, Vec<Node>),
     Compare(Comparison, Box<Node>, Box<Node>),
     Concat(Box<Node>, Box<Node>),
@@ -264,7 +266,13 @@ fn call_node(call: &FnCallExpr, field: FieldOf) -> Option<Node> {
         }
         (name, 1) if VALUE_FUNCTIONS.iter().any(|(n, _)| *n == name) => {
             let f = VALUE_FUNCTIONS.iter().find(|(n, _)| *n == name)?.1;
-            Node::Convert(f, Box::new(args.next()?))
+            let yields = match name {
+                "as_date" => Some(ValueType::Date),
+                "as_datetime" => Some(ValueType::Datetime),
+                "as_decimal" => Some(ValueType::Decimal),
+                _ => None,
+            };
+            Node::Convert(f, yields, Box::new(args.next()?))
         }
         (name, arity) => {
             let (_, _, f) = FUNCTIONS
@@ -285,8 +293,14 @@ impl Node {
                 None => Value::Null,
                 Some(s) => Value::Str(f(&s)),
             }),
-            Node::Convert(f, arg) => {
+            Node::Convert(f, yields, arg) => {
                 let v = arg.eval(values)?;
+                // What a typed source (PostgreSQL, a typed CSV column) already delivers comes
+                // back unchanged: no trip through Rhai's value and back for each field of each
+                // record (`as_decimal(importo)` in every SIUSS record).
+                if matches!(*v, Value::Null) || (yields.is_some() && v.value_type() == *yields) {
+                    return Some(v);
+                }
                 Cow::Owned(from_dynamic(f(to_dynamic(&v)).ok()?))
             }
             Node::Call(f, args) => {
@@ -534,6 +548,7 @@ mod tests {
             r#"text(a) + "-" + text(b)"#,
             "upper(collapse_spaces(a))",
             "as_decimal(a)",
+            "as_date(a)",
             "as_datetime(a)",
             "norm_name(a)",
             "is_foreign_place(a)",
