@@ -201,3 +201,110 @@ fn sigkill_during_csv_to_csv_file_loses_and_duplicates_nothing() {
     };
     crash_and_compare("csv", &make, &state, &progress, 0x5eed_0002);
 }
+
+/// PostgreSQL itself crashing in the middle of a load (`pg_ctl -m immediate`: no shutdown
+/// checkpoint, every connection cut) while the sink commits its batches asynchronously: the
+/// run must fail with a clear error instead of hanging, and once the server is back the next
+/// run must end in exactly the state of an uninterrupted one. A batch the crash undid is
+/// undone together with its checkpoint, so the rerun loads it again; one it kept is not
+/// loaded twice.
+#[test]
+fn postgresql_crashing_during_a_load_loses_and_duplicates_nothing() {
+    // SAFETY: set before any thread of this test reads it.
+    unsafe { std::env::set_var("SNODO_TEST_PG_PASSWORD", "test-only-password") };
+    let input = csv_input();
+    let cluster = start_cluster();
+    let pg = cluster.db("server_crash");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = connections(dir.path(), Some(&pg));
+    let make = |variant: &str| {
+        let p = example_pipeline(
+            dir.path(),
+            &format!("server-crash-{variant}"),
+            &input,
+            "pg",
+            "batch_size: 2000\n",
+        );
+        let text = std::fs::read_to_string(&p)
+            .unwrap()
+            .replace("table: assistito", &format!("table: assistito_{variant}"));
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let state = |variant: &str| {
+        pg.psql(&format!(
+            "SELECT count(*) || ' ' || count(DISTINCT id_anagrafica) || ' ' || md5(string_agg(t::text, '|' ORDER BY id_anagrafica)) FROM assistito_{variant} t"
+        ))
+    };
+
+    let reference = make("reference");
+    let (code, summary) = run_pipeline(&cfg, &reference);
+    assert_eq!(code, 0, "{summary}");
+    let expected = state("reference");
+
+    // The server crashes once about a third of the rows are committed.
+    let crashy = make("crashy");
+    let mut child = snodo(&cfg)
+        .arg("run")
+        .arg(&crashy)
+        .arg("--json")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let committed = || -> u64 {
+        let out = std::process::Command::new("psql")
+            .args(["-h", "127.0.0.1", "-p", &cluster.port.to_string()])
+            .args(["-U", "postgres", "-d", "server_crash", "-At", "-c"])
+            .arg("SELECT state FROM _snodo_checkpoint WHERE pipeline = 'server-crash-crashy'")
+            .output()
+            .unwrap();
+        serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .ok()
+            .and_then(|v| v["records_written"].as_u64())
+            .unwrap_or(0)
+    };
+    let deadline = Instant::now() + std::time::Duration::from_secs(120);
+    while committed() < ROWS / 3 {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the load ended before the server could be crashed"
+        );
+        assert!(Instant::now() < deadline, "the load made no progress");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    cluster.crash();
+
+    // The run fails, and says why, within a bounded time.
+    let deadline = Instant::now() + std::time::Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "snodo still runs a minute after its server crashed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let failed = child.wait_with_output().unwrap();
+    assert_ne!(failed.status.code(), Some(0), "{}", stdout(&failed));
+    let summary: serde_json::Value = serde_json::from_slice(&failed.stdout).unwrap_or_default();
+    assert_eq!(
+        summary["status"],
+        "failed",
+        "{}{}",
+        stdout(&failed),
+        stderr(&failed)
+    );
+
+    cluster.start();
+    let (code, summary) = run_pipeline(&cfg, &crashy);
+    assert_eq!(code, 0, "{summary}");
+    assert!(
+        !summary["resumed_from"].is_null(),
+        "the rerun started over instead of resuming: {summary}"
+    );
+    assert_eq!(
+        state("crashy"),
+        expected,
+        "state after a server crash differs from the uninterrupted run"
+    );
+}

@@ -220,46 +220,123 @@ fn as_postgres(bin: &Path, args: &[&str]) -> Command {
 /// The shared cluster, started on first use and stopped when the test process exits.
 pub fn pg_cluster() -> &'static PgCluster {
     static CLUSTER: OnceLock<PgCluster> = OnceLock::new();
-    CLUSTER.get_or_init(|| {
-        let bin = pg_bindir();
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let dir = std::env::temp_dir().join(format!("snodo-pg-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        if is_root() {
-            assert!(Command::new("chown").args(["-R", "postgres:postgres"]).arg(&dir).status().unwrap().success());
-        }
-        let data = dir.join("data");
-        let st = as_postgres(&bin.join("initdb"), &["-D", data.to_str().unwrap(), "-A", "trust", "-U", "postgres", "--no-sync"])
+    CLUSTER.get_or_init(start_cluster)
+}
+
+/// A cluster of the test's own (for a test that stops or crashes its server, which the
+/// shared cluster's other tests must not see), stopped when the test process exits.
+pub fn start_cluster() -> PgCluster {
+    let bin = pg_bindir();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = std::env::temp_dir().join(format!("snodo-pg-{}-{port}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    if is_root() {
+        assert!(
+            Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&dir)
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
+    let data = dir.join("data");
+    let st = as_postgres(
+        &bin.join("initdb"),
+        &[
+            "-D",
+            data.to_str().unwrap(),
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "--no-sync",
+        ],
+    )
+    .output()
+    .unwrap();
+    assert!(
+        st.status.success(),
+        "initdb: {}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    let cluster = PgCluster { port, dir, bin };
+    cluster.start();
+    // A watchdog stops the cluster when this test process ends, however it ends.
+    let stop = format!(
+        "while kill -0 {pid} 2>/dev/null; do sleep 1; done; {runas} {pgctl} -D {data} -m immediate stop >/dev/null 2>&1; rm -rf {dir}",
+        pid = std::process::id(),
+        runas = if is_root() {
+            "runuser -u postgres --"
+        } else {
+            ""
+        },
+        pgctl = cluster.bin.join("pg_ctl").display(),
+        data = data.display(),
+        dir = cluster.dir.display(),
+    );
+    // Deliberately not waited for: it must outlive this process.
+    #[allow(clippy::zombie_processes)]
+    let _watchdog = Command::new("sh").arg("-c").arg(stop).spawn().unwrap();
+    cluster
+}
+
+impl PgCluster {
+    fn pg_ctl(&self, args: &[&str]) -> Output {
+        let data = self.dir.join("data");
+        let mut all = vec!["-D", data.to_str().unwrap()];
+        all.extend_from_slice(args);
+        as_postgres(&self.bin.join("pg_ctl"), &all)
             .output()
-            .unwrap();
-        assert!(st.status.success(), "initdb: {}", String::from_utf8_lossy(&st.stderr));
-        // pg_stat_statements (shipped with the server) lets a test see which statements a sink
-        // sent, such as the PostgreSQL writer's durability barrier.
+            .unwrap()
+    }
+
+    /// Starts the server (again, after [`PgCluster::crash`]: it recovers from its WAL).
+    pub fn start(&self) {
+        // pg_stat_statements (shipped with the server) lets a test see which statements a
+        // sink sent, such as the PostgreSQL writer's durability barrier.
         let opts = format!(
-            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200 -c shared_preload_libraries=pg_stat_statements",
-            dir.display()
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200 -c shared_preload_libraries=pg_stat_statements",
+            self.port,
+            self.dir.display()
         );
-        let st = as_postgres(
-            &bin.join("pg_ctl"),
-            &["-D", data.to_str().unwrap(), "-o", &opts, "-l", dir.join("log").to_str().unwrap(), "-w", "start"],
-        )
-        .output()
-        .unwrap();
-        assert!(st.status.success(), "pg_ctl start: {}", String::from_utf8_lossy(&st.stderr));
-        // A watchdog stops the cluster when this test process ends, however it ends.
-        let stop = format!(
-            "while kill -0 {pid} 2>/dev/null; do sleep 1; done; {runas} {pgctl} -D {data} -m immediate stop >/dev/null 2>&1; rm -rf {dir}",
-            pid = std::process::id(),
-            runas = if is_root() { "runuser -u postgres --" } else { "" },
-            pgctl = bin.join("pg_ctl").display(),
-            data = data.display(),
-            dir = dir.display(),
+        let log = self.dir.join("log");
+        let st = self.pg_ctl(&["-o", &opts, "-l", log.to_str().unwrap(), "-w", "start"]);
+        assert!(
+            st.status.success(),
+            "pg_ctl start: {}",
+            String::from_utf8_lossy(&st.stderr)
         );
-        // Deliberately not waited for: it must outlive this process.
-        #[allow(clippy::zombie_processes)]
-        let _watchdog = Command::new("sh").arg("-c").arg(stop).spawn().unwrap();
-        PgCluster { port, dir, bin }
-    })
+    }
+
+    /// Stops the server as a crash would: `pg_ctl -m immediate`, no shutdown checkpoint,
+    /// every connection cut.
+    pub fn crash(&self) {
+        let st = self.pg_ctl(&["-m", "immediate", "-w", "stop"]);
+        assert!(
+            st.status.success(),
+            "pg_ctl stop: {}",
+            String::from_utf8_lossy(&st.stderr)
+        );
+    }
+
+    /// A fresh database `name` in this cluster.
+    pub fn db(&self, name: &str) -> PgDb {
+        let admin = PgDb {
+            port: self.port,
+            name: "postgres".into(),
+        };
+        admin.psql(&format!("DROP DATABASE IF EXISTS {name}"));
+        admin.psql(&format!("CREATE DATABASE {name}"));
+        PgDb {
+            port: self.port,
+            name: name.to_string(),
+        }
+    }
 }
 
 /// What a PostgreSQL test starts from: a temporary directory, a fresh database `name` in
@@ -277,18 +354,7 @@ pub fn pg_workspace(name: &str) -> (tempfile::TempDir, PgDb, PathBuf) {
 
 /// A fresh database in the shared cluster.
 pub fn pg_db(name: &str) -> PgDb {
-    let c = pg_cluster();
-    let db = PgDb {
-        port: c.port,
-        name: name.to_string(),
-    };
-    let admin = PgDb {
-        port: c.port,
-        name: "postgres".into(),
-    };
-    admin.psql(&format!("DROP DATABASE IF EXISTS {name}"));
-    admin.psql(&format!("CREATE DATABASE {name}"));
-    db
+    pg_cluster().db(name)
 }
 
 /// Generates a legacy CSV with the project's generator; returns the file and its
