@@ -114,49 +114,67 @@ fn csv_input() -> std::path::PathBuf {
         .clone()
 }
 
+/// The example CSV pipeline into PostgreSQL (connection `pg`), named `{prefix}-{variant}`
+/// and writing the table `assistito_{variant}`, so that a reference run and an interrupted
+/// one do not share state.
+fn csv_to_postgres_pipeline(
+    dir: &std::path::Path,
+    prefix: &str,
+    variant: &str,
+    input: &std::path::Path,
+) -> std::path::PathBuf {
+    let p = example_pipeline(
+        dir,
+        &format!("{prefix}-{variant}"),
+        input,
+        "pg",
+        "batch_size: 2000\n",
+    );
+    let text = std::fs::read_to_string(&p)
+        .unwrap()
+        .replace("table: assistito", &format!("table: assistito_{variant}"));
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// Rows, distinct keys and a checksum of every row of `assistito_{variant}`.
+fn table_state(db: &PgDb, variant: &str) -> String {
+    db.psql(&format!(
+        "SELECT count(*) || ' ' || count(DISTINCT id_anagrafica) || ' ' || md5(string_agg(t::text, '|' ORDER BY id_anagrafica)) FROM assistito_{variant} t"
+    ))
+}
+
+/// Rows `pipeline` has committed so far: its checkpoint, saved in the same transaction as
+/// each batch. Before the first commit the checkpoint table does not exist: no progress.
+fn rows_committed(db: &PgDb, pipeline: &str) -> u64 {
+    let out = std::process::Command::new("psql")
+        .args(["-h", "127.0.0.1", "-p", &db.port.to_string()])
+        .args(["-U", "postgres", "-d", &db.name, "-At", "-c"])
+        .arg(format!(
+            "SELECT state FROM _snodo_checkpoint WHERE pipeline = '{pipeline}'"
+        ))
+        .output()
+        .unwrap();
+    serde_json::from_slice::<serde_json::Value>(&out.stdout)
+        .ok()
+        .and_then(|v| v["records_written"].as_u64())
+        .unwrap_or(0)
+}
+
 #[test]
 fn sigkill_during_csv_to_postgres_loses_and_duplicates_nothing() {
     // SAFETY: set before any thread of this test reads it.
     unsafe { std::env::set_var("SNODO_TEST_PG_PASSWORD", "test-only-password") };
     let input = csv_input();
     let make = |dir: &std::path::Path, variant: &str| {
-        // Same pipeline, different table per variant so the two runs do not share state.
-        let p = example_pipeline(
-            dir,
-            &format!("crash-pg-{variant}"),
-            &input,
-            "pg",
-            "batch_size: 2000\n",
-        );
-        let text = std::fs::read_to_string(&p)
-            .unwrap()
-            .replace("table: assistito", &format!("table: assistito_{variant}"));
-        std::fs::write(&p, text).unwrap();
-        p
+        csv_to_postgres_pipeline(dir, "crash-pg", variant, &input)
     };
-    let state = |_dir: &std::path::Path, variant: &str| {
-        let db = PgDb {
-            port: pg_cluster().port,
-            name: "crash_pg".into(),
-        };
-        db.psql(&format!(
-            "SELECT count(*) || ' ' || md5(string_agg(t::text, '|' ORDER BY id_anagrafica)) FROM assistito_{variant} t"
-        ))
+    let db = PgDb {
+        port: pg_cluster().port,
+        name: "crash_pg".into(),
     };
-    // Rows committed so far: the checkpoint saved in the same transaction as each batch.
-    let progress = |_dir: &std::path::Path| -> u64 {
-        let out = std::process::Command::new("psql")
-            .args(["-h", "127.0.0.1", "-p", &pg_cluster().port.to_string()])
-            .args(["-U", "postgres", "-d", "crash_pg", "-At", "-c"])
-            .arg("SELECT state FROM _snodo_checkpoint WHERE pipeline = 'crash-pg-crashy'")
-            .output()
-            .unwrap();
-        // Before the first commit the table does not exist yet: no progress.
-        serde_json::from_slice::<serde_json::Value>(&out.stdout)
-            .ok()
-            .and_then(|v| v["records_written"].as_u64())
-            .unwrap_or(0)
-    };
+    let state = |_dir: &std::path::Path, variant: &str| table_state(&db, variant);
+    let progress = |_dir: &std::path::Path| rows_committed(&db, "crash-pg-crashy");
     crash_and_compare("pg", &make, &state, &progress, 0x5eed_0001);
 }
 
@@ -217,25 +235,9 @@ fn postgresql_crashing_during_a_load_loses_and_duplicates_nothing() {
     let pg = cluster.db("server_crash");
     let dir = tempfile::tempdir().unwrap();
     let cfg = connections(dir.path(), Some(&pg));
-    let make = |variant: &str| {
-        let p = example_pipeline(
-            dir.path(),
-            &format!("server-crash-{variant}"),
-            &input,
-            "pg",
-            "batch_size: 2000\n",
-        );
-        let text = std::fs::read_to_string(&p)
-            .unwrap()
-            .replace("table: assistito", &format!("table: assistito_{variant}"));
-        std::fs::write(&p, text).unwrap();
-        p
-    };
-    let state = |variant: &str| {
-        pg.psql(&format!(
-            "SELECT count(*) || ' ' || count(DISTINCT id_anagrafica) || ' ' || md5(string_agg(t::text, '|' ORDER BY id_anagrafica)) FROM assistito_{variant} t"
-        ))
-    };
+    let make =
+        |variant: &str| csv_to_postgres_pipeline(dir.path(), "server-crash", variant, &input);
+    let state = |variant: &str| table_state(&pg, variant);
 
     let reference = make("reference");
     let (code, summary) = run_pipeline(&cfg, &reference);
@@ -252,20 +254,8 @@ fn postgresql_crashing_during_a_load_loses_and_duplicates_nothing() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let committed = || -> u64 {
-        let out = std::process::Command::new("psql")
-            .args(["-h", "127.0.0.1", "-p", &cluster.port.to_string()])
-            .args(["-U", "postgres", "-d", "server_crash", "-At", "-c"])
-            .arg("SELECT state FROM _snodo_checkpoint WHERE pipeline = 'server-crash-crashy'")
-            .output()
-            .unwrap();
-        serde_json::from_slice::<serde_json::Value>(&out.stdout)
-            .ok()
-            .and_then(|v| v["records_written"].as_u64())
-            .unwrap_or(0)
-    };
     let deadline = Instant::now() + std::time::Duration::from_secs(120);
-    while committed() < ROWS / 3 {
+    while rows_committed(&pg, "server-crash-crashy") < ROWS / 3 {
         assert!(
             child.try_wait().unwrap().is_none(),
             "the load ended before the server could be crashed"

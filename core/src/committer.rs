@@ -152,6 +152,14 @@ async fn run<C: Commit>(
     failure: Arc<Mutex<Option<Error>>>,
     committed: Arc<AtomicU64>,
 ) -> Option<C> {
+    // Whatever fails keeps its error for the sink and ends the task: dropping the receiver
+    // fails every later commit and flush, which then report it, so nothing after a failed
+    // batch or a failed sync is committed.
+    let fail = |e: Error| {
+        if let Ok(mut f) = failure.lock() {
+            *f = Some(e);
+        }
+    };
     while let Some(message) = from_sink.recv().await {
         match message {
             Message::Flush(done) => match commit.sync().await {
@@ -159,10 +167,7 @@ async fn run<C: Commit>(
                     let _ = done.send(());
                 }
                 Err(e) => {
-                    if let Ok(mut f) = failure.lock() {
-                        *f = Some(e);
-                    }
-                    // The flush, and every later commit, report this error.
+                    fail(e);
                     return None;
                 }
             },
@@ -171,11 +176,7 @@ async fn run<C: Commit>(
                     committed.fetch_add(records, Ordering::Release);
                 }
                 Err(e) => {
-                    if let Ok(mut f) = failure.lock() {
-                        *f = Some(e);
-                    }
-                    // Dropping the receiver fails every later commit and flush, which then
-                    // report the error: nothing after this batch is committed.
+                    fail(e);
                     return None;
                 }
             },
@@ -183,9 +184,7 @@ async fn run<C: Commit>(
     }
     // The sink is done with it (`finish`): what it committed must be durable too.
     if let Err(e) = commit.sync().await {
-        if let Ok(mut f) = failure.lock() {
-            *f = Some(e);
-        }
+        fail(e);
         return None;
     }
     Some(commit)

@@ -150,7 +150,10 @@ pub fn masked_all(record: &Record) -> serde_json::Value {
 pub fn scrub_json(j: serde_json::Value) -> serde_json::Value {
     use serde_json::Value as J;
     match j {
-        J::String(s) => J::String(redact_text(&s)),
+        J::String(s) => J::String(match redact_cow(&s) {
+            Cow::Borrowed(_) => s,
+            Cow::Owned(scrubbed) => scrubbed,
+        }),
         J::Array(a) => J::Array(a.into_iter().map(scrub_json).collect()),
         J::Object(o) => J::Object(o.into_iter().map(|(k, v)| (k, scrub_json(v))).collect()),
         other => other,

@@ -24,7 +24,7 @@ use rust_decimal::Decimal;
 
 use crate::record::Record;
 use crate::validators;
-use crate::value::{self, DecimalStyle, Text, Value};
+use crate::value::{self, DecimalStyle, Text, Value, ValueType};
 
 mod native;
 pub use native::Native;
@@ -276,10 +276,12 @@ const TEXT_FUNCTIONS: [(&str, TextFn); 6] = [
 /// The conversions of one value, registered in Rhai and called directly by [`Native`]
 /// expressions, from this one table like [`TEXT_FUNCTIONS`]: the lenient conversions
 /// every migration maps its legacy text columns with (`as_date(data_dsu)`).
-const VALUE_FUNCTIONS: [(&str, ValueFn); 3] = [
-    ("as_date", lenient_date),
-    ("as_datetime", lenient_datetime),
-    ("as_decimal", lenient_decimal),
+/// Each with the type it yields: a value already of that type, or null, is what the
+/// conversion gives back, which native expressions use to skip it.
+const VALUE_FUNCTIONS: [(&str, ValueFn, ValueType); 3] = [
+    ("as_date", lenient_date, ValueType::Date),
+    ("as_datetime", lenient_datetime, ValueType::Datetime),
+    ("as_decimal", lenient_decimal, ValueType::Decimal),
 ];
 
 /// A conversion of one value, as Rhai calls it.
@@ -520,7 +522,7 @@ impl ExprEngine {
         e.register_fn(">=", |a: NaiveDate, b: NaiveDate| a >= b);
 
         // Lenient conversions for data whose format varies between copies of one table.
-        for (name, f) in VALUE_FUNCTIONS {
+        for (name, f, _) in VALUE_FUNCTIONS {
             e.register_fn(name, f);
         }
         // Volatile: the full optimisation (set above) must not fold it into the date the

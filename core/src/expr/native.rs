@@ -109,7 +109,7 @@ enum Node {
     Text(TextFn, Box<Node>),
     /// A conversion (`as_date`, `as_decimal`, …) and the type it yields: a value already of
     /// that type, or null, is what the conversion would give back.
-    Convert(ValueFn, Option<ValueType>, Box<Node>),
+    Convert(ValueFn, ValueType, Box<Node>),
     Call(Function, Vec<Node>),
     Compare(Comparison, Box<Node>, Box<Node>),
     Concat(Box<Node>, Box<Node>),
@@ -264,15 +264,9 @@ fn call_node(call: &FnCallExpr, field: FieldOf) -> Option<Node> {
             let f = TEXT_FUNCTIONS.iter().find(|(n, _)| *n == name)?.1;
             Node::Text(f, Box::new(args.next()?))
         }
-        (name, 1) if VALUE_FUNCTIONS.iter().any(|(n, _)| *n == name) => {
-            let f = VALUE_FUNCTIONS.iter().find(|(n, _)| *n == name)?.1;
-            let yields = match name {
-                "as_date" => Some(ValueType::Date),
-                "as_datetime" => Some(ValueType::Datetime),
-                "as_decimal" => Some(ValueType::Decimal),
-                _ => None,
-            };
-            Node::Convert(f, yields, Box::new(args.next()?))
+        (name, 1) if VALUE_FUNCTIONS.iter().any(|(n, _, _)| *n == name) => {
+            let (_, f, yields) = VALUE_FUNCTIONS.iter().find(|(n, _, _)| *n == name)?;
+            Node::Convert(*f, *yields, Box::new(args.next()?))
         }
         (name, arity) => {
             let (_, _, f) = FUNCTIONS
@@ -298,7 +292,7 @@ impl Node {
                 // What a typed source (PostgreSQL, a typed CSV column) already delivers comes
                 // back unchanged: no trip through Rhai's value and back for each field of each
                 // record (`as_decimal(importo)` in every SIUSS record).
-                if matches!(*v, Value::Null) || (yields.is_some() && v.value_type() == *yields) {
+                if matches!(*v, Value::Null) || v.value_type() == Some(*yields) {
                     return Some(v);
                 }
                 Cow::Owned(from_dynamic(f(to_dynamic(&v)).ok()?))
