@@ -2,8 +2,8 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 
 use serde::{Deserialize, Serialize};
 
@@ -24,9 +24,31 @@ pub struct Schema {
     index: HashMap<String, usize, foldhash::fast::RandomState>,
 }
 
+type Interned = HashMap<Vec<String>, Weak<Schema>, foldhash::fast::FixedState>;
+/// Every live schema by its names, and the size at which dead entries are next swept.
+/// Schemas are made per input file, query or step, never per record: one lock at each
+/// costs nothing. Dead entries go when the map has doubled since the last sweep, so a
+/// long-lived process (`snodo serve`) keeps about as many entries as live schemas.
+static INTERNED: Mutex<(Interned, usize)> = Mutex::new((
+    HashMap::with_hasher(foldhash::fast::FixedState::with_seed(0)),
+    64,
+));
+
 impl Schema {
-    /// Builds a schema; a repeated name keeps its first position.
+    /// Builds a schema, or returns the live one with the same names; a repeated name keeps
+    /// its first position.
+    ///
+    /// Why one schema per list of names: each step worker runs its own copy of the steps,
+    /// and a `map` that adds fields made a schema of its own in each worker. A
+    /// [`FieldRef`] shared by the workers (a sink's layout) then saw two schema ids in
+    /// turn, and looked the field up by name at almost every record (PS/PSA flow: about 7 %
+    /// of the dry run's CPU). With the same names giving the same schema, its cache holds.
     pub fn new(names: Vec<String>) -> Arc<Schema> {
+        let mut guard = INTERNED.lock().unwrap_or_else(|e| e.into_inner());
+        let (map, sweep_at) = &mut *guard;
+        if let Some(live) = map.get(&names).and_then(Weak::upgrade) {
+            return live;
+        }
         let mut index = HashMap::with_capacity_and_hasher(names.len(), Default::default());
         for (i, n) in names.iter().enumerate() {
             index.entry(n.clone()).or_insert(i);
@@ -35,7 +57,17 @@ impl Schema {
         let id = NEXT
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_add(1))
             .unwrap_or(0);
-        Arc::new(Schema { names, id, index })
+        let schema = Arc::new(Schema {
+            names: names.clone(),
+            id,
+            index,
+        });
+        if map.len() >= *sweep_at {
+            map.retain(|_, w| w.strong_count() > 0);
+            *sweep_at = (map.len() * 2).max(64);
+        }
+        map.insert(names, Arc::downgrade(&schema));
+        schema
     }
 
     /// Field names in order.
@@ -313,10 +345,45 @@ mod tests {
             assert_eq!(b.get(&record(&c, &[7])), None);
             assert_eq!(b.get(&record(&c, &[8])), None);
         }
-        // Equal names, distinct schemas: each is looked up on its own.
+        // Equal names give the same schema (see `Schema::new`).
         let ab2 = Schema::new(vec!["a".into(), "b".into()]);
         assert_eq!(ab, ab2);
         assert_eq!(b.get(&record(&ab2, &[1, 9])), Some(&Value::Int(9)));
+    }
+
+    #[test]
+    fn equal_names_give_the_same_schema_while_it_lives() {
+        let names = || vec!["interned a".to_string(), "interned b".to_string()];
+        let first = Schema::new(names());
+        let again = Schema::new(names());
+        assert!(Arc::ptr_eq(&first, &again));
+        assert_ne!(first.id, Schema::new(vec!["interned b".into()]).id);
+        // Two workers' copies of one step extend a shared input the same way: their
+        // records then share one schema, and a FieldRef shared by the workers keeps its
+        // cached position instead of flipping between two schema ids.
+        let (mut w1, mut w2) = (OutputField::new("added"), OutputField::new("added"));
+        let (mut r1, mut r2) = (record(&first, &[1, 2]), record(&first, &[3, 4]));
+        w1.set(&mut r1, Value::Int(5));
+        w2.set(&mut r2, Value::Int(6));
+        assert!(Arc::ptr_eq(&r1.schema, &r2.schema));
+        let added = FieldRef::new("added");
+        assert_eq!(added.get(&r1), Some(&Value::Int(5)));
+        assert_eq!(added.get(&r2), Some(&Value::Int(6)));
+        // Once no record holds it, a schema is made anew (with a new id).
+        let id = first.id;
+        drop((first, again, r1, r2, w1, w2));
+        assert_ne!(Schema::new(names()).id, id);
+    }
+
+    #[test]
+    fn dead_schemas_do_not_pile_up() {
+        for i in 0..10_000 {
+            drop(Schema::new(vec![format!("short-lived {i}")]));
+        }
+        let (map, _) = &*INTERNED.lock().unwrap();
+        // Other tests' live schemas are a handful; without the sweep there would be
+        // 10,000 entries more.
+        assert!(map.len() < 1_000, "{} entries", map.len());
     }
 
     #[test]
