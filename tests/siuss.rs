@@ -334,6 +334,25 @@ fn ps_file_flow(dir: &Path, cfg: &Path, store: &Store) {
     assert_eq!(summary["written"], 0, "{summary}");
     assert_eq!(flows(&out_dir).len(), 1);
 
+    // The ledger's snapshots as snodo wrote them before strings went untagged
+    // (`{"string":"…"}`): the cancellations below are rendered from these.
+    let retag = |col: &str| {
+        match store {
+        Store::Sqlite(_) => format!(
+            "UPDATE siuss_invio SET {col} = (SELECT json_group_object(key, CASE WHEN type = 'text'
+               THEN json_object('string', value) ELSE json(value) END) FROM json_each({col}))
+             WHERE {col} IS NOT NULL;"
+        ),
+        Store::Postgres(_) => format!(
+            "UPDATE siuss_invio SET {col} = (SELECT json_object_agg(key, CASE WHEN json_typeof(value) = 'string'
+               THEN json_build_object('string', value) ELSE value END ORDER BY n)::text
+               FROM json_each({col}::json) WITH ORDINALITY AS t(key, value, n))
+             WHERE {col} IS NOT NULL;"
+        ),
+    }
+    };
+    store.exec(&format!("{}{}", retag("record"), retag("in_invio_record")));
+
     // 3. An amount corrected and a prestazione withdrawn: flow 2 cancels the versions INPS
     //    has (C) and sends the corrected one (I).
     store.exec(

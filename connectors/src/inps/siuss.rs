@@ -317,7 +317,7 @@ impl SiussSink {
         let names: Vec<String> = m.keys().cloned().collect();
         let values = m
             .values()
-            .map(|v| Value::from_tagged_json(v).unwrap_or(Value::Null))
+            .map(|v| Value::from_field_json(v).unwrap_or(Value::Null))
             .collect();
         Some(Record {
             schema: Schema::new(names),
