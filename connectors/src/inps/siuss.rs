@@ -17,7 +17,7 @@ use snodo_core::value::{Value, tagged_json_object};
 
 use super::config::{Channel, SiussSinkConfig};
 use super::ledger::{self, Delivery, FileFlow, WaasEntry};
-use crate::file::output::{OutputFile, hash_file};
+use crate::file::output::OutputFile;
 use crate::file::xml::Xmllint;
 use crate::file::xml::layout::{Layout, RecordProblem, XElem};
 use crate::file::xml::release::{ReleaseCheck, release_checks};
@@ -809,7 +809,7 @@ impl Sink for SiussSink {
                             self.cfg.xmllint,
                         )?,
                     };
-                    let (size, sha) = hash_file(out.partial())?;
+                    let (size, sha) = out.content_hash()?;
                     ledger::release_file(
                         &self.db,
                         &FileFlow {
