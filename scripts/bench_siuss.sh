@@ -8,6 +8,8 @@
 # BATCH_SIZE=N overrides the pipeline's batch size; STATS=1 prints PostgreSQL's ten
 # statements with the most total time in snodo's run (pg_stat_statements).
 # AB="BINARY_A BINARY_B" (PAIRS=3) runs two builds alternately on the same store instead.
+# REPEAT=N (default 3): snodo and the psql export each run N times on the same store, the
+# ledger emptied before each snodo run; the table gives medians with their range.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export SQLX_OFFLINE=true
@@ -18,8 +20,23 @@ chmod 755 "$WORK" # the cluster runs as the postgres user when this runs as root
 [ -n "${STATS:-}" ] && PG_OPTS="${PG_OPTS:-} -c shared_preload_libraries=pg_stat_statements -c pg_stat_statements.track=all"
 source scripts/pg_throwaway.sh
 export SNODO_SIUSS_CF_OPERATORE=RSSMRA85T10A562S SNODO_PG_PASSWORD=unused
+# One run of the flow on the kept store, from an empty ledger: sets secs, kb (peak RSS) and
+# idle (the machine's idle CPU seconds during the run, both cores). Arguments: an optional
+# wrapper command, then the binary.
+run_once() {
+  $PSQL -d "$db" -c "TRUNCATE siuss_invio, siuss_flusso, siuss_progressivo" -c "VACUUM ANALYZE siuss_invio" -c "CHECKPOINT" >/dev/null
+  rm -rf "$WORK/out" "$WORK/flowlog_$n.db"*
+  local idle0 idle1 written
+  idle0=$(awk '/^cpu /{print $5 + $6}' /proc/stat)
+  /usr/bin/time -f "%e %M" -o "$WORK/time" "$@" --config "$WORK/snodo.yaml" run "$WORK/ps.yaml" --json > "$WORK/run.json"
+  idle1=$(awk '/^cpu /{print $5 + $6}' /proc/stat)
+  read -r secs kb < "$WORK/time"
+  idle=$(awk -v d=$((idle1 - idle0)) 'BEGIN{printf "%.1f", d / 100}')
+  written=$(python3 -c "import json;print(json.load(open('$WORK/run.json'))['written'])")
+  [ "$written" = "$n" ] || { echo "${*: -1} wrote $written of $n" >&2; exit 1; }
+}
 if [ -z "${AB:-}" ]; then
-  printf '| prestazioni | snodo (XML + XSD) | peak RSS | psql \\copy CSV | ratio |\n|---:|---:|---:|---:|---:|\n'
+  printf '| prestazioni | snodo (XML + XSD), median (range) | peak RSS | psql \\copy CSV, median (range) | ratio of medians |\n|---:|---:|---:|---:|---:|\n'
 fi
 for n in "${@:-1000000}"; do
   db=siuss_$n
@@ -67,6 +84,10 @@ FROM generate_series(1, $persons, 3) g;
 ANALYZE;
 SQL
   $SNODO --config "$WORK/snodo.yaml" run pipelines/siuss/mappature.yaml >/dev/null
+  # A city's store is not loaded the minute before the flow runs: the freshly generated
+  # tables are vacuumed (hint bits, visibility map) and checkpointed first, so that neither
+  # side of the comparison pays for the generation, nor does autovacuum run during the first.
+  $PSQL -d "$db" -c "VACUUM (FREEZE, ANALYZE)" -c "CHECKPOINT" >/dev/null
   sed -e "s#dir: out/siuss#dir: $WORK/out#; s#path: out/siuss/controllo-ps.txt#path: $WORK/out/controllo.txt#" \
     -e "${BATCH_SIZE:+s#^batch_size: .*#batch_size: $BATCH_SIZE#}" \
     pipelines/siuss/ps_psa.yaml > "$WORK/ps.yaml"
@@ -77,16 +98,8 @@ SQL
     # comparison that holds. The idle CPU is the machine's (both cores) during the run.
     for _ in $(seq "${PAIRS:-3}"); do
       for bin in $AB; do
-        $PSQL -d "$db" -c "TRUNCATE siuss_invio, siuss_flusso, siuss_progressivo" -c "VACUUM ANALYZE siuss_invio" >/dev/null
-        rm -rf "$WORK/out" "$WORK/flowlog_$n.db"*
-        idle0=$(awk '/^cpu /{print $5 + $6}' /proc/stat)
-        /usr/bin/time -f "%e %M" -o "$WORK/time" "$bin" --config "$WORK/snodo.yaml" run "$WORK/ps.yaml" --json > "$WORK/run.json"
-        idle1=$(awk '/^cpu /{print $5 + $6}' /proc/stat)
-        read -r secs kb < "$WORK/time"
-        written=$(python3 -c "import json;print(json.load(open('$WORK/run.json'))['written'])")
-        [ "$written" = "$n" ] || { echo "$bin wrote $written of $n" >&2; exit 1; }
-        printf '%s prestazioni, %s: %s s, %d MB, idle CPU %s s\n' "$n" "$bin" "$secs" $((kb / 1024)) \
-          "$(awk -v d=$((idle1 - idle0)) 'BEGIN{printf "%.1f", d / 100}')"
+        run_once "$bin"
+        printf '%s prestazioni, %s: %s s, %d MB, idle CPU %s s\n' "$n" "$bin" "$secs" $((kb / 1024)) "$idle"
       done
     done
     continue
@@ -94,25 +107,36 @@ SQL
   if [ -n "${STATS:-}" ]; then
     $PSQL -d "$db" -c "CREATE EXTENSION IF NOT EXISTS pg_stat_statements" -c "SELECT pg_stat_statements_reset()" >/dev/null
   fi
-  # PROFILE=1 records a perf profile of the run in $WORK/perf-N.data (slower; for analysis).
-  wrap=()
-  [ -n "${PROFILE:-}" ] && wrap=(perf record -F 499 -g -o "$WORK/perf-$n.data" --)
-  /usr/bin/time -f "%e %M" -o "$WORK/time" "${wrap[@]}" "$SNODO" --config "$WORK/snodo.yaml" run "$WORK/ps.yaml" --json > "$WORK/run.json"
-  read -r secs kb < "$WORK/time"
-  written=$(python3 -c "import json;print(json.load(open('$WORK/run.json'))['written'])")
+  snodo_secs=() snodo_kb=() copy_secs=()
+  for r in $(seq "${REPEAT:-3}"); do
+    # PROFILE=1 records a perf profile of the last run in $WORK/perf-N.data (slower; for analysis).
+    wrap=()
+    [ -n "${PROFILE:-}" ] && [ "$r" = "${REPEAT:-3}" ] && wrap=(perf record -F 499 -g -o "$WORK/perf-$n.data" --)
+    run_once "${wrap[@]}" "$SNODO"
+    snodo_secs+=("$secs") snodo_kb+=("$kb")
+  done
   if [ -n "${STATS:-}" ]; then
-    echo "PostgreSQL statements of the run at $n, by total time (ms):" >&2
+    echo "PostgreSQL statements of the runs at $n, by total time (ms):" >&2
     $PSQL -d "$db" -F ' | ' -c "SELECT round(total_exec_time) AS total_ms, calls, round(mean_exec_time::numeric, 2) AS mean_ms,
         left(regexp_replace(query, '\s+', ' ', 'g'), 110) FROM pg_stat_statements
         WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
         ORDER BY total_exec_time DESC LIMIT 10" >&2
   fi
-  [ "$written" = "$n" ] || { echo "snodo wrote $written of $n" >&2; exit 1; }
   query=$(grep -v '^--' pipelines/siuss/prestazioni.sql | tr '\n' ' ')
-  start=$(date +%s.%N)
-  $PSQL -d "$db" -c "\copy ($query ORDER BY persona_id, intervento_id) TO '$WORK/export.csv' WITH (FORMAT csv, HEADER)"
-  copy=$(python3 -c "import time;print(round(time.time()-$start,1))")
-  printf '| %d | %s s | %d MB | %s s | %.1f× |\n' "$n" "$secs" $((kb / 1024)) "$copy" \
-    "$(python3 -c "print($secs/$copy)")"
+  for _ in $(seq "${REPEAT:-3}"); do
+    start=$(date +%s.%N)
+    $PSQL -d "$db" -c "\copy ($query ORDER BY persona_id, intervento_id) TO '$WORK/export.csv' WITH (FORMAT csv, HEADER)"
+    copy_secs+=("$(python3 -c "import time;print(round(time.time()-$start,2))")")
+  done
+  python3 - "$n" "${snodo_secs[*]}" "${snodo_kb[*]}" "${copy_secs[*]}" <<'PY'
+import statistics, sys
+n = int(sys.argv[1])
+snodo = [float(x) for x in sys.argv[2].split()]
+kb = max(int(x) for x in sys.argv[3].split())
+copy = [float(x) for x in sys.argv[4].split()]
+s, c = statistics.median(snodo), statistics.median(copy)
+span = lambda xs: f"{min(xs):.1f}–{max(xs):.1f}"
+print(f"| {n:,} | {s:.1f} s ({span(snodo)}) | {kb // 1024} MB | {c:.1f} s ({span(copy)}) | {s / c:.1f}× |")
+PY
   [ -n "${KEEP:-}" ] || rm -rf "$WORK/out" "$WORK/export.csv" "$WORK/persons.csv"
 done
