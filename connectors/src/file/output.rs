@@ -240,9 +240,15 @@ impl OutputFile {
 
     /// Size and SHA-256 of the partial file as written so far.
     pub fn content_hash(&self) -> Result<(u64, String)> {
+        self.hash_of(&self.partial)
+    }
+
+    /// Size and SHA-256 of the bytes written, the file now at `path`: from the hash kept
+    /// while writing, or read from the file after a resume.
+    fn hash_of(&self, path: &Path) -> Result<(u64, String)> {
         match &self.written {
             Some(h) => Ok((self.bytes, hex::encode(h.clone().finalize()))),
-            None => hash_file(&self.partial),
+            None => hash_file(path),
         }
     }
 
@@ -349,10 +355,9 @@ impl OutputFile {
         let to = self.final_path().to_path_buf();
         std::fs::rename(&self.partial, &to).map_err(|e| Error::io("renaming", &self.partial, e))?;
         sync_dir(&to);
-        let (size, sha256) = match (hashed, &self.written) {
-            (Some(h), _) => h,
-            (None, Some(h)) => (self.bytes, hex::encode(h.clone().finalize())),
-            (None, None) => hash_file(&to)?,
+        let (size, sha256) = match hashed {
+            Some(h) => h,
+            None => self.hash_of(&to)?,
         };
         Ok(Artifact {
             path: to.display().to_string(),
