@@ -7,12 +7,18 @@
 #   scripts/bench.sh                 # 1M and 4M rows
 #   ROWS="200000" scripts/bench.sh   # quicker
 #   REPEAT=5 scripts/bench.sh        # more runs of each side (default 3)
+#   BATCH=2000 scripts/bench.sh      # records per batch (default 4000, see below)
 #
 # Each side runs REPEAT times, snodo into a new database each time, psql into a new staging
 # table each time, and the table gives each side's median with the range after it: on two
 # shared cores a single pair of runs has put the ratio anywhere from 2.4x to 4x (the psql
 # copy alone took 1.4-2.2 s at 1M in one hour), and the median of each side is the fair
 # comparison.
+#
+# snodo runs with `batch_size: 4000` (BATCH), twice the runtime's default: a batch is one
+# transaction with its checkpoint, and fewer, larger transactions save PostgreSQL and snodo
+# per-batch work (0.4-0.55 s per million rows here) for about 25 MB more memory
+# (docs/benchmarks.md, ninth round, has both sizes). A bulk load is where one sets it.
 #
 # The last column is psql \copy of snodo's own result into a new table like it (typed, keyed,
 # logged): PostgreSQL's share of any durable load, which the staging baseline does not pay.
@@ -47,7 +53,7 @@ for n in $ROWS; do
   [ -f "$csv" ] || python3 scripts/gen_legacy_csv.py --rows "$n" --seed 1 --bad-rate 0 --out "$csv" >/dev/null
   sed -e "s#path: tests/fixtures/csv/assistiti_legacy.csv#path: $csv#" \
       -e "s#connection: store#connection: pg#" \
-      -e "s#pipeline: esempio-assistiti#pipeline: bench-$n#" \
+      -e "s#pipeline: esempio-assistiti#pipeline: bench-$n\nbatch_size: ${BATCH:-4000}#" \
       pipelines/esempio/assistiti_csv_sqlite.yaml > "$WORK/p.yaml"
   snodo_secs=() snodo_kb=() psql_secs=()
   for r in $(seq "$REPEAT"); do
