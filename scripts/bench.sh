@@ -16,8 +16,9 @@
 # comparison.
 #
 # snodo runs with `batch_size: 4000` (BATCH), twice the runtime's default: a batch is one
-# transaction with its checkpoint, and fewer, larger transactions save PostgreSQL and snodo
-# per-batch work (0.4-0.55 s per million rows here) for about 25 MB more memory
+# transaction with its checkpoint, and fewer, larger ones leave the stages less often
+# waiting for each other and cost less per-batch work on both sides (0.4-0.55 s per million
+# rows here) for about 25 MB more memory
 # (docs/benchmarks.md, ninth round, has both sizes). A bulk load is where one sets it.
 #
 # The last column is psql \copy of snodo's own result into a new table like it (typed, keyed,
@@ -45,6 +46,8 @@ connections:
 flow_log: { connection: flowlog }
 YAML
 
+echo "snodo with batch_size: ${BATCH:-4000}"
+echo
 echo "| rows | snodo s (median, range) | snodo rows/s | snodo peak RSS MB | psql \\copy s (median, range) | psql rows/s | ratio of medians | psql into a copy of snodo's table s |"
 echo "|---:|---:|---:|---:|---:|---:|---:|---:|"
 REPEAT=${REPEAT:-3}
