@@ -190,6 +190,28 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Trace a record through the flow log: the target key a source record became, or the
+    /// source record a target row came from.
+    ///
+    /// KEY is matched whole against both sides of every lineage pair: a source record
+    /// number or key as the source names it (`1532`) or a target key as the sink writes it
+    /// (`assistito:id_anagrafica=101532`; `runs show` names the sink). A record read again
+    /// after a resumed run is listed once per run that logged it. Migration loads log key
+    /// ranges, not pairs: their lineage is in the target rows (`source_system`,
+    /// `source_key`, `loaded_by_run`).
+    #[command(
+        after_help = "Examples:\n  snodo lineage assistito:id_anagrafica=101532\n  snodo lineage 1532 --run 20261205T164221Z-8a3841 --json"
+    )]
+    Lineage {
+        /// A source record number or key, or a target key.
+        key: String,
+        /// Only this run (and the runs it resumed).
+        #[arg(long)]
+        run: Option<String>,
+        /// Print as JSON (a list; empty when nothing matches).
+        #[arg(long)]
+        json: bool,
+    },
     /// Flow log operations.
     Log {
         #[command(subcommand)]
@@ -693,6 +715,58 @@ async fn cmd_rejects(cli: &Cli, run_id: &str, json: bool) -> Result<i32, Error> 
     Ok(0)
 }
 
+/// One lineage pair that names the key asked for.
+#[derive(serde::Serialize)]
+struct LineageMatch {
+    run_id: String,
+    /// The entry's position in the flow log and its time.
+    seq: i64,
+    ts: String,
+    source: String,
+    source_record: String,
+    target: String,
+    target_key: String,
+}
+
+async fn cmd_lineage(cli: &Cli, key: &str, run: Option<&str>, json: bool) -> Result<i32, Error> {
+    let conns = ConnectionsFile::load(&cli.config, cli.config != Path::new("snodo.yaml"))?;
+    let log = open_log(&conns).await?;
+    let mut found = Vec::new();
+    log.for_each_lineage(key, run, |e, l, from, to| {
+        found.push(LineageMatch {
+            run_id: e.run_id.clone(),
+            seq: e.seq,
+            ts: e.ts.clone(),
+            source: l.source.clone(),
+            source_record: from.to_string(),
+            target: l.target.clone(),
+            target_key: to.to_string(),
+        })
+    })
+    .await?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&found).unwrap_or_default()
+        );
+        return Ok(0);
+    }
+    for m in &found {
+        println!(
+            "{}  run {}  {} record {}  →  {} {}",
+            m.ts, m.run_id, m.source, m.source_record, m.target, m.target_key
+        );
+    }
+    if found.is_empty() {
+        println!(
+            "no lineage entry names `{key}` (keys are matched whole, as the flow log stores them)"
+        );
+    } else {
+        println!("{} lineage pair(s)", found.len());
+    }
+    Ok(0)
+}
+
 async fn cmd_verify(cli: &Cli, expect_head: &Option<String>, json: bool) -> Result<i32, Error> {
     let conns = ConnectionsFile::load(&cli.config, cli.config != Path::new("snodo.yaml"))?;
     let log = open_log(&conns).await?;
@@ -942,6 +1016,7 @@ async fn dispatch(cli: &Cli) -> Result<i32, Error> {
         }
         Command::Runs { show, limit, json } => cmd_runs(cli, show, *limit, *json).await,
         Command::Rejects { run_id, json } => cmd_rejects(cli, run_id, *json).await,
+        Command::Lineage { key, run, json } => cmd_lineage(cli, key, run.as_deref(), *json).await,
         Command::Log {
             command: LogCommand::Verify { expect_head, json },
         } => cmd_verify(cli, expect_head, *json).await,

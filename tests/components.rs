@@ -129,6 +129,16 @@ fn flow_log_on_postgres_verifies_and_detects_tampering() {
         .code()
     };
     assert_eq!(verify(&cfg), Some(0));
+    // Lineage read back from PostgreSQL: the target row of the fixture's second record.
+    let traced = run({
+        let mut cmd = snodo(&cfg);
+        cmd.args(["lineage", "assistito:id_anagrafica=100002", "--json"]);
+        cmd
+    });
+    let traced: serde_json::Value = serde_json::from_str(&stdout(&traced)).unwrap();
+    assert_eq!(traced.as_array().map(Vec::len), Some(1), "{traced}");
+    assert_eq!(traced[0]["source_record"], "2", "{traced}");
+    assert_eq!(traced[0]["run_id"], s["run_id"], "{traced}");
     pg.psql("UPDATE flow_log SET body = replace(body, 'esempio-assistiti', 'altro') WHERE seq = 1");
     assert_eq!(verify(&cfg), Some(5));
 }

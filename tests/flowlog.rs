@@ -1,6 +1,6 @@
 //! The flow log is tamper-evident: editing, deleting or reordering an entry makes
 //! `snodo log verify` fail with exit code 5; removing the newest entries is caught with
-//! `--expect-head`.
+//! `--expect-head`. `snodo lineage` reads the record-level lineage back from it.
 
 mod common;
 
@@ -148,4 +148,90 @@ fn an_entry_forged_before_the_chain_is_detected() {
     let (code, text) = verify(&cfg, &[]);
     assert_eq!(code, 5, "{text}");
     assert!(text.contains("out of sequence"), "{text}");
+}
+
+fn lineage(cfg: &Path, args: &[&str]) -> (i32, String) {
+    let out = run({
+        let mut c = snodo(cfg);
+        c.arg("lineage").args(args);
+        c
+    });
+    (
+        out.status.code().unwrap(),
+        format!("{}{}", stdout(&out), stderr(&out)),
+    )
+}
+
+/// An auditor's two questions, answered from the log: which source record a target row
+/// came from, and what a source record became. Keys are matched whole and as written,
+/// including characters that mean something to SQL's LIKE (`_`, `%`) or to JSON (`"`); a
+/// rejected record has no lineage; `--run` narrows to one run.
+#[test]
+fn lineage_traces_rows_back_to_their_source_records_and_forward() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = connections(dir.path(), None);
+    let csv = dir.path().join("in.csv");
+    std::fs::write(
+        &csv,
+        "code;nome\nA_1;Anna\n50%;Bruno\n\"x\"\"y\";Carla\nB;\nA11;Dario\n",
+    )
+    .unwrap();
+    let p = dir.path().join("p.yaml");
+    std::fs::write(
+        &p,
+        format!(
+            "pipeline: traced\nsource:\n  csv: {{ path: {}, delimiter: \";\" }}\nsteps:\n  - validate:\n      nome: {{ required: true }}\nsink:\n  sql: {{ connection: store, table: t, key: [code], create_table: true }}\non_error: {{ reject_limit: 5 }}\n",
+            csv.display()
+        ),
+    )
+    .unwrap();
+    let (code, summary) = run_pipeline(&cfg, &p);
+    assert_eq!(code, 0, "{summary}");
+    let run_id = summary["run_id"].as_str().unwrap().to_string();
+
+    let json = |args: &[&str]| -> serde_json::Value {
+        let mut all = args.to_vec();
+        all.push("--json");
+        let (code, text) = lineage(&cfg, &all);
+        assert_eq!(code, 0, "{text}");
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+    };
+    let one = |v: &serde_json::Value, field: &str| -> String {
+        let list = v.as_array().unwrap();
+        assert_eq!(list.len(), 1, "{v}");
+        list[0][field].as_str().unwrap().to_string()
+    };
+    // Backwards, from target keys, the awkward ones included.
+    assert_eq!(one(&json(&["t:code=A_1"]), "source_record"), "1");
+    assert_eq!(one(&json(&["t:code=50%"]), "source_record"), "2");
+    assert_eq!(one(&json(&["t:code=x\"y"]), "source_record"), "3");
+    assert_eq!(one(&json(&["t:code=A11"]), "source_record"), "5");
+    // Forwards, from source record numbers; the record the validation rejected went nowhere.
+    let forward = json(&["1"]);
+    assert_eq!(one(&forward, "target_key"), "t:code=A_1");
+    assert_eq!(forward[0]["run_id"], run_id.as_str());
+    assert!(
+        forward[0]["source"].as_str().unwrap().starts_with("csv "),
+        "{forward}"
+    );
+    assert_eq!(json(&["4"]), serde_json::json!([]));
+    // Whole keys only: a prefix or a LIKE wildcard matches nothing.
+    assert_eq!(json(&["t:code=A"]), serde_json::json!([]));
+    assert_eq!(json(&["t:code=A%"]), serde_json::json!([]));
+
+    // One run, or the runs it resumed; an unknown run is an error that names it.
+    assert_eq!(
+        one(&json(&["t:code=50%", "--run", &run_id]), "source_record"),
+        "2"
+    );
+    let (code, text) = lineage(&cfg, &["1", "--run", "20000101T000000Z-000000"]);
+    assert_ne!(code, 0, "{text}");
+    assert!(text.contains("20000101T000000Z-000000"), "{text}");
+    // The text form says what it found.
+    let (code, text) = lineage(&cfg, &["t:code=A_1"]);
+    assert_eq!(code, 0);
+    assert!(
+        text.contains("record 1") && text.contains("1 lineage pair(s)"),
+        "{text}"
+    );
 }
