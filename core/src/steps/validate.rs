@@ -21,6 +21,10 @@ struct CompiledRule {
     max: Option<Bound>,
     pattern: Option<Regex>,
     allowed: Option<HashSet<String>>,
+    /// Whether a rule reads the value's text (lengths, pattern, code list, the identifier
+    /// checks, the place code): the others never make it, which for an integer or a date
+    /// checked only for presence and type would mean formatting it for nothing.
+    reads_text: bool,
 }
 
 /// The `validate` step: checks fields against rules.
@@ -71,6 +75,14 @@ impl Validate {
                 rule: rule.clone(),
                 min: bound(&rule.min, "min")?,
                 max: bound(&rule.max, "max")?,
+                reads_text: rule.min_length.is_some()
+                    || rule.max_length.is_some()
+                    || pattern.is_some()
+                    || allowed.is_some()
+                    || rule.codice_fiscale
+                    || rule.partita_iva
+                    || rule.iban
+                    || rule.belfiore_at.is_some(),
                 pattern,
                 allowed,
             });
@@ -159,8 +171,16 @@ fn check(r: &CompiledRule, record: &Record, broken: &mut Vec<(String, String)>) 
         ));
         return;
     }
-    let text = value.text().unwrap_or_default();
-    let len = text.chars().count();
+    let text = if r.reads_text {
+        value.text().unwrap_or_default()
+    } else {
+        std::borrow::Cow::Borrowed("")
+    };
+    let len = if r.rule.min_length.is_some() || r.rule.max_length.is_some() {
+        text.chars().count()
+    } else {
+        0
+    };
     if let Some(min) = r.rule.min_length
         && len < min
     {
@@ -358,6 +378,35 @@ mod tests {
         let future = validate(rules, &[("data_nascita", day("2999-01-01"))]);
         assert!(future[0].contains("after the maximum today"), "{future:?}");
         assert!(validate(rules, &[("data_nascita", Value::Null)]).is_empty());
+    }
+
+    /// Rules on the text of a typed value read its canonical text (only those rules make
+    /// it): a five-digit postcode read as an integer, a date as `YYYY-MM-DD`.
+    #[test]
+    fn text_rules_read_the_text_of_typed_values() {
+        let rules = r#"{"cap": {"pattern": "^[0-9]{5}$", "max_length": 5}, "nato": {"min_length": 10, "max_length": 10, "pattern": "^19"}, "id": {"required": true, "type": "int"}}"#;
+        let ok = [
+            ("cap", Value::Int(16121)),
+            ("nato", day("1950-06-01")),
+            ("id", Value::Int(7)),
+        ];
+        assert!(validate(rules, &ok).is_empty());
+        let bad = [
+            ("cap", Value::Int(161210)),
+            ("nato", day("2001-06-01")),
+            ("id", Value::Int(7)),
+        ];
+        let r = validate(rules, &bad).join(" | ");
+        assert!(
+            r.contains("`cap` has 6 characters, at most 5 allowed"),
+            "{r}"
+        );
+        assert!(r.contains("`cap` does not match the pattern"), "{r}");
+        assert!(r.contains("`nato` does not match the pattern `^19`"), "{r}");
+        assert!(
+            !r.contains("`nato` has"),
+            "a date's text has 10 characters: {r}"
+        );
     }
 
     #[test]
