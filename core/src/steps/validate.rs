@@ -286,7 +286,17 @@ fn check(r: &CompiledRule, record: &Record, broken: &mut Vec<(String, String)>) 
         }
     }
     if let Some(date_field) = &r.belfiore_at {
-        let code = text.trim().to_uppercase();
+        // Uppercase for the lookup and the message; ASCII codes already in capitals (most
+        // of them) are borrowed as they are.
+        let trimmed = text.trim();
+        let code = if trimmed
+            .bytes()
+            .all(|b| b.is_ascii() && !b.is_ascii_lowercase())
+        {
+            std::borrow::Cow::Borrowed(trimmed)
+        } else {
+            std::borrow::Cow::Owned(trimmed.to_uppercase())
+        };
         match date_of(date_field.get(record)) {
             None => broken.push((
                 format!("belfiore_at.{f}"),
@@ -407,6 +417,26 @@ mod tests {
             !r.contains("`nato` has"),
             "a date's text has 10 characters: {r}"
         );
+    }
+
+    /// Place codes typed by hand (lower case, spaces) are checked as their capitals, and
+    /// named so in the message.
+    #[test]
+    fn place_codes_are_checked_in_capitals() {
+        let rules = r#"{"comune": {"belfiore_at": "nato"}}"#;
+        for code in ["D969", " d969 ", "d969"] {
+            let ok = [
+                ("comune", Value::Str(code.into())),
+                ("nato", day("1980-01-01")),
+            ];
+            assert!(validate(rules, &ok).is_empty(), "{code:?}");
+        }
+        let bad = [
+            ("comune", Value::Str(" z999 ".into())),
+            ("nato", day("1980-01-01")),
+        ];
+        let r = validate(rules, &bad).join(" | ");
+        assert!(r.contains("`comune` = Z999 is not a known"), "{r}");
     }
 
     #[test]

@@ -227,9 +227,15 @@ fn key(belfiore: &str) -> String {
 ///
 /// Input is trimmed and uppercased, since codes are often typed by hand.
 pub fn history(belfiore: &str) -> &'static [Comune] {
-    index()
-        .get(key(belfiore).as_str())
-        .map_or(&[], Vec::as_slice)
+    // Codes as stores and exports hold them (trimmed, uppercase) are looked up without a
+    // copy: this runs for every record of a load that checks birthplaces.
+    let trimmed = belfiore.trim();
+    let found = if trimmed.bytes().any(|b| b.is_ascii_lowercase()) {
+        index().get(key(trimmed).as_str())
+    } else {
+        index().get(trimmed)
+    };
+    found.map_or(&[], Vec::as_slice)
 }
 
 /// Checks whether `belfiore` (a comune, or a `Zxxx` foreign state) was in force on `date`.
