@@ -414,6 +414,20 @@ fn progress(size: Option<u64>, json: bool) -> Option<Arc<dyn Progress>> {
     Some(Arc::new(Bar(bar)))
 }
 
+impl Cli {
+    /// The connections file `--config` names. Any file but the default `snodo.yaml` must
+    /// exist; the default is read when present, else the embedded defaults apply (the
+    /// SQLite store and flow log).
+    fn connections(&self) -> Result<ConnectionsFile, Error> {
+        ConnectionsFile::load(&self.config, self.config != Path::new("snodo.yaml"))
+    }
+
+    /// The flow log the connections file names.
+    async fn flow_log(&self) -> Result<FlowLog, Error> {
+        open_log(&self.connections()?).await
+    }
+}
+
 async fn open_log(conns: &ConnectionsFile) -> Result<FlowLog, Error> {
     let cfg = conns.flow_log_connection().map_err(Error::Other)?;
     FlowLog::open(Db::connect(&cfg, 2).await?).await
@@ -483,7 +497,7 @@ async fn cmd_run(
     trigger: &str,
     vars: &[(String, String)],
 ) -> Result<i32, Error> {
-    let conns = ConnectionsFile::load(&cli.config, cli.config != Path::new("snodo.yaml"))?;
+    let conns = cli.connections()?;
     let (mut p, _) = snodo_connectors::load(pipeline, &conns)?;
     for (name, value) in vars {
         p.vars.insert(name.clone(), value.clone());
@@ -515,7 +529,7 @@ async fn cmd_run(
 }
 
 fn cmd_lint(cli: &Cli, files: &[PathBuf], json: bool) -> Result<i32, Error> {
-    let conns = match ConnectionsFile::load(&cli.config, cli.config != Path::new("snodo.yaml")) {
+    let conns = match cli.connections() {
         Ok(c) => c,
         Err(Error::Config { file, problems }) => {
             for p in &problems {
@@ -583,8 +597,7 @@ async fn cmd_runs(
     limit: u32,
     json: bool,
 ) -> Result<i32, Error> {
-    let conns = ConnectionsFile::load(&cli.config, cli.config != Path::new("snodo.yaml"))?;
-    let log = open_log(&conns).await?;
+    let log = cli.flow_log().await?;
     match show {
         None => {
             let runs = log.runs(limit).await?;
@@ -698,8 +711,7 @@ async fn cmd_runs(
 }
 
 async fn cmd_rejects(cli: &Cli, run_id: &str, json: bool) -> Result<i32, Error> {
-    let conns = ConnectionsFile::load(&cli.config, cli.config != Path::new("snodo.yaml"))?;
-    let log = open_log(&conns).await?;
+    let log = cli.flow_log().await?;
     let rejects = log.rejects(run_id).await?;
     if json {
         println!(
@@ -729,8 +741,7 @@ struct LineageMatch {
 }
 
 async fn cmd_lineage(cli: &Cli, key: &str, run: Option<&str>, json: bool) -> Result<i32, Error> {
-    let conns = ConnectionsFile::load(&cli.config, cli.config != Path::new("snodo.yaml"))?;
-    let log = open_log(&conns).await?;
+    let log = cli.flow_log().await?;
     let mut found = Vec::new();
     log.for_each_lineage(key, run, |e, l, from, to| {
         found.push(LineageMatch {
@@ -768,8 +779,7 @@ async fn cmd_lineage(cli: &Cli, key: &str, run: Option<&str>, json: bool) -> Res
 }
 
 async fn cmd_verify(cli: &Cli, expect_head: &Option<String>, json: bool) -> Result<i32, Error> {
-    let conns = ConnectionsFile::load(&cli.config, cli.config != Path::new("snodo.yaml"))?;
-    let log = open_log(&conns).await?;
+    let log = cli.flow_log().await?;
     let mut v = log.verify().await?;
     if let Some(h) = expect_head
         && !v.head_hash.eq_ignore_ascii_case(h)
@@ -832,7 +842,7 @@ fn load_definitions(
     cli: &Cli,
     files: &[PathBuf],
 ) -> Result<(ConnectionsFile, Vec<snodo_migrator::Definition>), Error> {
-    let conns = ConnectionsFile::load(&cli.config, cli.config != Path::new("snodo.yaml"))?;
+    let conns = cli.connections()?;
     let defs = snodo_migrator::load_all(files, &conns)?;
     Ok((conns, defs))
 }
@@ -969,7 +979,7 @@ async fn cmd_store(cli: &Cli, command: &StoreCommand) -> Result<i32, Error> {
             Ok(0)
         }
         StoreCommand::Migrate { connection, json } => {
-            let conns = ConnectionsFile::load(&cli.config, cli.config != Path::new("snodo.yaml"))?;
+            let conns = cli.connections()?;
             let cfg = conns.get(connection).map_err(Error::Other)?;
             let db = Db::connect(cfg, 1).await?;
             let r = snodo_store::migrate(&db).await?;
@@ -1027,7 +1037,7 @@ async fn dispatch(cli: &Cli) -> Result<i32, Error> {
 }
 
 async fn cmd_serve(cli: &Cli, listen: Option<&str>) -> Result<i32, Error> {
-    let conns = ConnectionsFile::load(&cli.config, cli.config != Path::new("snodo.yaml"))?;
+    let conns = cli.connections()?;
     let log = Arc::new(open_log(&conns).await?);
     let (waas, prefix) = snodo_connectors::inps::waas::from_config(&conns, log).await?;
     let addr = listen
