@@ -48,6 +48,26 @@ pub fn redact_cow(text: &str) -> Cow<'_, str> {
     out
 }
 
+/// The ends of registered secrets whose beginning `text` ends with: a text that starts
+/// with one of them would complete a secret if written after `text`. Why: the flow log
+/// writes a prefix shared by many keys once and the keys' rest after it, each redacted on
+/// its own; a secret split across the two would escape [`redact`], so a writer checks the
+/// rests against these ends (almost always none) instead of redacting every joined key.
+pub fn ends_completing(text: &str) -> Vec<String> {
+    let Ok(r) = registry().lock() else {
+        return Vec::new();
+    };
+    let mut ends = Vec::new();
+    for s in r.iter() {
+        for (k, _) in s.char_indices().skip(1) {
+            if text.ends_with(&s[..k]) {
+                ends.push(s[k..].to_string());
+            }
+        }
+    }
+    ends
+}
+
 /// A reference to a secret as written in a configuration file.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(transparent)]
