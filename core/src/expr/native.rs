@@ -92,6 +92,19 @@ const FUNCTIONS: [(&str, usize, Function); 17] = [
     ),
 ];
 
+// `Node::eval` evaluates a call's arguments into two slots: a function of more would step
+// aside to Rhai at every record, so refuse to compile instead.
+const _: () = {
+    let mut i = 0;
+    while i < FUNCTIONS.len() {
+        assert!(
+            FUNCTIONS[i].1 <= 2,
+            "a native function takes at most two arguments"
+        );
+        i += 1;
+    }
+};
+
 #[derive(Clone, Copy, Debug)]
 enum Comparison {
     Eq,
@@ -298,9 +311,14 @@ impl Node {
                 Cow::Owned(from_dynamic(f(to_dynamic(&v)).ok()?))
             }
             Node::Call(f, args) => {
-                let args: Vec<Cow<Value>> =
-                    args.iter().map(|a| a.eval(values)).collect::<Option<_>>()?;
-                Cow::Owned(call(*f, &args)?)
+                // The functions take at most two arguments (`FUNCTIONS`): evaluated in place,
+                // not into a vector allocated per call (the age band calls `age_at` twice
+                // per record).
+                let mut evaluated = [Cow::Borrowed(&NULL), Cow::Borrowed(&NULL)];
+                for (slot, a) in evaluated.iter_mut().zip(args) {
+                    *slot = a.eval(values)?;
+                }
+                Cow::Owned(call(*f, evaluated.get(..args.len())?)?)
             }
             Node::Compare(op, a, b) => {
                 let (a, b) = (a.eval(values)?, b.eval(values)?);

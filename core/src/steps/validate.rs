@@ -119,10 +119,10 @@ impl Bound {
     }
 
     /// Compares `value` with the bound: `None` when they are not comparable.
-    fn cmp(&self, value: &Value) -> Option<std::cmp::Ordering> {
+    fn cmp(&self, value: &Value, today: NaiveDate) -> Option<std::cmp::Ordering> {
         match self {
             Bound::Date(d) => date_of(Some(value)).map(|v| v.cmp(d)),
-            Bound::Today => date_of(Some(value)).map(|v| v.cmp(&chrono::Local::now().date_naive())),
+            Bound::Today => date_of(Some(value)).map(|v| v.cmp(&today)),
             Bound::Number(n) => match value {
                 Value::Int(i) => Some(rust_decimal::Decimal::from(*i).cmp(n)),
                 Value::Decimal(d) => Some(d.cmp(n)),
@@ -150,7 +150,10 @@ fn date_of(v: Option<&Value>) -> Option<NaiveDate> {
 }
 
 /// Checks one field; returns `(code, message)` for every broken rule.
-fn check(r: &CompiledRule, record: &Record, broken: &mut Vec<(String, String)>) {
+/// `today` is the day the batch is checked: read once per batch, because the local clock
+/// and time zone cost more than most rules (1-2 % of the CSV benchmark's CPU when read for
+/// every record's codice fiscale).
+fn check(r: &CompiledRule, record: &Record, broken: &mut Vec<(String, String)>, today: NaiveDate) {
     let f = r.field.name();
     let value = r.field.get(record).unwrap_or(&Value::Null);
     if value.is_missing() {
@@ -217,7 +220,7 @@ fn check(r: &CompiledRule, record: &Record, broken: &mut Vec<(String, String)>) 
         ));
     }
     if r.rule.codice_fiscale
-        && let Err(e) = codice_fiscale::validate_any(&text)
+        && let Err(e) = codice_fiscale::validate_any_at(&text, today)
     {
         broken.push((
             format!("codice_fiscale.{f}"),
@@ -242,7 +245,7 @@ fn check(r: &CompiledRule, record: &Record, broken: &mut Vec<(String, String)>) 
     }
     for (bound, low) in [(&r.min, true), (&r.max, false)] {
         let Some(b) = bound else { continue };
-        match b.cmp(value) {
+        match b.cmp(value, today) {
             None => broken.push((
                 format!("range.{f}"),
                 format!(
@@ -331,10 +334,11 @@ impl Step for Validate {
     fn apply(&mut self, records: Vec<Record>, batch: &mut Batch) -> Vec<Record> {
         let mut out = Vec::with_capacity(records.len());
         let mut broken = Vec::new();
+        let today = chrono::Local::now().date_naive();
         for rec in records {
             broken.clear();
             for r in &self.rules {
-                check(r, &rec, &mut broken);
+                check(r, &rec, &mut broken, today);
             }
             if broken.is_empty() {
                 out.push(rec);
