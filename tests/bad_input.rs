@@ -111,6 +111,24 @@ fn a_windows_1252_file_read_as_utf8_is_rejected_with_a_hint() {
             .unwrap()
             .contains("NICOLÒ")
     );
+
+    // A UTF-8 character cut in two by the delimiter: the row's bytes without delimiters
+    // are valid UTF-8, each field alone is not; the field is rejected by name.
+    let mut bytes = HEADER.as_bytes().to_vec();
+    bytes.extend_from_slice(b"1;NICOL\xc3;\x921,00;01/01/2000\n2;ROSSI;2,00;01/01/2000\n");
+    std::fs::write(&csv, bytes).unwrap();
+    let p = pipeline(dir.path(), &csv, "", "{ reject_limit: 1 }");
+    let (code, s) = run_pipeline(&cfg, &p);
+    assert_eq!(code, 0, "{s}");
+    assert_eq!(s["written"], 1);
+    let r = rejects_of(&cfg, s["run_id"].as_str().unwrap());
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0]["code"], "encoding");
+    assert!(
+        r[0]["reason"].as_str().unwrap().contains("`cognome`"),
+        "{}",
+        r[0]["reason"]
+    );
 }
 
 #[test]

@@ -48,6 +48,19 @@ impl Encoding {
         }
     }
 
+    /// The bytes as they are, when they are already text in this encoding's reading:
+    /// ASCII, or valid UTF-8 in a UTF-8 file. `None` when they need decoding (or are not
+    /// valid UTF-8), which [`Encoding::decode`] then does or reports.
+    pub fn as_text<'a>(&self, bytes: &'a [u8]) -> Option<&'a str> {
+        match self {
+            Encoding::Utf8 => std::str::from_utf8(bytes).ok(),
+            Encoding::Windows1252 | Encoding::Iso88591 if bytes.is_ascii() => {
+                std::str::from_utf8(bytes).ok()
+            }
+            Encoding::Windows1252 | Encoding::Iso88591 => None,
+        }
+    }
+
     /// Encodes text; `Err(char)` names the first character the encoding cannot represent.
     pub fn encode(&self, text: &str, out: &mut Vec<u8>) -> Result<(), char> {
         match self {
