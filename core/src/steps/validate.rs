@@ -209,7 +209,7 @@ fn check(r: &CompiledRule, record: &Record, broken: &mut Vec<(String, String)>, 
         ));
     }
     if let Some(allowed) = &r.allowed
-        && !allowed.contains(text.trim())
+        && !allowed.contains(crate::value::trim(&text))
     {
         broken.push((
             format!("code_list.{f}"),
@@ -291,7 +291,7 @@ fn check(r: &CompiledRule, record: &Record, broken: &mut Vec<(String, String)>, 
     if let Some(date_field) = &r.belfiore_at {
         // Uppercase for the lookup and the message; ASCII codes already in capitals (most
         // of them) are borrowed as they are.
-        let trimmed = text.trim();
+        let trimmed = crate::value::trim(&text);
         let code = if trimmed
             .bytes()
             .all(|b| b.is_ascii() && !b.is_ascii_lowercase())

@@ -156,8 +156,16 @@ const OMOCODIA_SLOTS: [usize; 7] = [6, 7, 9, 10, 12, 13, 14];
 ///
 /// ASCII-only uppercasing keeps character positions identical to the trimmed input, so error
 /// positions point at what the user typed; non-ASCII letters are invalid anyway.
-pub fn normalize(cf: &str) -> String {
-    cf.trim().to_ascii_uppercase()
+///
+/// A code already trimmed and in capitals (what stores and exports hold) is borrowed: this
+/// runs for every record of a load that checks codici fiscali.
+pub fn normalize(cf: &str) -> std::borrow::Cow<'_, str> {
+    let cf = crate::value::trim(cf);
+    if cf.bytes().any(|b| b.is_ascii_lowercase()) {
+        std::borrow::Cow::Owned(cf.to_ascii_uppercase())
+    } else {
+        std::borrow::Cow::Borrowed(cf)
+    }
 }
 
 /// Check letter over `chars` with the codice fiscale odd/even tables (odd 1-based positions use
@@ -475,6 +483,8 @@ mod tests {
     #[test]
     fn normalises_case_and_surrounding_spaces() {
         assert_eq!(normalize("  bncmra80a01d548t \n"), "BNCMRA80A01D548T");
+        assert_eq!(normalize(" BNCMRA80A01D548T"), "BNCMRA80A01D548T");
+        assert_eq!(normalize("BNCmRA80A01D548T"), "BNCMRA80A01D548T");
         assert!(validate_at("  bncmra80a01d548t ", TODAY()).is_ok());
     }
 

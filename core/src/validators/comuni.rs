@@ -229,7 +229,7 @@ fn key(belfiore: &str) -> String {
 pub fn history(belfiore: &str) -> &'static [Comune] {
     // Codes as stores and exports hold them (trimmed, uppercase) are looked up without a
     // copy: this runs for every record of a load that checks birthplaces.
-    let trimmed = belfiore.trim();
+    let trimmed = crate::value::trim(belfiore);
     let found = if trimmed.bytes().any(|b| b.is_ascii_lowercase()) {
         index().get(key(trimmed).as_str())
     } else {
