@@ -253,8 +253,18 @@ impl SqlSink {
             }
             out.push_str(k);
             out.push('=');
-            if let Some(v) = r.get(k).and_then(Value::to_text) {
-                out.push_str(&v);
+            match r.get(k) {
+                // Integer keys (most of them) written in place, not through a string each.
+                Some(Value::Int(i)) => {
+                    use std::fmt::Write;
+                    let _ = write!(out, "{i}"); // writing into a String cannot fail
+                }
+                Some(v) => {
+                    if let Some(text) = v.to_text() {
+                        out.push_str(&text);
+                    }
+                }
+                None => {}
             }
         }
         out

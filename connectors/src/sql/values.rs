@@ -231,9 +231,9 @@ pub fn copy_text(v: &Value, out: &mut Vec<u8>) {
             // memchr's setup cost per call was 4 % of a CSV load's CPU. Long ones (notes)
             // go to memchr, several bytes at a time.
             let special = if bytes.len() < 32 {
-                bytes
-                    .iter()
-                    .any(|&b| b == b'\\' || b == b'\t' || b == b'\n' || b == b'\r')
+                // One comparison for the three control characters (and the other controls
+                // below `\r`, which then take the careful path and come out unchanged).
+                bytes.iter().any(|&b| b <= b'\r' || b == b'\\')
             } else {
                 memchr::memchr3(b'\\', b'\t', b'\n', bytes).is_some()
                     || memchr::memchr(b'\r', bytes).is_some()
