@@ -103,6 +103,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn text_as_it_is_only_when_no_decoding_is_needed() {
+        // `C3 A8` is `è` in UTF-8 but `Ã¨` in the single-byte encodings: never taken as is.
+        let bytes = b"PERCH\xc3\xa8";
+        assert_eq!(Encoding::Utf8.as_text(bytes), Some("PERCHè"));
+        for e in [Encoding::Windows1252, Encoding::Iso88591] {
+            assert_eq!(e.as_text(bytes), None);
+            assert_eq!(e.decode(bytes).unwrap(), "PERCHÃ¨");
+            assert_eq!(e.as_text(b"ROSSI;1"), Some("ROSSI;1"));
+        }
+        assert_eq!(Encoding::Utf8.as_text(b"NICOL\xd2"), None);
+    }
+
+    #[test]
     fn windows_1252_specials_round_trip() {
         let bytes = [0x80u8, b' ', 0x92, b' ', 0xE0, 0xE8];
         let s = Encoding::Windows1252.decode(&bytes).unwrap();

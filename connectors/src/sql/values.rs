@@ -303,6 +303,10 @@ mod tests {
         copy_text(&Value::Str("ROSSI MARIA".into()), &mut out);
         copy_text(&Value::Str("x\r".into()), &mut out);
         assert_eq!(out, b"ROSSI MARIAx\\r", "unescaped text is copied whole");
+        // Other control characters take the careful path and come out as they are.
+        out.clear();
+        copy_text(&Value::Str("a\u{1}b\u{b}c\u{c}".into()), &mut out);
+        assert_eq!(out, b"a\x01b\x0bc\x0c");
         // Short and long texts take different checks; each escape is found in both.
         for special in ["\\", "\t", "\n", "\r"] {
             for len in [1, 31, 32, 200] {

@@ -260,6 +260,45 @@ mod tests {
     use crate::record::SourcePosition;
     use chrono::NaiveDate;
 
+    /// A step whose expressions are all native fills each record with its own values,
+    /// also after a record for which one of them stepped aside half way (a text function
+    /// on a list) and Rhai took over.
+    #[test]
+    fn an_all_native_step_keeps_no_value_from_the_record_before() {
+        let fields: IndexMap<String, String> = [("a", "upper(x)"), ("b", "upper(y)")]
+            .into_iter()
+            .map(|(f, e)| (f.to_string(), e.to_string()))
+            .collect();
+        let ctx = StepContext::new(Arc::new(ExprEngine::new()), vec![]);
+        let mut map = Map::new("steps[0].map".into(), &fields, ctx).unwrap();
+        let schema = Schema::new(vec!["x".into(), "y".into()]);
+        let record = |x: Value, y: Value| Record {
+            schema: schema.clone(),
+            values: vec![x, y],
+            position: SourcePosition::default(),
+        };
+        let batch_in = vec![
+            record(Value::Str("ab".into()), Value::List(vec![Value::Int(1)])),
+            record(Value::Str("cd".into()), Value::Str("ef".into())),
+            record(Value::Str("gh".into()), Value::Str("ij".into())),
+        ];
+        let mut batch = Batch::default();
+        let out = map.apply(batch_in, &mut batch);
+        let last_two: Vec<(String, String)> = out
+            .iter()
+            .rev()
+            .take(2)
+            .map(|r| {
+                let text = |f: &str| r.get(f).and_then(Value::to_text).unwrap_or_default();
+                (text("a"), text("b"))
+            })
+            .collect();
+        assert_eq!(
+            last_two,
+            [("GH".into(), "IJ".into()), ("CD".into(), "EF".into())]
+        );
+    }
+
     /// A step whose expressions are partly native and partly Rhai's gives exactly what Rhai
     /// gives, on every kind of value, each expression alone and all in one record, and a
     /// record Rhai fails on is still rejected. (`expr::native`'s own test compares the
