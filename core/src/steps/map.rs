@@ -206,11 +206,7 @@ impl Step for Map {
                         .is_some()
                 });
                 if all {
-                    rec.values.resize(layout.output.len(), Value::Null);
-                    for (i, v) in layout.positions.iter().zip(self.scratch.drain(..)) {
-                        rec.values[*i] = v;
-                    }
-                    rec.schema = layout.output.clone();
+                    fill(&mut rec, &layout, self.scratch.drain(..));
                     out.push(rec);
                     continue;
                 }
@@ -242,15 +238,21 @@ impl Step for Map {
                 ));
                 continue;
             };
-            rec.values.resize(layout.output.len(), Value::Null);
-            for (i, v) in layout.positions.iter().zip(results) {
-                rec.values[*i] = v;
-            }
-            rec.schema = layout.output.clone();
+            fill(&mut rec, &layout, results);
             out.push(rec);
         }
         out
     }
+}
+
+/// Puts one value per target into the record at the layout's positions and gives it the
+/// output schema.
+fn fill(rec: &mut Record, layout: &Layout, values: impl IntoIterator<Item = Value>) {
+    rec.values.resize(layout.output.len(), Value::Null);
+    for (i, v) in layout.positions.iter().zip(values) {
+        rec.values[*i] = v;
+    }
+    rec.schema = layout.output.clone();
 }
 
 #[cfg(test)]
