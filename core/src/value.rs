@@ -357,6 +357,18 @@ pub fn trim(text: &str) -> &str {
     }
 }
 
+/// [`trim`] and ASCII capitals, borrowing the text when it already is both: codes (a
+/// codice fiscale, a Belfiore code) arrive that way from stores and exports, and are
+/// looked up for every record.
+pub fn trim_ascii_upper(text: &str) -> std::borrow::Cow<'_, str> {
+    let t = trim(text);
+    if t.bytes().any(|b| b.is_ascii_lowercase()) {
+        std::borrow::Cow::Owned(t.to_ascii_uppercase())
+    } else {
+        std::borrow::Cow::Borrowed(t)
+    }
+}
+
 /// Parses a decimal number written in `style`. Thousands separators are accepted only in
 /// well-formed groups of three, so `12.34,5` or `1,2,3` are errors rather than guesses.
 pub fn parse_decimal(text: &str, style: DecimalStyle) -> Result<Decimal, String> {

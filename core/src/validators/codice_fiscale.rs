@@ -160,12 +160,7 @@ const OMOCODIA_SLOTS: [usize; 7] = [6, 7, 9, 10, 12, 13, 14];
 /// A code already trimmed and in capitals (what stores and exports hold) is borrowed: this
 /// runs for every record of a load that checks codici fiscali.
 pub fn normalize(cf: &str) -> std::borrow::Cow<'_, str> {
-    let cf = crate::value::trim(cf);
-    if cf.bytes().any(|b| b.is_ascii_lowercase()) {
-        std::borrow::Cow::Owned(cf.to_ascii_uppercase())
-    } else {
-        std::borrow::Cow::Borrowed(cf)
-    }
+    crate::value::trim_ascii_upper(cf)
 }
 
 /// Check letter over `chars` with the codice fiscale odd/even tables (odd 1-based positions use

@@ -219,23 +219,15 @@ fn parse_stati_esteri(text: &str) -> Vec<Comune> {
         .collect()
 }
 
-fn key(belfiore: &str) -> String {
-    belfiore.trim().to_ascii_uppercase()
-}
-
 /// All known validity periods of a Belfiore code, oldest first; empty if the code is unknown.
 ///
 /// Input is trimmed and uppercased, since codes are often typed by hand.
 pub fn history(belfiore: &str) -> &'static [Comune] {
     // Codes as stores and exports hold them (trimmed, uppercase) are looked up without a
     // copy: this runs for every record of a load that checks birthplaces.
-    let trimmed = crate::value::trim(belfiore);
-    let found = if trimmed.bytes().any(|b| b.is_ascii_lowercase()) {
-        index().get(key(trimmed).as_str())
-    } else {
-        index().get(trimmed)
-    };
-    found.map_or(&[], Vec::as_slice)
+    index()
+        .get(crate::value::trim_ascii_upper(belfiore).as_ref())
+        .map_or(&[], Vec::as_slice)
 }
 
 /// Checks whether `belfiore` (a comune, or a `Zxxx` foreign state) was in force on `date`.
