@@ -116,12 +116,13 @@ fn csv_input() -> std::path::PathBuf {
 
 /// The example CSV pipeline into PostgreSQL (connection `pg`), named `{prefix}-{variant}`
 /// and writing the table `assistito_{variant}`, so that a reference run and an interrupted
-/// one do not share state.
+/// one do not share state; `commit_rows` for its sink (0: one transaction per batch).
 fn csv_to_postgres_pipeline(
     dir: &std::path::Path,
     prefix: &str,
     variant: &str,
     input: &std::path::Path,
+    commit_rows: u64,
 ) -> std::path::PathBuf {
     let p = example_pipeline(
         dir,
@@ -132,7 +133,15 @@ fn csv_to_postgres_pipeline(
     );
     let text = std::fs::read_to_string(&p)
         .unwrap()
-        .replace("table: assistito", &format!("table: assistito_{variant}"));
+        .replace("table: assistito", &format!("table: assistito_{variant}"))
+        .replace(
+            "create_table: true",
+            &format!("create_table: true\n    commit_rows: {commit_rows}"),
+        );
+    assert!(
+        text.contains("commit_rows"),
+        "the example's sink has create_table"
+    );
     std::fs::write(&p, text).unwrap();
     p
 }
@@ -167,7 +176,9 @@ fn sigkill_during_csv_to_postgres_loses_and_duplicates_nothing() {
     unsafe { std::env::set_var("SNODO_TEST_PG_PASSWORD", "test-only-password") };
     let input = csv_input();
     let make = |dir: &std::path::Path, variant: &str| {
-        csv_to_postgres_pipeline(dir, "crash-pg", variant, &input)
+        // Three batches of 2000 per transaction, in the binary COPY format: the bulk-load
+        // path, whose batches wait in the sink before they go to PostgreSQL.
+        csv_to_postgres_pipeline(dir, "crash-pg", variant, &input, 6000)
     };
     let db = PgDb {
         port: pg_cluster().port,
@@ -236,7 +247,7 @@ fn postgresql_crashing_during_a_load_loses_and_duplicates_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = connections(dir.path(), Some(&pg));
     let make =
-        |variant: &str| csv_to_postgres_pipeline(dir.path(), "server-crash", variant, &input);
+        |variant: &str| csv_to_postgres_pipeline(dir.path(), "server-crash", variant, &input, 0);
     let state = |variant: &str| table_state(&pg, variant);
 
     let reference = make("reference");

@@ -19,8 +19,9 @@ use tokio::task::JoinHandle;
 
 use crate::error::{Error, Result};
 
-/// Batches handed over and not yet committed. Two keep the database busy while the sink
-/// loop logs the next one; more would only hold memory.
+/// Batches handed over and not yet committed, by default. Two keep the database busy while
+/// the sink loop logs the next one; a sink whose jobs are small beside the records they
+/// were made from may queue more ([`Committer::with_queue`]).
 pub const QUEUED: usize = 2;
 
 /// What commits a sink's batches: owns the session, file or state the commits need.
@@ -59,7 +60,12 @@ pub struct Committer<C: Commit> {
 impl<C: Commit> Committer<C> {
     /// Starts the task; `name` says what it is in messages.
     pub fn start(commit: C, name: &'static str) -> Self {
-        let (to_task, from_sink) = mpsc::channel(QUEUED);
+        Self::with_queue(commit, name, QUEUED)
+    }
+
+    /// Starts the task with room for `queued` jobs handed over and not yet committed.
+    pub fn with_queue(commit: C, name: &'static str, queued: usize) -> Self {
+        let (to_task, from_sink) = mpsc::channel(queued.max(1));
         let failure = Arc::new(Mutex::new(None));
         let committed = Arc::new(AtomicU64::new(0));
         let task = tokio::spawn(run(commit, from_sink, failure.clone(), committed.clone()));
@@ -73,8 +79,7 @@ impl<C: Commit> Committer<C> {
         }
     }
 
-    /// Hands a batch of `records` records over. Waits only while [`QUEUED`] batches are
-    /// already waiting; fails with the error of an earlier batch, if one failed.
+    /// Hands a batch of `records` records over. Waits only while the queue is full; fails with the error of an earlier batch, if one failed.
     pub async fn commit(&mut self, job: C::Job, records: u64) -> Result<()> {
         if let Some(e) = self.take_failure() {
             return Err(e);

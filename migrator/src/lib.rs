@@ -230,6 +230,7 @@ pub fn table_pipeline(d: &Definition, t: &definition::TableMapping) -> Result<Pi
             key: vec!["ente".into(), "source_system".into(), "source_key".into()],
             create_table: false,
             types: Default::default(),
+            commit_rows: 0,
         }),
         on_error: d.file.on_error.clone(),
         personal: d.file.personal.clone(),

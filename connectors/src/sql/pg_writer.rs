@@ -31,8 +31,22 @@ use snodo_core::record::Schema;
 use sqlx::Postgres;
 use sqlx::pool::PoolConnection;
 
-/// The `COPY` text of a batch's records, in runs of records with one schema.
-pub(super) type CopyGroups = Vec<(Arc<Schema>, Vec<u8>)>;
+use super::values;
+
+/// A run of a batch's records with one schema, encoded for `COPY`.
+pub(super) struct CopyGroup {
+    /// The records' fields: the `COPY`'s columns.
+    pub schema: Arc<Schema>,
+    /// `data` is in the binary format (its tuples: the writer adds the stream's header and
+    /// trailer), not in the text one.
+    pub binary: bool,
+    /// The rows, in one part per batch: the batches a job carries go into one `COPY`
+    /// without being copied into one buffer first.
+    pub data: Vec<Vec<u8>>,
+}
+
+/// The `COPY` data of a batch's records, in runs of records with one schema.
+pub(super) type CopyGroups = Vec<CopyGroup>;
 
 /// What the sink knows of its target, for the writer.
 pub(super) struct Target {
@@ -50,6 +64,15 @@ pub(super) struct Job {
     pub close: String,
 }
 
+/// Jobs waiting for the writer. A job is encoded rows only (about 1.5 MB for the 8000
+/// records of the CSV benchmark, whose records take about ten times that in memory), so
+/// the sink can run this far ahead of PostgreSQL: when the server falls behind for a
+/// moment (it shares the cores with the step workers), the workers keep going instead of
+/// waiting for it, and the cores stay busy. Two jobs of 4000 records (the default queue)
+/// against six: 1M rows of the CSV benchmark in 3.45 s against 3.25 s (medians of four
+/// alternating pairs, docs/benchmarks.md).
+const QUEUED: usize = 3;
+
 /// The sink's handle on its writer task.
 pub(super) type PgWriter = Committer<Task>;
 
@@ -64,7 +87,7 @@ pub(super) fn start(conn: PoolConnection<Postgres>, target: Target) -> PgWriter 
         staging: false,
         unsynced: false,
     };
-    Committer::start(task, "the PostgreSQL writer")
+    Committer::with_queue(task, "the PostgreSQL writer", QUEUED)
 }
 
 /// How a batch is written.
@@ -124,7 +147,12 @@ impl Commit for Task {
 
 impl Task {
     async fn write(&mut self, job: &Job) -> Result<()> {
-        if self.mode == Mode::Unknown && job.groups.iter().any(|(_, d)| !d.is_empty()) {
+        if self.mode == Mode::Unknown
+            && job
+                .groups
+                .iter()
+                .any(|g| g.data.iter().any(|d| !d.is_empty()))
+        {
             self.mode = if self.has_unique_key_index().await? {
                 Mode::Direct
             } else {
@@ -237,16 +265,17 @@ async fn write_groups(
         .execute(&mut *conn)
         .await?;
     let several = groups.len() > 1;
-    for (schema, data) in groups {
-        let names = schema.names();
+    for group in groups {
+        let names = group.schema.names();
+        let format = if group.binary { "binary" } else { "text" };
         let col_list = names
             .iter()
             .map(|n| quote_ident(n))
             .collect::<Vec<_>>()
             .join(", ");
         if direct {
-            let copy = format!("COPY {target} ({col_list}) FROM STDIN (FORMAT text)");
-            copy_in(conn, &copy, data).await?;
+            let copy = format!("COPY {target} ({col_list}) FROM STDIN (FORMAT {format})");
+            copy_in(conn, &copy, &group.data, group.binary).await?;
             continue;
         }
         if several {
@@ -254,8 +283,8 @@ async fn write_groups(
                 .execute(&mut *conn)
                 .await?;
         }
-        let copy = format!("COPY snodo_staging ({col_list}) FROM STDIN (FORMAT text)");
-        copy_in(conn, &copy, data).await?;
+        let copy = format!("COPY snodo_staging ({col_list}) FROM STDIN (FORMAT {format})");
+        copy_in(conn, &copy, &group.data, group.binary).await?;
         let keys = key
             .iter()
             .map(|k| quote_ident(k))
@@ -275,14 +304,25 @@ async fn write_groups(
     Ok(())
 }
 
-/// Sends `data` (COPY text format) with the `COPY … FROM STDIN` statement `copy`.
+/// Sends `data` (in the statement's format, in parts) with the `COPY … FROM STDIN`
+/// statement `copy`; binary tuples between the format's header and trailer.
 async fn copy_in(
     conn: &mut sqlx::PgConnection,
     copy: &str,
-    data: &[u8],
+    data: &[Vec<u8>],
+    binary: bool,
 ) -> std::result::Result<(), sqlx::Error> {
     let mut c = conn.copy_in_raw(copy).await?;
-    for chunk in data.chunks(1 << 20) {
+    let (header, trailer): (&[u8], &[u8]) = if binary {
+        (values::COPY_BINARY_HEADER, values::COPY_BINARY_TRAILER)
+    } else {
+        (&[], &[])
+    };
+    let chunks = std::iter::once(header)
+        .chain(data.iter().flat_map(|part| part.chunks(1 << 20)))
+        .chain(std::iter::once(trailer))
+        .filter(|c| !c.is_empty());
+    for chunk in chunks {
         if let Err(e) = c.send(chunk).await {
             // The server may refuse while the data is still being sent; ending the COPY
             // leaves the connection usable for the rollback.

@@ -1,5 +1,5 @@
-use std::collections::VecDeque;
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, OnceLock};
 
 use futures::future::BoxFuture;
 use snodo_core::component::{Artifact, Prepare, Prepared, SavedCheckpoint, Sink};
@@ -11,8 +11,8 @@ use snodo_core::value::{Value, ValueType};
 use sqlx::Row;
 
 use super::config::SqlSinkConfig;
-use super::pg_writer::{self, CopyGroups, Job, PgWriter, Target, pg_literal};
-use super::values;
+use super::pg_writer::{self, CopyGroup, CopyGroups, Job, PgWriter, Target, pg_literal};
+use super::values::{self, BinaryType};
 
 pub(crate) const CHECKPOINT_DDL: &str = "CREATE TABLE IF NOT EXISTS _snodo_checkpoint (
     pipeline TEXT PRIMARY KEY,
@@ -44,19 +44,82 @@ pub struct SqlSink {
     table_columns: Option<Vec<String>>,
     /// PostgreSQL: the task that commits the batches, started at the first write.
     writer: Option<PgWriter>,
-    /// PostgreSQL: `COPY` text the step workers encoded ([`CopyText`]), for the batches
+    /// PostgreSQL: `COPY` data the step workers encoded ([`CopyEncoder`]), for the batches
     /// checked but not yet written, oldest first.
     encoded: VecDeque<Encoded>,
+    /// PostgreSQL: the target's column types, once the table is known (shared with the
+    /// step workers' encoder).
+    column_types: Arc<OnceLock<ColumnTypes>>,
+    /// PostgreSQL: batches accepted but not yet handed to the writer, which are committed
+    /// together once they hold [`COPY_ROWS`] records (see there).
+    held: Held,
 }
 
-/// Encodes a batch's records as `COPY` text on the step workers, so that the sink's
-/// single task only sends it: encoding was a sixth of the sink's time in the CSV
-/// benchmark, spent while PostgreSQL waited for the data.
-struct CopyText;
+/// The fewest records a `COPY` carries for the sink to send it in the binary format.
+///
+/// Why: PostgreSQL 15 pays at the start of each binary `COPY` for up to 1000 tuple slots
+/// (each pinning the table's descriptor in the transaction's resource owner; a text `COPY`
+/// of such rows makes about 400), so binary `COPY`s of 2000 rows cost it more CPU than
+/// text ones, and from about 5000 rows on less. 1M rows of the CSV benchmark by `psql`:
+/// 2.17-2.24 s of the server's CPU in binary transactions of 8000 rows, against
+/// 2.35-2.45 s in text ones of 8000 and 2.36-2.49 s of 4000 (docs/benchmarks.md).
+const BINARY_MIN_ROWS: u64 = 5000;
 
-impl Prepare for CopyText {
+/// Encoded batches waiting for the writer (`commit_rows`), with the checkpoint of the last
+/// one. A batch waiting here is already in the flow log, as one handed to the writer is: a
+/// run stopped meanwhile reads it again from the last committed checkpoint.
+#[derive(Default)]
+struct Held {
+    groups: CopyGroups,
+    records: u64,
+    /// The last batch's checkpoint + `COMMIT` (see [`SqlSink::write_pg`]).
+    close: Option<String>,
+}
+
+impl Held {
+    /// Adds a batch's groups: a group of the same schema and format as the last one held
+    /// joins it (its rows go into the same `COPY`).
+    fn add(&mut self, groups: CopyGroups, records: u64, close: String) {
+        for g in groups {
+            match self.groups.last_mut() {
+                Some(last) if Arc::ptr_eq(&last.schema, &g.schema) && last.binary == g.binary => {
+                    last.data.extend(g.data);
+                }
+                _ => self.groups.push(g),
+            }
+        }
+        self.records += records;
+        self.close = Some(close);
+    }
+}
+
+/// The target's columns whose type has a binary `COPY` form ([`BinaryType`]).
+type ColumnTypes = HashMap<String, BinaryType>;
+
+/// Encodes a batch's records for `COPY` on the step workers, so that the sink's single
+/// task only sends them: encoding was a sixth of the sink's time in the CSV benchmark,
+/// spent while PostgreSQL waited for the data. In the binary format when the `COPY` will
+/// carry [`BINARY_MIN_ROWS`] records or more and the sink has read the target's column
+/// types (not yet for the first batches of a run that creates its table), in text
+/// otherwise.
+struct CopyEncoder {
+    types: Arc<OnceLock<ColumnTypes>>,
+    /// The sink's `commit_rows`.
+    commit_rows: u64,
+}
+
+impl CopyEncoder {
+    /// The column types for a `COPY` of a batch of `records` records, if it goes in binary.
+    fn binary_types(&self, records: usize) -> Option<&ColumnTypes> {
+        let rows = self.commit_rows.max(records as u64);
+        self.types.get().filter(|_| rows >= BINARY_MIN_ROWS)
+    }
+}
+
+impl Prepare for CopyEncoder {
     fn prepare(&self, records: &mut [Record]) -> Prepared {
-        Box::new((records.len(), copy_groups(records)))
+        let types = self.binary_types(records.len());
+        Box::new((records.len(), copy_groups(records, types)))
     }
 }
 
@@ -73,8 +136,10 @@ const ENCODED_KEPT: usize = 4;
 
 /// Records of a batch normally share one schema; a source whose records differ (JSON lines
 /// with optional keys) is written in runs of equal schema, so that a field absent from a
-/// record is never turned into a NULL in the table. `COPY` text format, one line per record.
-fn copy_groups(records: &[Record]) -> CopyGroups {
+/// record is never turned into a NULL in the table. Each run in the binary format when
+/// `types` has every one of its fields and each value has the binary form of its column's
+/// type ([`values::copy_binary`]), in the text format otherwise.
+fn copy_groups(records: &[Record], types: Option<&ColumnTypes>) -> CopyGroups {
     let mut groups = Vec::new();
     let mut start = 0;
     while start < records.len() {
@@ -83,20 +148,64 @@ fn copy_groups(records: &[Record]) -> CopyGroups {
         while end < records.len() && Arc::ptr_eq(&records[end].schema, &schema) {
             end += 1;
         }
-        let mut data = Vec::with_capacity((end - start) * 256);
-        for r in &records[start..end] {
-            for (i, v) in r.values.iter().enumerate() {
-                if i > 0 {
-                    data.push(b'\t');
-                }
-                values::copy_text(v, &mut data);
-            }
-            data.push(b'\n');
-        }
-        groups.push((schema, data));
+        let run = &records[start..end];
+        let binary = types
+            .and_then(|types| {
+                schema
+                    .names()
+                    .iter()
+                    .map(|n| types.get(n).copied())
+                    .collect::<Option<Vec<_>>>()
+            })
+            .and_then(|columns| copy_binary_rows(run, &columns));
+        groups.push(match binary {
+            Some(data) => CopyGroup {
+                schema,
+                binary: true,
+                data: vec![data],
+            },
+            None => CopyGroup {
+                schema,
+                binary: false,
+                data: vec![copy_text_rows(run)],
+            },
+        });
         start = end;
     }
     groups
+}
+
+/// `COPY` text format, one line per record.
+fn copy_text_rows(records: &[Record]) -> Vec<u8> {
+    let mut data = Vec::with_capacity(records.len() * 256);
+    for r in records {
+        for (i, v) in r.values.iter().enumerate() {
+            if i > 0 {
+                data.push(b'\t');
+            }
+            values::copy_text(v, &mut data);
+        }
+        data.push(b'\n');
+    }
+    data
+}
+
+/// `COPY` binary format for records whose fields are `columns` (the tuples only: the
+/// writer adds the stream's header and trailer, so that the tuples of consecutive batches
+/// can go into one `COPY`), or `None` at the first value without a binary form for its
+/// column.
+fn copy_binary_rows(records: &[Record], columns: &[BinaryType]) -> Option<Vec<u8>> {
+    let count = i16::try_from(columns.len()).ok()?;
+    let mut data = Vec::with_capacity(records.len() * 256);
+    for r in records {
+        data.extend_from_slice(&count.to_be_bytes());
+        for (v, ty) in r.values.iter().zip(columns) {
+            if !values::copy_binary(v, *ty, &mut data) {
+                return None;
+            }
+        }
+    }
+    Some(data)
 }
 
 fn identity(records: &[Record]) -> (usize, usize) {
@@ -114,6 +223,8 @@ impl SqlSink {
             table_columns: None,
             writer: None,
             encoded: VecDeque::new(),
+            column_types: Arc::new(OnceLock::new()),
+            held: Held::default(),
         }
     }
 
@@ -217,6 +328,38 @@ impl SqlSink {
             }
         }
         self.table_columns = Some(cols);
+        self.load_column_types().await
+    }
+
+    /// PostgreSQL: reads the types of the target's columns for the binary `COPY`, once the
+    /// table exists (at the start of a run for a table that is there, else once the sink
+    /// made it: the batches encoded before that go as text).
+    async fn load_column_types(&mut self) -> Result<()> {
+        let Db::Postgres(p) = &self.db else {
+            return Ok(());
+        };
+        if self.column_types.get().is_some() {
+            return Ok(());
+        }
+        let rows = sqlx::query(
+            "SELECT attname::text, atttypid::int8 FROM pg_attribute
+             WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped",
+        )
+        .bind(quote_table(&self.cfg.table))
+        .fetch_all(p)
+        .await
+        .map_err(|e| Error::db(self.ctx("inspecting"), e))?;
+        if rows.is_empty() {
+            return Ok(()); // not there yet
+        }
+        let types = rows
+            .iter()
+            .filter_map(|r| {
+                let oid = u32::try_from(r.get::<i64, _>(1)).ok()?;
+                Some((r.get::<String, _>(0), BinaryType::from_oid(oid)?))
+            })
+            .collect();
+        let _ = self.column_types.set(types);
         Ok(())
     }
 
@@ -326,9 +469,6 @@ impl SqlSink {
     }
 
     async fn write_pg(&mut self, records: &[Record], state: &str, now: &str) -> Result<()> {
-        let Db::Postgres(pool) = &self.db else {
-            return Err(dialect_mismatch());
-        };
         // The text the workers encoded for these records, or encoded here.
         let id = identity(records);
         let mut groups = None;
@@ -348,10 +488,10 @@ impl SqlSink {
                     "COPY text encoded by the sink: not prepared on a worker"
                 );
             }
-            copy_groups(records)
+            copy_groups(records, self.encoder().binary_types(records.len()))
         });
-        for (schema, _) in &groups {
-            self.check_fields(schema.names())?;
+        for g in &groups {
+            self.check_fields(g.schema.names())?;
         }
 
         // The checkpoint travels with the COMMIT, in one simple-protocol message.
@@ -361,6 +501,30 @@ impl SqlSink {
             pg_literal(state)?,
             pg_literal(now)?
         );
+        self.held.add(groups, records.len() as u64, close);
+        // `finish` (no records) sends what is held.
+        if !records.is_empty() && self.held.records < self.cfg.commit_rows {
+            return Ok(());
+        }
+        self.hand_over().await
+    }
+
+    fn encoder(&self) -> CopyEncoder {
+        CopyEncoder {
+            types: self.column_types.clone(),
+            commit_rows: self.cfg.commit_rows,
+        }
+    }
+
+    /// Hands the held batches to the writer as one job (starting the writer if need be).
+    async fn hand_over(&mut self) -> Result<()> {
+        let Some(close) = self.held.close.take() else {
+            return Ok(());
+        };
+        let Db::Postgres(pool) = &self.db else {
+            return Err(dialect_mismatch());
+        };
+        let held = std::mem::take(&mut self.held);
         let writer = match &mut self.writer {
             Some(w) => w,
             None => {
@@ -375,7 +539,13 @@ impl SqlSink {
             }
         };
         writer
-            .commit(Job { groups, close }, records.len() as u64)
+            .commit(
+                Job {
+                    groups: held.groups,
+                    close,
+                },
+                held.records,
+            )
             .await
     }
 
@@ -463,7 +633,7 @@ impl Sink for SqlSink {
     }
 
     fn begin<'a>(&'a mut self, _resume: Option<&'a SavedCheckpoint>) -> BoxFuture<'a, Result<()>> {
-        Box::pin(async { Ok(()) })
+        Box::pin(self.load_column_types())
     }
 
     fn keys(&self, records: &[Record]) -> Vec<String> {
@@ -478,7 +648,7 @@ impl Sink for SqlSink {
 
     fn preparer(&self) -> Option<Arc<dyn Prepare>> {
         match self.db {
-            Db::Postgres(_) => Some(Arc::new(CopyText)),
+            Db::Postgres(_) => Some(Arc::new(self.encoder())),
             Db::Sqlite(_) => None,
         }
     }
@@ -524,6 +694,7 @@ impl Sink for SqlSink {
 
     fn flush(&mut self) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
+            self.hand_over().await?;
             match &mut self.writer {
                 Some(w) => w.flush().await,
                 None => Ok(()),
@@ -532,6 +703,91 @@ impl Sink for SqlSink {
     }
 
     fn uncommitted(&self) -> u64 {
-        self.writer.as_ref().map_or(0, PgWriter::uncommitted)
+        self.held.records + self.writer.as_ref().map_or(0, PgWriter::uncommitted)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use snodo_core::record::{Schema, SourcePosition};
+
+    fn record(schema: &Arc<Schema>, values: Vec<Value>) -> Record {
+        Record {
+            schema: schema.clone(),
+            values,
+            position: SourcePosition::default(),
+        }
+    }
+
+    fn types() -> ColumnTypes {
+        [("id", BinaryType::Int8), ("n", BinaryType::Numeric)]
+            .into_iter()
+            .map(|(n, t)| (n.to_string(), t))
+            .collect()
+    }
+
+    /// A run of records goes in the binary format only when every value has the binary
+    /// form of its column's type; one text in a `numeric` column sends the run as text,
+    /// which PostgreSQL parses (or refuses) as it always did. A field the table's types do
+    /// not cover, or no types yet, is text too.
+    #[test]
+    fn a_value_without_its_columns_binary_form_sends_the_run_as_text() {
+        let s = Schema::new(vec!["id".into(), "n".into()]);
+        let typed = vec![
+            record(
+                &s,
+                vec![Value::Int(1), Value::Decimal("1.50".parse().unwrap())],
+            ),
+            record(&s, vec![Value::Int(2), Value::Null]),
+        ];
+        let g = copy_groups(&typed, Some(&types()));
+        assert_eq!(g.len(), 1);
+        assert!(g[0].binary);
+        // Two fields, then the first one: 8 bytes of 1.
+        assert_eq!(&g[0].data[0][..14], b"\0\x02\0\0\0\x08\0\0\0\0\0\0\0\x01");
+
+        let mut mixed = typed;
+        mixed.push(record(&s, vec![Value::Int(3), Value::Str("4,5".into())]));
+        let g = copy_groups(&mixed, Some(&types()));
+        assert!(!g[0].binary);
+        assert_eq!(g[0].data, [b"1\t1.50\n2\t\\N\n3\t4,5\n".to_vec()]);
+
+        assert!(!copy_groups(&mixed[..1], None)[0].binary);
+        let other = Schema::new(vec!["id".into(), "note".into()]);
+        let r = [record(&other, vec![Value::Int(1), Value::Str("x".into())])];
+        assert!(!copy_groups(&r, Some(&types()))[0].binary);
+    }
+
+    /// Held batches of one schema and format join one group (one `COPY`), their parts kept
+    /// apart and in order; another schema or format starts a group of its own. The last
+    /// batch's checkpoint closes the transaction, and every record is counted.
+    #[test]
+    fn held_batches_join_one_copy_per_schema_and_format() {
+        let s = Schema::new(vec!["id".into()]);
+        let t = Schema::new(vec!["id".into(), "x".into()]);
+        let group = |schema: &Arc<Schema>, binary, data: &[u8]| CopyGroup {
+            schema: schema.clone(),
+            binary,
+            data: vec![data.to_vec()],
+        };
+        let mut held = Held::default();
+        held.add(vec![group(&s, true, b"a")], 2, "first".into());
+        held.add(vec![group(&s, true, b"b")], 3, "second".into());
+        assert_eq!(held.groups.len(), 1);
+        assert_eq!(held.groups[0].data, [b"a".to_vec(), b"b".to_vec()]);
+        held.add(
+            vec![group(&s, false, b"c"), group(&t, false, b"d")],
+            4,
+            "third".into(),
+        );
+        let shapes: Vec<(usize, bool, usize)> = held
+            .groups
+            .iter()
+            .map(|g| (g.schema.len(), g.binary, g.data.len()))
+            .collect();
+        assert_eq!(shapes, [(1, true, 2), (1, false, 1), (2, false, 1)]);
+        assert_eq!(held.records, 9);
+        assert_eq!(held.close.as_deref(), Some("third"));
     }
 }
