@@ -58,6 +58,41 @@ pub(super) struct Target {
     pub ctx: String,
 }
 
+/// Buffers for the encoded rows, handed back by the writer once it has sent them and taken
+/// again by the encoders on the step workers.
+///
+/// Why: a batch's encoded rows are one allocation of about a megabyte, made on a step
+/// worker and freed on the writer's thread; the allocator hands such blocks back to the
+/// system, and the next batch faulted its pages in again: page faults, zeroing and unmapping
+/// were about a twelfth of snodo's CPU in the CSV load into PostgreSQL (docs/benchmarks.md).
+#[derive(Default)]
+pub(super) struct Buffers(std::sync::Mutex<Vec<Vec<u8>>>);
+
+impl Buffers {
+    /// Buffers kept at most: the jobs in the writer's queue and the batches in flight
+    /// before it. More would only hold memory.
+    const KEPT: usize = 8;
+
+    /// An empty buffer, with the capacity of one handed back if there is one.
+    pub fn take(&self) -> Vec<u8> {
+        self.0
+            .lock()
+            .ok()
+            .and_then(|mut kept| kept.pop())
+            .unwrap_or_default()
+    }
+
+    /// Keeps `buffer` (emptied) for a later batch, unless enough are kept.
+    pub fn give(&self, mut buffer: Vec<u8>) {
+        buffer.clear();
+        if let Ok(mut kept) = self.0.lock()
+            && kept.len() < Self::KEPT
+        {
+            kept.push(buffer);
+        }
+    }
+}
+
 /// One batch: its `COPY` text, and the statements that save its checkpoint and commit.
 pub(super) struct Job {
     pub groups: CopyGroups,
@@ -78,9 +113,14 @@ pub(super) type PgWriter = Committer<Task>;
 
 /// Starts the writer task on `conn`, which it keeps for the whole run (the staging table
 /// is temporary and lives as long as the session).
-pub(super) fn start(conn: PoolConnection<Postgres>, target: Target) -> PgWriter {
+pub(super) fn start(
+    conn: PoolConnection<Postgres>,
+    target: Target,
+    buffers: Arc<Buffers>,
+) -> PgWriter {
     let task = Task {
         conn,
+        buffers,
         target: quote_table(&target.table),
         t: target,
         mode: Mode::Unknown,
@@ -105,6 +145,8 @@ enum Mode {
 
 pub(super) struct Task {
     conn: PoolConnection<Postgres>,
+    /// Where the jobs' buffers go once sent.
+    buffers: Arc<Buffers>,
     t: Target,
     /// The table, quoted.
     target: String,
@@ -118,7 +160,11 @@ pub(super) struct Task {
 impl Commit for Task {
     type Job = Job;
     async fn commit(&mut self, job: Job) -> Result<()> {
-        self.write(&job).await?;
+        let written = self.write(&job).await;
+        for part in job.groups.into_iter().flat_map(|g| g.data) {
+            self.buffers.give(part);
+        }
+        written?;
         self.unsynced = true;
         Ok(())
     }
@@ -357,7 +403,24 @@ pub(super) fn pg_literal(text: &str) -> Result<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::pg_literal;
+    use super::{Buffers, pg_literal};
+
+    /// A buffer handed back comes out again empty with its capacity, and no more than
+    /// `KEPT` are held.
+    #[test]
+    fn buffers_come_back_empty_and_are_kept_within_bounds() {
+        let b = Buffers::default();
+        assert_eq!(b.take().capacity(), 0);
+        let mut v = Vec::with_capacity(1000);
+        v.extend_from_slice(b"rows");
+        b.give(v);
+        let again = b.take();
+        assert!(again.is_empty() && again.capacity() >= 1000);
+        for _ in 0..Buffers::KEPT + 5 {
+            b.give(Vec::with_capacity(10));
+        }
+        assert_eq!(b.0.lock().unwrap().len(), Buffers::KEPT);
+    }
 
     #[test]
     fn literals_escape_quotes_and_backslashes_and_refuse_nul() {

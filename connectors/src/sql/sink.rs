@@ -11,7 +11,7 @@ use snodo_core::value::{Value, ValueType};
 use sqlx::Row;
 
 use super::config::SqlSinkConfig;
-use super::pg_writer::{self, CopyGroup, CopyGroups, Job, PgWriter, Target, pg_literal};
+use super::pg_writer::{self, Buffers, CopyGroup, CopyGroups, Job, PgWriter, Target, pg_literal};
 use super::values::{self, BinaryType};
 
 pub(crate) const CHECKPOINT_DDL: &str = "CREATE TABLE IF NOT EXISTS _snodo_checkpoint (
@@ -50,6 +50,8 @@ pub struct SqlSink {
     /// PostgreSQL: the target's column types, once the table is known (shared with the
     /// step workers' encoder).
     column_types: Arc<OnceLock<ColumnTypes>>,
+    /// PostgreSQL: buffers for the encoded rows, shared by the encoders and the writer.
+    buffers: Arc<Buffers>,
     /// PostgreSQL: batches accepted but not yet handed to the writer, which are committed
     /// together once they hold [`COPY_ROWS`] records (see there).
     held: Held,
@@ -106,6 +108,7 @@ struct CopyEncoder {
     types: Arc<OnceLock<ColumnTypes>>,
     /// The sink's `commit_rows`.
     commit_rows: u64,
+    buffers: Arc<Buffers>,
 }
 
 impl CopyEncoder {
@@ -119,7 +122,7 @@ impl CopyEncoder {
 impl Prepare for CopyEncoder {
     fn prepare(&self, records: &mut [Record]) -> Prepared {
         let types = self.binary_types(records.len());
-        Box::new((records.len(), copy_groups(records, types)))
+        Box::new((records.len(), copy_groups(records, types, &self.buffers)))
     }
 }
 
@@ -139,7 +142,7 @@ const ENCODED_KEPT: usize = 4;
 /// record is never turned into a NULL in the table. Each run in the binary format when
 /// `types` has every one of its fields and each value has the binary form of its column's
 /// type ([`values::copy_binary`]), in the text format otherwise.
-fn copy_groups(records: &[Record], types: Option<&ColumnTypes>) -> CopyGroups {
+fn copy_groups(records: &[Record], types: Option<&ColumnTypes>, buffers: &Buffers) -> CopyGroups {
     let mut groups = Vec::new();
     let mut start = 0;
     while start < records.len() {
@@ -149,26 +152,23 @@ fn copy_groups(records: &[Record], types: Option<&ColumnTypes>) -> CopyGroups {
             end += 1;
         }
         let run = &records[start..end];
-        let binary = types
-            .and_then(|types| {
-                schema
-                    .names()
-                    .iter()
-                    .map(|n| types.get(n).copied())
-                    .collect::<Option<Vec<_>>>()
-            })
-            .and_then(|columns| copy_binary_rows(run, &columns));
-        groups.push(match binary {
-            Some(data) => CopyGroup {
-                schema,
-                binary: true,
-                data: vec![data],
-            },
-            None => CopyGroup {
-                schema,
-                binary: false,
-                data: vec![copy_text_rows(run)],
-            },
+        let binary = types.and_then(|types| {
+            schema
+                .names()
+                .iter()
+                .map(|n| types.get(n).copied())
+                .collect::<Option<Vec<_>>>()
+        });
+        let mut data = buffers.take();
+        let binary = binary.is_some_and(|columns| copy_binary_rows(run, &columns, &mut data));
+        if !binary {
+            data.clear();
+            copy_text_rows(run, &mut data);
+        }
+        groups.push(CopyGroup {
+            schema,
+            binary,
+            data: vec![data],
         });
         start = end;
     }
@@ -176,36 +176,37 @@ fn copy_groups(records: &[Record], types: Option<&ColumnTypes>) -> CopyGroups {
 }
 
 /// `COPY` text format, one line per record.
-fn copy_text_rows(records: &[Record]) -> Vec<u8> {
-    let mut data = Vec::with_capacity(records.len() * 256);
+fn copy_text_rows(records: &[Record], data: &mut Vec<u8>) {
+    data.reserve(records.len() * 256);
     for r in records {
         for (i, v) in r.values.iter().enumerate() {
             if i > 0 {
                 data.push(b'\t');
             }
-            values::copy_text(v, &mut data);
+            values::copy_text(v, data);
         }
         data.push(b'\n');
     }
-    data
 }
 
 /// `COPY` binary format for records whose fields are `columns` (the tuples only: the
 /// writer adds the stream's header and trailer, so that the tuples of consecutive batches
-/// can go into one `COPY`), or `None` at the first value without a binary form for its
-/// column.
-fn copy_binary_rows(records: &[Record], columns: &[BinaryType]) -> Option<Vec<u8>> {
-    let count = i16::try_from(columns.len()).ok()?;
-    let mut data = Vec::with_capacity(records.len() * 256);
+/// can go into one `COPY`), appended to `data`; `false` at the first value without a binary
+/// form for its column (`data` then holds part of the run).
+fn copy_binary_rows(records: &[Record], columns: &[BinaryType], data: &mut Vec<u8>) -> bool {
+    let Ok(count) = i16::try_from(columns.len()) else {
+        return false;
+    };
+    data.reserve(records.len() * 256);
     for r in records {
         data.extend_from_slice(&count.to_be_bytes());
         for (v, ty) in r.values.iter().zip(columns) {
-            if !values::copy_binary(v, *ty, &mut data) {
-                return None;
+            if !values::copy_binary(v, *ty, data) {
+                return false;
             }
         }
     }
-    Some(data)
+    true
 }
 
 fn identity(records: &[Record]) -> (usize, usize) {
@@ -224,6 +225,7 @@ impl SqlSink {
             writer: None,
             encoded: VecDeque::new(),
             column_types: Arc::new(OnceLock::new()),
+            buffers: Arc::default(),
             held: Held::default(),
         }
     }
@@ -488,7 +490,8 @@ impl SqlSink {
                     "COPY text encoded by the sink: not prepared on a worker"
                 );
             }
-            copy_groups(records, self.encoder().binary_types(records.len()))
+            let encoder = self.encoder();
+            copy_groups(records, encoder.binary_types(records.len()), &self.buffers)
         });
         for g in &groups {
             self.check_fields(g.schema.names())?;
@@ -513,6 +516,7 @@ impl SqlSink {
         CopyEncoder {
             types: self.column_types.clone(),
             commit_rows: self.cfg.commit_rows,
+            buffers: self.buffers.clone(),
         }
     }
 
@@ -535,7 +539,8 @@ impl SqlSink {
                     key: self.cfg.key.clone(),
                     ctx,
                 };
-                self.writer.insert(pg_writer::start(conn, target))
+                self.writer
+                    .insert(pg_writer::start(conn, target, self.buffers.clone()))
             }
         };
         writer
@@ -741,7 +746,7 @@ mod tests {
             ),
             record(&s, vec![Value::Int(2), Value::Null]),
         ];
-        let g = copy_groups(&typed, Some(&types()));
+        let g = copy_groups(&typed, Some(&types()), &Buffers::default());
         assert_eq!(g.len(), 1);
         assert!(g[0].binary);
         // Two fields, then the first one: 8 bytes of 1.
@@ -749,14 +754,14 @@ mod tests {
 
         let mut mixed = typed;
         mixed.push(record(&s, vec![Value::Int(3), Value::Str("4,5".into())]));
-        let g = copy_groups(&mixed, Some(&types()));
+        let g = copy_groups(&mixed, Some(&types()), &Buffers::default());
         assert!(!g[0].binary);
         assert_eq!(g[0].data, [b"1\t1.50\n2\t\\N\n3\t4,5\n".to_vec()]);
 
-        assert!(!copy_groups(&mixed[..1], None)[0].binary);
+        assert!(!copy_groups(&mixed[..1], None, &Buffers::default())[0].binary);
         let other = Schema::new(vec!["id".into(), "note".into()]);
         let r = [record(&other, vec![Value::Int(1), Value::Str("x".into())])];
-        assert!(!copy_groups(&r, Some(&types()))[0].binary);
+        assert!(!copy_groups(&r, Some(&types()), &Buffers::default())[0].binary);
     }
 
     /// Held batches of one schema and format join one group (one `COPY`), their parts kept
