@@ -11,6 +11,9 @@ use crate::record::{Batch, FieldRef, Record};
 use crate::validators::{codice_fiscale, comuni, iban, partita_iva};
 use crate::value::Value;
 
+/// A code list (`one_of`, `code_list`).
+type CodeSet = HashSet<String, foldhash::fast::RandomState>;
+
 struct CompiledRule {
     field: FieldRef,
     /// The fields `not_before` and `belfiore_at` name.
@@ -20,7 +23,9 @@ struct CompiledRule {
     min: Option<Bound>,
     max: Option<Bound>,
     pattern: Option<Regex>,
-    allowed: Option<HashSet<String>>,
+    /// The code list (`one_of`, `code_list`), looked up for every record: foldhash
+    /// (seeded per process) rather than SipHash.
+    allowed: Option<CodeSet>,
     /// Whether a rule reads the value's text (lengths, pattern, code list, the identifier
     /// checks, the place code): the others never make it, which for an integer or a date
     /// checked only for presence and type would mean formatting it for nothing.
@@ -48,12 +53,12 @@ impl Validate {
                 Some(p) => Some(Regex::new(p).map_err(|e| config_error(&at, e))?),
                 None => None,
             };
-            let mut allowed: Option<HashSet<String>> =
+            let mut allowed: Option<CodeSet> =
                 rule.one_of.as_ref().map(|v| v.iter().cloned().collect());
             if let Some(file) = &rule.code_list {
                 let mut rdr = csv::Reader::from_path(file)
                     .map_err(|e| config_error(&at, format!("code list `{file}`: {e}")))?;
-                let set = allowed.get_or_insert_with(HashSet::new);
+                let set = allowed.get_or_insert_with(CodeSet::default);
                 for row in rdr.records() {
                     let row =
                         row.map_err(|e| config_error(&at, format!("code list `{file}`: {e}")))?;
