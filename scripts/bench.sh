@@ -7,8 +7,8 @@
 #   scripts/bench.sh                 # 1M and 4M rows
 #   ROWS="200000" scripts/bench.sh   # quicker
 #   REPEAT=5 scripts/bench.sh        # more runs of each side (default 3)
-#   BATCH=2000 scripts/bench.sh      # records per batch (default 4000, see below)
-#   COMMIT_ROWS=0 scripts/bench.sh   # records per transaction (default 8000, see below)
+#   BATCH=2000 scripts/bench.sh      # records per batch (default 3000, see below)
+#   COMMIT_ROWS=0 scripts/bench.sh   # records per transaction (default 9000, see below)
 #
 # Each side runs REPEAT times, snodo into a new database each time, psql into a new staging
 # table each time, and the table gives each side's median with the range after it: on two
@@ -16,15 +16,13 @@
 # copy alone took 1.4-2.2 s at 1M in one hour), and the median of each side is the fair
 # comparison.
 #
-# snodo runs with `batch_size: 4000` (BATCH), twice the runtime's default: a batch is one
-# transaction with its checkpoint, and fewer, larger ones leave the stages less often
-# waiting for each other and cost less per-batch work on both sides (0.4-0.55 s per million
-# rows here) for about 25 MB more memory
-# (docs/benchmarks.md, ninth round, has both sizes). A bulk load is where one sets it.
-# Its sink has `commit_rows: 8000` (COMMIT_ROWS; 0 is one transaction per batch, the
-# default): two batches per transaction, sent in PostgreSQL's binary COPY format, which
-# costs the server less CPU from about 5000 rows per COPY (tenth round); only the encoded
-# rows wait, so memory stays that of the batch size.
+# snodo runs with `batch_size: 3000` (BATCH) and its sink with `commit_rows: 9000`
+# (COMMIT_ROWS; 0 is one transaction per batch, the default), as a bulk load would: three
+# batches per transaction, sent in PostgreSQL's binary COPY format, which costs the server
+# less CPU than text from about 5000 rows per COPY; only the encoded rows wait for their
+# transaction, so memory follows the batch size (about 14 MB per 1000 records of it: ten
+# batches are in flight between the stages). Before the eleventh round a batch was a
+# transaction and the benchmark ran batches of 4000 (docs/benchmarks.md has both).
 #
 # The last column is psql \copy of snodo's own result into a new table like it (typed, keyed,
 # logged): PostgreSQL's share of any durable load, which the staging baseline does not pay.
@@ -51,7 +49,7 @@ connections:
 flow_log: { connection: flowlog }
 YAML
 
-echo "snodo with batch_size: ${BATCH:-4000}, commit_rows: ${COMMIT_ROWS:-8000}"
+echo "snodo with batch_size: ${BATCH:-3000}, commit_rows: ${COMMIT_ROWS:-9000}"
 echo
 echo "| rows | snodo s (median, range) | snodo rows/s | snodo peak RSS MB | psql \\copy s (median, range) | psql rows/s | ratio of medians | psql into a copy of snodo's table s |"
 echo "|---:|---:|---:|---:|---:|---:|---:|---:|"
@@ -61,8 +59,8 @@ for n in $ROWS; do
   [ -f "$csv" ] || python3 scripts/gen_legacy_csv.py --rows "$n" --seed 1 --bad-rate 0 --out "$csv" >/dev/null
   sed -e "s#path: tests/fixtures/csv/assistiti_legacy.csv#path: $csv#" \
       -e "s#connection: store#connection: pg#" \
-      -e "s#pipeline: esempio-assistiti#pipeline: bench-$n\nbatch_size: ${BATCH:-4000}#" \
-      -e "s#    create_table: true#    create_table: true\n    commit_rows: ${COMMIT_ROWS:-8000}#" \
+      -e "s#pipeline: esempio-assistiti#pipeline: bench-$n\nbatch_size: ${BATCH:-3000}#" \
+      -e "s#    create_table: true#    create_table: true\n    commit_rows: ${COMMIT_ROWS:-9000}#" \
       pipelines/esempio/assistiti_csv_sqlite.yaml > "$WORK/p.yaml"
   snodo_secs=() snodo_kb=() psql_secs=()
   for r in $(seq "$REPEAT"); do
