@@ -36,7 +36,7 @@ pub struct SqlSourceConfig {
 }
 
 /// Writes rows into a table with an upsert on the natural key, one transaction per batch
-/// that also stores the pipeline's checkpoint.
+/// (or per `commit_rows` records on PostgreSQL) that also stores the pipeline's checkpoint.
 ///
 /// ```yaml
 /// sink:

@@ -35,7 +35,8 @@ pub(crate) const CHECKPOINT_PUT: &str = checkpoint_put!("($1, $2, $3)");
 /// SQLite allows 32766 bound parameters per statement; stay well below.
 const SQLITE_MAX_PARAMS: usize = 30_000;
 
-/// Upserts records into a table, one transaction per batch, with the checkpoint inside it.
+/// Upserts records into a table, one transaction per batch (or per `commit_rows` records on
+/// PostgreSQL), with the checkpoint inside it.
 pub struct SqlSink {
     cfg: SqlSinkConfig,
     db: Db,
