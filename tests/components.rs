@@ -349,6 +349,37 @@ fn postgres_sink_failure_counts_only_committed_rows_and_resumes() {
     );
 }
 
+/// The same with `commit_rows`: batches wait in the sink for their transaction ([1 2 3]
+/// [4 5 6] go together, [7 8 9] [200 10 11] together and are refused; then some thousand
+/// more rows, so that the refusal comes back while later batches wait in the sink or are
+/// being handed over). Written are the six rows committed: not the batches waiting in the
+/// sink when the failure came back, nor those handed over with or after the refused one.
+#[test]
+fn postgres_sink_failure_with_commit_rows_counts_only_committed_rows_and_resumes() {
+    let (dir, pg, cfg) = pg_workspace("sink_grouped_failure");
+    pg.psql("CREATE TABLE raggruppati (id bigint PRIMARY KEY, nome text, CONSTRAINT sotto_100 CHECK (id < 100 OR id >= 1000))");
+    let ids: Vec<i64> = [1, 2, 3, 4, 5, 6, 7, 8, 9, 200, 10, 11]
+        .into_iter()
+        .chain(1000..4000)
+        .collect();
+    let p = numbered_rows_pipeline(dir.path(), "raggruppati", &ids, ", commit_rows: 6");
+
+    let (code, failed) = run_pipeline(&cfg, &p);
+    assert_ne!(code, 0, "{failed}");
+    assert_eq!(failed["status"], "failed", "{failed}");
+    assert_eq!(pg.psql("SELECT count(*) FROM raggruppati"), "6");
+    assert_eq!(failed["written"], 6, "{failed}");
+    assert!(failed["read"].as_u64().unwrap() > 12, "{failed}");
+
+    pg.psql("ALTER TABLE raggruppati DROP CONSTRAINT sotto_100");
+    let resumed = run_ok(&cfg, &p);
+    assert_eq!(resumed["status"], "succeeded", "{resumed}");
+    assert_eq!(
+        pg.psql("SELECT count(*), count(DISTINCT id), sum(id) FROM raggruppati"),
+        format!("{0}|{0}|{1}", ids.len(), ids.iter().sum::<i64>())
+    );
+}
+
 /// The PostgreSQL sink commits each batch asynchronously (PostgreSQL acknowledges it
 /// before its WAL is on disk; a server crash may undo the last batches together with their
 /// checkpoint), so before the run says what it wrote, the sink must commit one synchronous

@@ -79,7 +79,8 @@ impl<C: Commit> Committer<C> {
         }
     }
 
-    /// Hands a batch of `records` records over. Waits only while the queue is full; fails with the error of an earlier batch, if one failed.
+    /// Hands a batch of `records` records over. Waits only while the queue is full; fails
+    /// with the error of an earlier batch, if one failed.
     pub async fn commit(&mut self, job: C::Job, records: u64) -> Result<()> {
         if let Some(e) = self.take_failure() {
             return Err(e);

@@ -510,7 +510,7 @@ impl SqlSink {
         if !records.is_empty() && self.held.records < self.cfg.commit_rows {
             return Ok(());
         }
-        self.hand_over().await
+        self.hand_over(records.len() as u64).await
     }
 
     fn encoder(&self) -> CopyEncoder {
@@ -521,15 +521,28 @@ impl SqlSink {
         }
     }
 
-    /// Hands the held batches to the writer as one job (starting the writer if need be).
-    async fn hand_over(&mut self) -> Result<()> {
+    /// Hands the held batches to the writer as one job. `current` records of them are the
+    /// batch being written now: if the hand-over fails, that batch's `write` fails and the
+    /// runtime does not count it, while the batches held before it were accepted and stay
+    /// counted as not committed ([`Sink::uncommitted`]).
+    async fn hand_over(&mut self, current: u64) -> Result<()> {
         let Some(close) = self.held.close.take() else {
             return Ok(());
         };
+        let held = std::mem::take(&mut self.held);
+        let accepted_before = held.records.saturating_sub(current);
+        let sent = self.send(held.groups, close, held.records).await;
+        if sent.is_err() {
+            self.held.records = accepted_before;
+        }
+        sent
+    }
+
+    /// Sends one job to the writer, starting it if need be.
+    async fn send(&mut self, groups: CopyGroups, close: String, records: u64) -> Result<()> {
         let Db::Postgres(pool) = &self.db else {
             return Err(dialect_mismatch());
         };
-        let held = std::mem::take(&mut self.held);
         let writer = match &mut self.writer {
             Some(w) => w,
             None => {
@@ -544,15 +557,7 @@ impl SqlSink {
                     .insert(pg_writer::start(conn, target, self.buffers.clone()))
             }
         };
-        writer
-            .commit(
-                Job {
-                    groups: held.groups,
-                    close,
-                },
-                held.records,
-            )
-            .await
+        writer.commit(Job { groups, close }, records).await
     }
 
     async fn save(&mut self, records: &[Record], checkpoint: &SavedCheckpoint) -> Result<()> {
@@ -700,7 +705,7 @@ impl Sink for SqlSink {
 
     fn flush(&mut self) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
-            self.hand_over().await?;
+            self.hand_over(0).await?;
             match &mut self.writer {
                 Some(w) => w.flush().await,
                 None => Ok(()),
