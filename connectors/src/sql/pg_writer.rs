@@ -82,8 +82,15 @@ impl Buffers {
             .unwrap_or_default()
     }
 
+    /// Buffers larger than this are not kept: one batch of unusually large rows (long
+    /// notes, documents) must not leave its size allocated for the rest of the run.
+    const KEPT_BYTES: usize = 4 << 20;
+
     /// Keeps `buffer` (emptied) for a later batch, unless enough are kept.
     pub fn give(&self, mut buffer: Vec<u8>) {
+        if buffer.capacity() > Self::KEPT_BYTES {
+            return;
+        }
         buffer.clear();
         if let Ok(mut kept) = self.0.lock()
             && kept.len() < Self::KEPT
@@ -420,6 +427,12 @@ mod tests {
             b.give(Vec::with_capacity(10));
         }
         assert_eq!(b.0.lock().unwrap().len(), Buffers::KEPT);
+        let b = Buffers::default();
+        b.give(Vec::with_capacity(Buffers::KEPT_BYTES + 1));
+        assert!(
+            b.0.lock().unwrap().is_empty(),
+            "an oversized buffer is let go"
+        );
     }
 
     #[test]

@@ -200,6 +200,9 @@ fn copy_binary_rows(records: &[Record], columns: &[BinaryType], data: &mut Vec<u
     };
     data.reserve(records.len() * 256);
     for r in records {
+        if r.values.len() != columns.len() {
+            return false; // the text form lets PostgreSQL say what is wrong with the row
+        }
         data.extend_from_slice(&count.to_be_bytes());
         for (v, ty) in r.values.iter().zip(columns) {
             if !values::copy_binary(v, *ty, data) {
@@ -506,8 +509,9 @@ impl SqlSink {
             pg_literal(now)?
         );
         self.held.add(groups, records.len() as u64, close);
-        // `finish` (no records) sends what is held.
-        if !records.is_empty() && self.held.records < self.cfg.commit_rows {
+        // A batch with no records left (all filtered or rejected) only moves the held
+        // checkpoint on; `finish` and `flush` send what is held.
+        if self.held.records < self.cfg.commit_rows {
             return Ok(());
         }
         self.hand_over(records.len() as u64).await
@@ -705,6 +709,14 @@ impl Sink for SqlSink {
 
     fn flush(&mut self) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
+            if self.held.close.is_none() && self.held.records > 0 {
+                // A hand-over failed and its batches went nowhere: the run must not count
+                // them as written (the runtime subtracts `uncommitted` when this fails).
+                return Err(Error::Other(format!(
+                    "{} records held for `commit_rows` could not be handed to the PostgreSQL writer: not written",
+                    self.held.records
+                )));
+            }
             self.hand_over(0).await?;
             match &mut self.writer {
                 Some(w) => w.flush().await,

@@ -313,10 +313,11 @@ pub const COPY_BINARY_HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
 /// What ends a binary `COPY` stream: a tuple of -1 fields.
 pub const COPY_BINARY_TRAILER: &[u8] = &[0xff, 0xff];
 
-/// PostgreSQL's epoch for dates and timestamps.
-fn pg_epoch() -> chrono::NaiveDate {
-    chrono::NaiveDate::from_ymd_opt(2000, 1, 1).expect("a valid date")
-}
+/// PostgreSQL's epoch for dates and timestamps (checked when compiling).
+const PG_EPOCH: chrono::NaiveDate = match chrono::NaiveDate::from_ymd_opt(2000, 1, 1) {
+    Some(d) => d,
+    None => panic!("2000-01-01 is a date"),
+};
 
 /// Appends `v` as one field of a binary `COPY` tuple for a column of type `ty` (its length,
 /// then its bytes), or returns `false`, appending nothing, when the binary form would not
@@ -350,14 +351,14 @@ pub fn copy_binary(v: &Value, ty: BinaryType, out: &mut Vec<u8>) -> bool {
             field(out, s.as_bytes())
         }
         (Value::Date(d), BinaryType::Date) if (1..=9999).contains(&d.year()) => {
-            let days = d.signed_duration_since(pg_epoch()).num_days() as i32;
+            let days = d.signed_duration_since(PG_EPOCH).num_days() as i32;
             field(out, &days.to_be_bytes())
         }
         (Value::DateTime(t), BinaryType::Timestamp)
             if (1..=9999).contains(&t.year()) && t.nanosecond() % 1000 == 0 =>
         {
             let Some(micros) = t
-                .signed_duration_since(pg_epoch().and_time(chrono::NaiveTime::MIN))
+                .signed_duration_since(PG_EPOCH.and_time(chrono::NaiveTime::MIN))
                 .num_microseconds()
             else {
                 return false;
