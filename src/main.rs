@@ -31,21 +31,23 @@ const MI_OPTION_ARENA_EAGER_COMMIT: std::ffi::c_int = 4;
 const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
 
 /// Makes mimalloc commit memory only as pages are used and hand freed pages back after
-/// 100 ms. Its defaults (commit whole arenas, purge after a delay) keep what a batch freed
+/// 10 ms. Its defaults (commit whole arenas, purge after a delay) keep what a batch freed
 /// resident while the next batches allocate: the PS/PSA flow held 139 MB at 50k
 /// prestazioni with them and 78 MB without, about 5 % slower (docs/benchmarks.md). Handing
 /// pages back at once (a delay of 0) cost a fifth of the CSV load's CPU in the kernel,
-/// returning pages and faulting them back. 10 ms took 0.3-0.7 s of CPU off 1M rows; 100 ms
-/// another 0.3 s of system time (1M rows, 0.61-0.71 s -> 0.33-0.39 s; 4M rows, 2.3-2.5 s
-/// -> 1.3-1.7 s), about 8 % of the 1M load's wall time over four alternating pairs, for 1-2
-/// MB more (eleventh round). Earlier rounds saw no gain in the wall time from it: then the
-/// record batches, not the freed pages, were what the cores waited for.
+/// returning pages and faulting them back; once PostgreSQL's commits stopped waiting for
+/// the disk that load became CPU-bound, and 10 ms took 0.3-0.7 s of CPU off 1M rows
+/// (about 4 % of the wall time over seven alternating pairs) for 2-4 MB more. 100 ms was
+/// tried again in the eleventh round: it halves the kernel's share once more, but freed
+/// memory then lingers in bursts (single CSV runs of 104-109 MB with batches of 4000, up
+/// to 98 MB with 3000, against 79-83 MB at 10 ms), too near the 100 MB target for a gain
+/// that batches of 3000 did not show beyond the noise.
 fn tune_allocator() {
     // SAFETY: called at the start of `main`, before any other thread exists (the setter
     // is not thread-safe); both options take plain integers.
     unsafe {
         mi_option_set(MI_OPTION_ARENA_EAGER_COMMIT, 0);
-        mi_option_set(MI_OPTION_PURGE_DELAY, 100);
+        mi_option_set(MI_OPTION_PURGE_DELAY, 10);
     }
 }
 
