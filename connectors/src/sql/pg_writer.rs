@@ -100,14 +100,15 @@ impl Buffers {
     }
 }
 
-/// One batch: its `COPY` text, and the statements that save its checkpoint and commit.
+/// One transaction: the `COPY` data of its batches, and the statements that save the last
+/// one's checkpoint and commit.
 pub(super) struct Job {
     pub groups: CopyGroups,
     pub close: String,
 }
 
-/// Jobs waiting for the writer. A job is encoded rows only (about 1.5 MB for the 8000
-/// records of the CSV benchmark, whose records take about ten times that in memory), so
+/// Jobs waiting for the writer. A job is encoded rows only (about 250 bytes a record in the
+/// CSV benchmark, whose records take about 1.4 KB each in memory), so
 /// the sink can run this far ahead of PostgreSQL: when the server falls behind for a
 /// moment (it shares the cores with the step workers), the workers keep going instead of
 /// waiting for it, and the cores stay busy. Two jobs of 4000 records (the default queue)

@@ -48,13 +48,11 @@ pub struct SqlSink {
     /// PostgreSQL: `COPY` data the step workers encoded ([`CopyEncoder`]), for the batches
     /// checked but not yet written, oldest first.
     encoded: VecDeque<Encoded>,
-    /// PostgreSQL: the target's column types, once the table is known (shared with the
-    /// step workers' encoder).
-    column_types: Arc<OnceLock<ColumnTypes>>,
-    /// PostgreSQL: buffers for the encoded rows, shared by the encoders and the writer.
-    buffers: Arc<Buffers>,
+    /// PostgreSQL: what encodes the batches, on the step workers ([`Sink::preparer`]) or
+    /// here; its buffers come back from the writer.
+    encoder: Arc<CopyEncoder>,
     /// PostgreSQL: batches accepted but not yet handed to the writer, which are committed
-    /// together once they hold [`COPY_ROWS`] records (see there).
+    /// together once they hold `commit_rows` records.
     held: Held,
 }
 
@@ -106,24 +104,26 @@ type ColumnTypes = HashMap<String, BinaryType>;
 /// types (not yet for the first batches of a run that creates its table), in text
 /// otherwise.
 struct CopyEncoder {
-    types: Arc<OnceLock<ColumnTypes>>,
+    /// The target's column types, set by the sink once the table is known.
+    types: OnceLock<ColumnTypes>,
     /// The sink's `commit_rows`.
     commit_rows: u64,
+    /// Shared with the writer, which hands the buffers back.
     buffers: Arc<Buffers>,
 }
 
 impl CopyEncoder {
-    /// The column types for a `COPY` of a batch of `records` records, if it goes in binary.
-    fn binary_types(&self, records: usize) -> Option<&ColumnTypes> {
-        let rows = self.commit_rows.max(records as u64);
-        self.types.get().filter(|_| rows >= BINARY_MIN_ROWS)
+    /// A batch's records as `COPY` groups, in binary if the `COPY` will carry enough rows.
+    fn encode(&self, records: &[Record]) -> CopyGroups {
+        let rows = self.commit_rows.max(records.len() as u64);
+        let types = self.types.get().filter(|_| rows >= BINARY_MIN_ROWS);
+        copy_groups(records, types, &self.buffers)
     }
 }
 
 impl Prepare for CopyEncoder {
     fn prepare(&self, records: &mut [Record]) -> Prepared {
-        let types = self.binary_types(records.len());
-        Box::new((records.len(), copy_groups(records, types, &self.buffers)))
+        Box::new((records.len(), self.encode(records)))
     }
 }
 
@@ -220,6 +220,7 @@ fn identity(records: &[Record]) -> (usize, usize) {
 impl SqlSink {
     /// Builds the sink.
     pub fn new(cfg: SqlSinkConfig, db: Db, connection: &str) -> Self {
+        let commit_rows = cfg.commit_rows;
         SqlSink {
             cfg,
             db,
@@ -228,8 +229,11 @@ impl SqlSink {
             table_columns: None,
             writer: None,
             encoded: VecDeque::new(),
-            column_types: Arc::new(OnceLock::new()),
-            buffers: Arc::default(),
+            encoder: Arc::new(CopyEncoder {
+                types: OnceLock::new(),
+                commit_rows,
+                buffers: Arc::default(),
+            }),
             held: Held::default(),
         }
     }
@@ -344,7 +348,7 @@ impl SqlSink {
         let Db::Postgres(p) = &self.db else {
             return Ok(());
         };
-        if self.column_types.get().is_some() {
+        if self.encoder.types.get().is_some() {
             return Ok(());
         }
         let rows = sqlx::query(
@@ -365,7 +369,7 @@ impl SqlSink {
                 Some((r.get::<String, _>(0), BinaryType::from_oid(oid)?))
             })
             .collect();
-        let _ = self.column_types.set(types);
+        let _ = self.encoder.types.set(types);
         Ok(())
     }
 
@@ -494,8 +498,7 @@ impl SqlSink {
                     "COPY text encoded by the sink: not prepared on a worker"
                 );
             }
-            let encoder = self.encoder();
-            copy_groups(records, encoder.binary_types(records.len()), &self.buffers)
+            self.encoder.encode(records)
         });
         for g in &groups {
             self.check_fields(g.schema.names())?;
@@ -515,14 +518,6 @@ impl SqlSink {
             return Ok(());
         }
         self.hand_over(records.len() as u64).await
-    }
-
-    fn encoder(&self) -> CopyEncoder {
-        CopyEncoder {
-            types: self.column_types.clone(),
-            commit_rows: self.cfg.commit_rows,
-            buffers: self.buffers.clone(),
-        }
     }
 
     /// Hands the held batches to the writer as one job. `current` records of them are the
@@ -558,7 +553,7 @@ impl SqlSink {
                     ctx,
                 };
                 self.writer
-                    .insert(pg_writer::start(conn, target, self.buffers.clone()))
+                    .insert(pg_writer::start(conn, target, self.encoder.buffers.clone()))
             }
         };
         writer.commit(Job { groups, close }, records).await
@@ -663,7 +658,7 @@ impl Sink for SqlSink {
 
     fn preparer(&self) -> Option<Arc<dyn Prepare>> {
         match self.db {
-            Db::Postgres(_) => Some(Arc::new(self.encoder())),
+            Db::Postgres(_) => Some(self.encoder.clone()),
             Db::Sqlite(_) => None,
         }
     }
