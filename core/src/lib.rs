@@ -15,6 +15,7 @@ pub mod expr;
 pub mod flowlog;
 pub mod mask;
 pub mod record;
+pub mod recycle;
 pub mod report;
 pub mod runtime;
 pub mod secret;

@@ -598,6 +598,7 @@ async fn pump(
             if let Some((records, checkpoint)) = previous {
                 summary.written += records.len() as u64;
                 last = checkpoint;
+                crate::recycle::POOL.give_back(records);
             }
             pending = Some((batch.records, checkpoint));
         } else {
@@ -605,6 +606,7 @@ async fn pump(
             plan.sink.write(&batch.records, &checkpoint).await?;
             summary.written += batch.records.len() as u64;
             last = checkpoint;
+            crate::recycle::POOL.give_back(std::mem::take(&mut batch.records));
         }
         if exceeded && summary.status == "running" {
             // then: continue — keep loading, remember the verdict.

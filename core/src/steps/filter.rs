@@ -38,9 +38,9 @@ impl Step for Filter {
         &self.label
     }
 
-    fn apply(&mut self, records: Vec<Record>, batch: &mut Batch) -> Vec<Record> {
-        let mut out = Vec::with_capacity(records.len());
-        for rec in records {
+    fn apply(&mut self, mut records: Vec<Record>, batch: &mut Batch) -> Vec<Record> {
+        // In place, as `map` (see `crate::recycle`).
+        records.retain(|rec| {
             let (_, used, native) = match &mut self.used {
                 Some(p) if std::sync::Arc::ptr_eq(&p.0, &rec.schema) => p,
                 slot => {
@@ -52,12 +52,12 @@ impl Step for Filter {
             let result = match native.as_ref().and_then(|n| n.eval(&rec.values)) {
                 Some(v) => Ok(v),
                 None => {
-                    let mut scope = self.ctx.engine.scope_with(&rec, used);
+                    let mut scope = self.ctx.engine.scope_with(rec, used);
                     self.ctx.engine.eval(&self.expr, &mut scope)
                 }
             };
             match result {
-                Ok(Value::Bool(true)) => out.push(rec),
+                Ok(Value::Bool(true)) => return true,
                 Ok(Value::Bool(false)) | Ok(Value::Null) => batch.filtered += 1,
                 Ok(other) => {
                     let reason = format!(
@@ -67,17 +67,18 @@ impl Step for Filter {
                     );
                     batch
                         .rejects
-                        .push(self.ctx.reject(&self.label, "filter".into(), reason, &rec));
+                        .push(self.ctx.reject(&self.label, "filter".into(), reason, rec));
                 }
                 Err(e) => {
                     let reason = format!("filter `{}`: {e}", self.expr.source());
                     batch
                         .rejects
-                        .push(self.ctx.reject(&self.label, "filter".into(), reason, &rec));
+                        .push(self.ctx.reject(&self.label, "filter".into(), reason, rec));
                 }
             }
-        }
-        out
+            false
+        });
+        records
     }
 }
 

@@ -86,9 +86,9 @@ impl Step for Lookup {
         1
     }
 
-    fn apply(&mut self, records: Vec<Record>, batch: &mut Batch) -> Vec<Record> {
-        let mut out = Vec::with_capacity(records.len());
-        for mut rec in records {
+    fn apply(&mut self, mut records: Vec<Record>, batch: &mut Batch) -> Vec<Record> {
+        // In place, as `map` (see `crate::recycle`).
+        records.retain_mut(|rec| {
             let code = rec.get(&self.key).and_then(Value::to_text);
             let found = code.as_deref().and_then(|c| self.table.get(c.trim()));
             let value = match (found, self.missing) {
@@ -106,14 +106,14 @@ impl Step for Lookup {
                         &self.label,
                         format!("lookup.{}", self.key),
                         reason,
-                        &rec,
+                        rec,
                     ));
-                    continue;
+                    return false;
                 }
             };
-            self.into.set(&mut rec, value);
-            out.push(rec);
-        }
-        out
+            self.into.set(rec, value);
+            true
+        });
+        records
     }
 }

@@ -193,55 +193,58 @@ impl Step for Map {
         self.targets.len()
     }
 
-    fn apply(&mut self, records: Vec<Record>, batch: &mut Batch) -> Vec<Record> {
-        let mut out = Vec::with_capacity(records.len());
-        for mut rec in records {
-            let layout = self.layout(&rec.schema);
-            if layout.split && layout.rest.is_none() {
-                self.scratch.clear();
-                let all = layout.natives.iter().all(|n| {
-                    n.as_ref()
-                        .and_then(|n| n.eval(&rec.values))
-                        .map(|v| self.scratch.push(v))
-                        .is_some()
-                });
-                if all {
-                    fill(&mut rec, &layout, self.scratch.drain(..));
-                    out.push(rec);
-                    continue;
-                }
-                // A native expression stepped aside: Rhai evaluates the record below.
+    fn apply(&mut self, mut records: Vec<Record>, batch: &mut Batch) -> Vec<Record> {
+        // In place: a new vector per step and batch was fresh memory for each (see
+        // `crate::recycle`).
+        records.retain_mut(|rec| self.apply_one(rec, batch));
+        records
+    }
+}
+
+impl Map {
+    /// Computes `rec`'s fields; `false` when it was rejected (pushed to `batch`).
+    fn apply_one(&mut self, rec: &mut Record, batch: &mut Batch) -> bool {
+        let layout = self.layout(&rec.schema);
+        if layout.split && layout.rest.is_none() {
+            self.scratch.clear();
+            let all = layout.natives.iter().all(|n| {
+                n.as_ref()
+                    .and_then(|n| n.eval(&rec.values))
+                    .map(|v| self.scratch.push(v))
+                    .is_some()
+            });
+            if all {
+                fill(rec, &layout, self.scratch.drain(..));
+                return true;
             }
-            let Some(results) = self.evaluate(&rec, &layout) else {
-                // Find the failing field by evaluating one expression at a time.
-                let mut failure = None;
-                for t in &self.targets {
-                    let mut scope = self.ctx.engine.scope_with(&rec, &layout.used);
-                    if let Err(e) = self.ctx.engine.eval(&t.expr, &mut scope) {
-                        failure = Some((t.field.clone(), t.expr.source().to_string(), e));
-                        break;
-                    }
-                }
-                let (field, src, e) = failure.unwrap_or_else(|| {
-                    (
-                        String::new(),
-                        self.combined.source().to_string(),
-                        "the expressions did not produce one value per field".into(),
-                    )
-                });
-                let reason = format!("field `{field}` = `{src}`: {e}");
-                batch.rejects.push(self.ctx.reject(
-                    &self.label,
-                    format!("map.{field}"),
-                    reason,
-                    &rec,
-                ));
-                continue;
-            };
-            fill(&mut rec, &layout, results);
-            out.push(rec);
+            // A native expression stepped aside: Rhai evaluates the record below.
         }
-        out
+        let Some(results) = self.evaluate(rec, &layout) else {
+            // Find the failing field by evaluating one expression at a time.
+            let mut failure = None;
+            for t in &self.targets {
+                let mut scope = self.ctx.engine.scope_with(rec, &layout.used);
+                if let Err(e) = self.ctx.engine.eval(&t.expr, &mut scope) {
+                    failure = Some((t.field.clone(), t.expr.source().to_string(), e));
+                    break;
+                }
+            }
+            let (field, src, e) = failure.unwrap_or_else(|| {
+                (
+                    String::new(),
+                    self.combined.source().to_string(),
+                    "the expressions did not produce one value per field".into(),
+                )
+            });
+            let reason = format!("field `{field}` = `{src}`: {e}");
+            batch.rejects.push(
+                self.ctx
+                    .reject(&self.label, format!("map.{field}"), reason, rec),
+            );
+            return false;
+        };
+        fill(rec, &layout, results);
+        true
     }
 }
 

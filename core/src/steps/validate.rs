@@ -336,30 +336,31 @@ impl Step for Validate {
         &self.label
     }
 
-    fn apply(&mut self, records: Vec<Record>, batch: &mut Batch) -> Vec<Record> {
-        let mut out = Vec::with_capacity(records.len());
+    fn apply(&mut self, mut records: Vec<Record>, batch: &mut Batch) -> Vec<Record> {
+        // In place: a new vector per step and batch was fresh memory for each (see
+        // `crate::recycle`).
         let mut broken = Vec::new();
         let today = chrono::Local::now().date_naive();
-        for rec in records {
+        records.retain(|rec| {
             broken.clear();
             for r in &self.rules {
-                check(r, &rec, &mut broken, today);
+                check(r, rec, &mut broken, today);
             }
             if broken.is_empty() {
-                out.push(rec);
-            } else {
-                let code = broken[0].0.clone();
-                let reason = broken
-                    .iter()
-                    .map(|b| b.1.as_str())
-                    .collect::<Vec<_>>()
-                    .join("; ");
-                batch
-                    .rejects
-                    .push(self.ctx.reject(&self.label, code, reason, &rec));
+                return true;
             }
-        }
-        out
+            let code = broken[0].0.clone();
+            let reason = broken
+                .iter()
+                .map(|b| b.1.as_str())
+                .collect::<Vec<_>>()
+                .join("; ");
+            batch
+                .rejects
+                .push(self.ctx.reject(&self.label, code, reason, rec));
+            false
+        });
+        records
     }
 }
 

@@ -9,6 +9,7 @@ use snodo_core::component::{Source, SourceContext};
 use snodo_core::error::{Error, Result};
 use snodo_core::mask;
 use snodo_core::record::{Batch, Checkpoint, Record, Reject, Schema, SourcePosition};
+use snodo_core::recycle;
 use snodo_core::value::{self, DecimalStyle, Text, Value};
 use tokio::sync::mpsc;
 
@@ -56,6 +57,7 @@ impl Reader {
         &self,
         raw: &csv::ByteRecord,
         pos: SourcePosition,
+        spare: &mut recycle::Spare,
     ) -> std::result::Result<Record, Box<Reject>> {
         let n = self.schema.len();
         let reject = |code: &str, reason: String, values: Vec<Value>| {
@@ -119,7 +121,7 @@ impl Reader {
         // A field whose ends are not character boundaries of the row (a UTF-8 sequence
         // split by a delimiter) is decoded on its own, and reported on its own if invalid.
         let row = self.cfg.encoding.as_text(raw.as_slice());
-        let mut values = Vec::with_capacity(n + self.extra_fields);
+        let mut values = spare.values(&recycle::POOL, n + self.extra_fields);
         for (i, field) in raw.iter().enumerate() {
             let name = &self.schema.names()[i];
             if field.len() > self.cfg.max_field_length {
@@ -345,10 +347,12 @@ impl CsvSource {
         let mut seq = 0u64;
         let mut total = 0u64;
         let mut raw = csv::ByteRecord::new();
+        let mut spare = recycle::Spare::default();
         loop {
             seq += 1;
             let mut batch = Batch {
                 seq,
+                records: recycle::POOL.batch(ctx.batch_size),
                 ..Default::default()
             };
             let mut done = false;
@@ -377,7 +381,7 @@ impl CsvSource {
                 };
                 batch.read += 1;
                 total += 1;
-                match reader.convert(&raw, pos) {
+                match reader.convert(&raw, pos, &mut spare) {
                     Ok(r) => batch.records.push(r),
                     Err(rej) => batch.rejects.push(*rej),
                 }
