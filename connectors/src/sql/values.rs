@@ -386,6 +386,16 @@ fn numeric_binary(d: &Decimal, out: &mut Vec<u8>) {
     // Least significant first; at most 8 (32 decimal digits).
     let mut digits = [0i16; 10];
     let mut n = 0;
+    // Amounts fit in 64 bits: a division of a u128 is a library call, of a u64 one
+    // instruction.
+    if let Ok(mut small) = u64::try_from(m) {
+        while small != 0 {
+            digits[n] = (small % 10_000) as i16;
+            small /= 10_000;
+            n += 1;
+        }
+        m = 0;
+    }
     while m != 0 {
         digits[n] = (m % 10_000) as i16;
         m /= 10_000;
