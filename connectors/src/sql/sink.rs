@@ -75,6 +75,9 @@ struct Held {
     records: u64,
     /// The last batch's checkpoint + `COMMIT` (see [`SqlSink::write_pg`]).
     close: Option<String>,
+    /// Records of batches accepted before a hand-over to the writer failed: never
+    /// committed, they stay counted as not committed, and `flush` fails on them.
+    lost: u64,
 }
 
 impl Held {
@@ -529,10 +532,11 @@ impl SqlSink {
             return Ok(());
         };
         let held = std::mem::take(&mut self.held);
+        self.held.lost = held.lost;
         let accepted_before = held.records.saturating_sub(current);
         let sent = self.send(held.groups, close, held.records).await;
         if sent.is_err() {
-            self.held.records = accepted_before;
+            self.held.lost += accepted_before;
         }
         sent
     }
@@ -704,12 +708,12 @@ impl Sink for SqlSink {
 
     fn flush(&mut self) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
-            if self.held.close.is_none() && self.held.records > 0 {
+            if self.held.lost > 0 {
                 // A hand-over failed and its batches went nowhere: the run must not count
                 // them as written (the runtime subtracts `uncommitted` when this fails).
                 return Err(Error::Other(format!(
                     "{} records held for `commit_rows` could not be handed to the PostgreSQL writer: not written",
-                    self.held.records
+                    self.held.lost
                 )));
             }
             self.hand_over(0).await?;
@@ -721,7 +725,7 @@ impl Sink for SqlSink {
     }
 
     fn uncommitted(&self) -> u64 {
-        self.held.records + self.writer.as_ref().map_or(0, PgWriter::uncommitted)
+        self.held.records + self.held.lost + self.writer.as_ref().map_or(0, PgWriter::uncommitted)
     }
 }
 
