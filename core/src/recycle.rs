@@ -12,6 +12,7 @@
 //! is freed as before.
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::record::Record;
 use crate::value::Value;
@@ -33,6 +34,9 @@ struct Kept {
 /// A pool of emptied vectors. The process has one, [`POOL`]; tests make their own.
 pub struct Pool {
     kept: Mutex<Kept>,
+    /// Whether a source has taken vectors from the pool: until one does, nothing is
+    /// kept (a run whose source makes its own vectors would only hold memory).
+    wanted: AtomicBool,
 }
 
 /// The process's pool, shared by every run in it (the scheduler runs several).
@@ -51,12 +55,16 @@ impl Pool {
                 bytes: 0,
                 batches: Vec::new(),
             }),
+            wanted: AtomicBool::new(false),
         }
     }
 
     /// Takes back the records of a batch that was written (or dropped): their values are
     /// dropped here, their emptied vectors kept for [`Spare::values`] within the bounds.
     pub fn give_back(&self, mut records: Vec<Record>) {
+        if !self.wanted.load(Ordering::Relaxed) {
+            return;
+        }
         // The values are dropped outside the lock: a source waiting for vectors should
         // not wait for this.
         for r in &mut records {
@@ -114,6 +122,7 @@ impl Spare {
         if self.values.is_empty()
             && let Ok(mut kept) = pool.kept.lock()
         {
+            pool.wanted.store(true, Ordering::Relaxed);
             std::mem::swap(&mut self.values, &mut kept.values);
             kept.bytes = 0;
         }
@@ -148,6 +157,11 @@ mod tests {
     #[test]
     fn vectors_come_back_empty_and_the_pool_stays_bounded() {
         let pool = Pool::new();
+        pool.give_back(records(10, 20));
+        assert!(
+            pool.kept.lock().unwrap().values.is_empty(),
+            "nothing is kept before a source asks"
+        );
         let mut spare = Spare::default();
         let fresh = spare.values(&pool, 7);
         assert!(fresh.is_empty() && fresh.capacity() >= 7);
