@@ -21,6 +21,9 @@ use crate::value::Value;
 const KEPT_BYTES: usize = 8 << 20;
 /// At most this many emptied batch vectors (`Vec<Record>`) are kept.
 const KEPT_BATCHES: usize = 4;
+/// A batch vector with room for more records than this is freed: the pool lives as long as
+/// the process (the scheduler's), and one run's very large batches must not stay allocated.
+const MAX_BATCH_RECORDS: usize = 16_384;
 /// A value vector with room for more values than this (a very wide record) is freed: it
 /// would take a narrow record's place in the pool for little gain.
 const MAX_VALUES: usize = 256;
@@ -82,7 +85,7 @@ impl Pool {
             kept.bytes += size;
             kept.values.push(v);
         }
-        if kept.batches.len() < KEPT_BATCHES {
+        if kept.batches.len() < KEPT_BATCHES && records.capacity() <= MAX_BATCH_RECORDS {
             records.clear();
             kept.batches.push(records);
         }
@@ -197,5 +200,13 @@ mod tests {
         let b = pool.batch(100);
         assert!(b.is_empty() && b.capacity() >= 100);
         assert_eq!(pool.kept.lock().unwrap().batches.len(), KEPT_BATCHES - 1);
+        let mut huge = records(1, 1);
+        huge.reserve(MAX_BATCH_RECORDS + 1);
+        pool.give_back(huge);
+        assert_eq!(
+            pool.kept.lock().unwrap().batches.len(),
+            KEPT_BATCHES - 1,
+            "a very large batch vector is freed"
+        );
     }
 }
