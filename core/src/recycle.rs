@@ -5,11 +5,13 @@
 //! frees a batch once it is written; after its purge delay the allocator gives those pages
 //! back to the system, and the source thread, which allocates the next batch, faults them
 //! in again, each one zeroed by the kernel. Handing the emptied vectors straight back to
-//! the source keeps them, and their pages, in use.
+//! the source keeps them, and their pages, in use. Measured (1M rows, alternating pairs):
+//! system time halved, snodo's CPU about 5 % less in a load; nothing in a dry run, where
+//! the reused vectors' arrival cold in the source's cache costs what the faults cost.
 //!
-//! What is kept is bounded ([`KEPT_BYTES`] of value vectors, [`KEPT_BATCHES`] batch
-//! vectors): the pool only holds what the run had in flight anyway, and what does not fit
-//! is freed as before.
+//! What is kept is bounded (`KEPT_BYTES` of value vectors, `KEPT_BATCHES` batch vectors):
+//! the pool only holds what the run had in flight anyway, and what does not fit is freed
+//! as before.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
