@@ -11,10 +11,11 @@
 #   COMMIT_ROWS=0 scripts/bench.sh   # records per transaction (default 9000, see below)
 #
 # Each side runs REPEAT times, snodo into a new database each time, psql into a new staging
-# table each time, and the table gives each side's median with the range after it: on two
-# shared cores a single pair of runs has put the ratio anywhere from 2.4x to 4x (the psql
-# copy alone took 1.4-2.2 s at 1M in one hour), and the median of each side is the fair
-# comparison.
+# table each time, the two sides alternating (since the twelfth round; before it all of
+# snodo's runs came first), and the table gives each side's median with the range after
+# it, and the range of the ratios of the pairs run back to back: on two shared cores a
+# single pair of runs has put the ratio anywhere from 2.4x to 4x (the psql copy alone took
+# 1.4-2.2 s at 1M in one hour), and the median of each side is the fair comparison.
 #
 # snodo runs with `batch_size: 3000` (BATCH) and its sink with `commit_rows: 9000`
 # (COMMIT_ROWS; 0 is one transaction per batch, the default), as a bulk load would: three
@@ -63,8 +64,13 @@ for n in $ROWS; do
       -e "s#    create_table: true#    create_table: true\n    commit_rows: ${COMMIT_ROWS:-9000}#" \
       pipelines/esempio/assistiti_csv_sqlite.yaml > "$WORK/p.yaml"
   snodo_secs=() snodo_kb=() psql_secs=()
+  # The psql side: the same file through \copy into an all-text staging table (what a DBA
+  # would do).
+  cols=$(head -1 "$csv" | tr ';' '\n' | sed 's/.*/"&" text/' | paste -sd, -)
+  # The two sides alternate (snodo, psql, snodo, psql, ...): the machine's speed drifts
+  # within minutes on a shared host, and a pair run back to back meets the same machine.
   for r in $(seq "$REPEAT"); do
-    # Every run starts from nothing: a new database, a new flow log.
+    # Every snodo run starts from nothing: a new database, a new flow log.
     $PSQL -d postgres -c "DROP DATABASE IF EXISTS bench" -c "CREATE DATABASE bench" -c "CHECKPOINT"
     rm -f "$WORK"/flowlog.db*
     # PROFILE=1 records a perf profile of snodo's last run in $WORK/perf-N.data (slower; for analysis).
@@ -75,11 +81,7 @@ for n in $ROWS; do
     snodo_secs+=("$secs") snodo_kb+=("$kb")
     written=$(python3 -c "import json; print(json.load(open('$WORK/summary.json'))['written'])")
     [ "$written" = "$n" ] || { echo "snodo wrote $written of $n rows" >&2; exit 1; }
-  done
 
-  # The same file through psql \copy into an all-text staging table (what a DBA would do).
-  cols=$(head -1 "$csv" | tr ';' '\n' | sed 's/.*/"&" text/' | paste -sd, -)
-  for r in $(seq "$REPEAT"); do
     $PSQL -d bench -c "DROP TABLE IF EXISTS staging" -c "CREATE UNLOGGED TABLE staging ($cols)" -c "CHECKPOINT"
     start=$(date +%s.%N)
     $PSQL -d bench -c "\\copy staging FROM '$csv' WITH (FORMAT csv, DELIMITER ';', HEADER true, ENCODING 'WIN1252')"
@@ -105,6 +107,7 @@ kb = max(int(x) for x in sys.argv[4].split())
 psql = [float(x) for x in sys.argv[5].split()]
 s, p = statistics.median(snodo), statistics.median(psql)
 span = lambda xs: f"{min(xs):.1f}–{max(xs):.1f}"
-print(f"| {n:,} | {s:.1f} ({span(snodo)}) | {n/s:,.0f} | {kb/1024:.0f} | {p:.1f} ({span(psql)}) | {n/p:,.0f} | {s/p:.2f}× | {tsecs:.1f} ({tsecs/p:.2f}× the staging copy) |")
+pairs = [a / b for a, b in zip(snodo, psql)]
+print(f"| {n:,} | {s:.1f} ({span(snodo)}) | {n/s:,.0f} | {kb/1024:.0f} | {p:.1f} ({span(psql)}) | {n/p:,.0f} | {s/p:.2f}× (pairs {min(pairs):.2f}–{max(pairs):.2f}×) | {tsecs:.1f} ({tsecs/p:.2f}× the staging copy) |")
 PY
 done
