@@ -1086,3 +1086,109 @@ fn sigkill_during_a_ps_psa_flow_sends_each_prestazione_once() {
     });
     assert_eq!(v.status.code(), Some(0));
 }
+
+/// Staging on PostgreSQL inserts the keys the sink found new without `ON CONFLICT`, and
+/// upserts the rest. The lookup is only a hint: a key looked up as new may have been staged
+/// since by an earlier batch of the same run, still being written when this one was
+/// checked. The plain insert then fails on the unique key, and the batch must still be
+/// staged, with the upsert's meaning (the version INPS has moves into the sent columns).
+#[test]
+fn postgres_staging_of_a_key_looked_up_as_new_but_already_in_the_ledger_upserts_it() {
+    use snodo_connectors::inps::ledger::{self, Delivery, FileFlow};
+    use snodo_core::db::Db;
+
+    let pg = pg_db("siuss_stage_hint");
+    let delivery = |key: &str, version: &str, new: bool| Delivery {
+        key: key.into(),
+        op: 'I',
+        hash: format!("h-{version}"),
+        record: format!("{{\"v\":\"{version}\"}}"),
+        new,
+    };
+    let flow = |n: i64| format!("GE.PS.20261206.{n:07}");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let cfg: snodo_core::config::ConnectionConfig = serde_json::from_value(serde_json::json!({
+            "postgres": { "host": "127.0.0.1", "port": pg.port, "database": pg.name, "user": "postgres" }
+        }))
+        .unwrap();
+        let db = Db::connect(&cfg, 2).await.unwrap();
+        snodo_store::migrate(&db).await.unwrap();
+        let release = |n: i64| {
+            let (db, id) = (&db, flow(n));
+            async move {
+                ledger::release_file(
+                    db,
+                    &FileFlow {
+                        ente: "GE",
+                        tipo: "PS",
+                        giorno: "20261206",
+                        progressivo: n,
+                        id_flusso: &id,
+                        run_id: &format!("run-{n}"),
+                        path: "/out/flow.xml",
+                        sha256: "00",
+                        records: 1,
+                    },
+                )
+                .await
+                .unwrap()
+            }
+        };
+        let has = |keys: &[&str]| {
+            let (db, keys) = (&db, keys.iter().map(|k| k.to_string()).collect::<Vec<_>>());
+            async move {
+                let sent = ledger::lookup(db, "GE", "PS", &keys).await.unwrap();
+                keys.iter()
+                    .map(|k| sent.get(k).map(|s| (s.stato.clone(), s.hash.clone().unwrap_or_default())))
+                    .collect::<Vec<_>>()
+            }
+        };
+        let sent = |stato: &str, v: &str| Some((stato.to_string(), format!("h-{v}")));
+
+        // A first send: every key new, plain inserts.
+        ledger::stage(&db, "GE", "PS", &flow(1), &[delivery("a", "1", true), delivery("b", "1", true)])
+            .await
+            .unwrap();
+        release(1).await;
+        assert_eq!(has(&["a", "b"]).await, [sent("inviato", "1"), sent("inviato", "1")]);
+
+        // `a` looked up as new although flow 1 has it (a stale hint), beside a key that is
+        // new indeed: the batch is staged, nothing is lost.
+        ledger::stage(&db, "GE", "PS", &flow(2), &[delivery("a", "2", true), delivery("c", "2", true)])
+            .await
+            .unwrap();
+        // Staged, not sent yet: INPS still has flow 1's version of `a`.
+        assert_eq!(has(&["a", "c"]).await[0], sent("inviato", "1"));
+        release(2).await;
+        assert_eq!(has(&["a", "c"]).await, [sent("inviato", "2"), sent("inviato", "2")]);
+
+        // A batch of new and known keys (the two statements in one transaction), and the
+        // same with a stale hint among the new ones.
+        ledger::stage(&db, "GE", "PS", &flow(3), &[delivery("d", "3", true), delivery("b", "3", false)])
+            .await
+            .unwrap();
+        ledger::stage(&db, "GE", "PS", &flow(3), &[delivery("e", "3", true), delivery("c", "3", true), delivery("a", "3", false)])
+            .await
+            .unwrap();
+        release(3).await;
+        assert_eq!(
+            has(&["a", "b", "c", "d", "e"]).await,
+            ["3"; 5].map(|v| sent("inviato", v))
+        );
+        // One row per key, and flow 2's version of `a` moved into the sent columns when flow
+        // 3 staged it again.
+        let Db::Postgres(p) = &db else { unreachable!() };
+        let rows: Vec<(String, Option<String>, Option<String>)> = sqlx::query_as(
+            "SELECT chiave, hash, id_flusso FROM siuss_invio ORDER BY chiave",
+        )
+        .fetch_all(p)
+        .await
+        .unwrap();
+        assert_eq!(rows.len(), 5, "{rows:?}");
+        assert_eq!(rows[0], ("a".into(), Some("h-2".into()), Some(flow(2))));
+    });
+}

@@ -46,6 +46,11 @@ pub struct Delivery {
     pub hash: String,
     /// The record's values, tagged JSON.
     pub record: String,
+    /// The ledger had no row for `key` when the sink looked it up: staging it is expected to
+    /// insert. Only a hint ([`stage`] falls back to the upsert when the key is there after
+    /// all: an earlier batch of the run, still being written when this one was checked,
+    /// may have staged it).
+    pub new: bool,
 }
 
 fn ctx(what: &str) -> String {
@@ -204,26 +209,46 @@ pub async fn stage(
            in_invio_record = EXCLUDED.in_invio_record, in_invio_operazione = EXCLUDED.in_invio_operazione,
            in_invio_flusso = EXCLUDED.in_invio_flusso";
     match db {
-        // One statement per batch with the columns as arrays: PostgreSQL plans it once and
-        // reads the rows from four binds, instead of a statement of 500 rows × 4 binds.
+        // The columns as arrays: PostgreSQL plans each statement once and reads the rows
+        // from four binds, instead of a statement of 500 rows × 4 binds.
+        //
+        // Keys the ledger did not have when the sink looked them up (all of them in a first
+        // send) are inserted without `ON CONFLICT`: PostgreSQL's speculative insertion (an
+        // index probe, then the insert, then a confirmation) cost a third more than a plain
+        // insert of the same 500 rows of a kilobyte (by hand, 100k rows: 0.8-1.2 s against
+        // 0.6-0.8 s, docs/benchmarks.md), and staging the ledger is PostgreSQL's largest
+        // share of the PS/PSA flow. A key staged meanwhile (the lookup is a hint, see
+        // `Delivery::new`) makes the plain insert fail as a whole; the batch is then
+        // staged by the upsert alone, as before the split.
         Db::Postgres(p) => {
-            let col = |f: fn(&Delivery) -> &str| rows.iter().map(|d| f(d)).collect::<Vec<&str>>();
-            let ops: Vec<String> = rows.iter().map(|d| d.op.to_string()).collect();
-            sqlx::query(sqlx::AssertSqlSafe(format!(
-                "INSERT INTO siuss_invio (ente, tipo, chiave, in_invio_hash, in_invio_record, in_invio_operazione, in_invio_flusso)
-                 SELECT $1, $2, k, h, r, o, $3 FROM unnest($4::text[], $5::text[], $6::text[], $7::text[]) AS t(k, h, r, o)
-                 {UPSERT}"
-            )))
-            .bind(ente)
-            .bind(tipo)
-            .bind(flow)
-            .bind(col(|d| &d.key))
-            .bind(col(|d| &d.hash))
-            .bind(col(|d| &d.record))
-            .bind(ops)
-            .execute(p)
-            .await
-            .map_err(|e| Error::db(ctx("staging a file flow"), e))?;
+            let fail = |e| Error::db(ctx("staging a file flow"), e);
+            let mut conn = p.acquire().await.map_err(fail)?;
+            let (new, known): (Vec<&Delivery>, Vec<&Delivery>) = rows.iter().partition(|d| d.new);
+            let staged = if new.is_empty() || known.is_empty() {
+                let conflict = if new.is_empty() { UPSERT } else { "" };
+                pg_stage(&mut conn, ente, tipo, flow, &rows, conflict).await
+            } else {
+                // One transaction for the two, as the single statement was.
+                async {
+                    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+                    pg_stage(&mut tx, ente, tipo, flow, &new, "").await?;
+                    pg_stage(&mut tx, ente, tipo, flow, &known, UPSERT).await?;
+                    tx.commit().await
+                }
+                .await
+            };
+            match staged {
+                Err(e) if is_unique_violation(&e) => {
+                    tracing::debug!(
+                        flow,
+                        "a key looked up as new was in the ledger: the batch is upserted"
+                    );
+                    pg_stage(&mut conn, ente, tipo, flow, &rows, UPSERT)
+                        .await
+                        .map_err(fail)?;
+                }
+                other => other.map_err(fail)?,
+            }
         }
         Db::Sqlite(p) => {
             let mut tx = p
@@ -269,6 +294,39 @@ pub async fn stage(
         }
     }
     Ok(())
+}
+
+/// One statement staging `rows` in the file flow `flow`: a plain insert when `conflict` is
+/// empty, else the upsert it names.
+async fn pg_stage(
+    conn: &mut sqlx::PgConnection,
+    ente: &str,
+    tipo: &str,
+    flow: &str,
+    rows: &[&Delivery],
+    conflict: &str,
+) -> std::result::Result<(), sqlx::Error> {
+    let col = |f: fn(&Delivery) -> &str| rows.iter().map(|d| f(d)).collect::<Vec<&str>>();
+    let ops: Vec<String> = rows.iter().map(|d| d.op.to_string()).collect();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO siuss_invio (ente, tipo, chiave, in_invio_hash, in_invio_record, in_invio_operazione, in_invio_flusso)
+         SELECT $1, $2, k, h, r, o, $3 FROM unnest($4::text[], $5::text[], $6::text[], $7::text[]) AS t(k, h, r, o)
+         {conflict}"
+    )))
+    .bind(ente)
+    .bind(tipo)
+    .bind(flow)
+    .bind(col(|d| &d.key))
+    .bind(col(|d| &d.hash))
+    .bind(col(|d| &d.record))
+    .bind(ops)
+    .execute(conn)
+    .await
+    .map(|_| ())
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
 }
 
 /// Forgets what was staged for file flows that were never released (a run that starts
@@ -538,6 +596,7 @@ mod tests {
             op,
             hash: format!("h-{version}"),
             record: format!("{{\"v\":\"{version}\"}}"),
+            new: false,
         }
     }
 

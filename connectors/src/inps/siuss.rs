@@ -347,6 +347,7 @@ impl SiussSink {
             op: 'C',
             hash: has.hash.clone().unwrap_or_default(),
             record: self.prep.snapshot(&old),
+            new: false,
         };
         Ok(Some((old, Pending { rendered, delivery })))
     }
@@ -599,6 +600,7 @@ impl Sink for SiussSink {
                     op: 'I',
                     hash: current.hash,
                     record: current.snapshot,
+                    new: prior.is_none(),
                 };
                 self.pending.push_back(Pending {
                     rendered: current.rendered,
