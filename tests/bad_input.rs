@@ -199,7 +199,7 @@ fn lint_reports_every_problem_with_line_column_and_path() {
     std::fs::write(
         &p,
         format!(
-            "pipeline: lint-me\nsource:\n  csv:\n    path: {}\n    delimeter: \";\"\nsteps:\n  - mapp:\n      a: upper(b)\n  - validate:\n      cap: {{ patern: \"^[0-9]{{5}}$\" }}\n  - map:\n      x: upper(\nsink:\n  sql: {{ connection: nowhere, table: t, key: [id], commit_rows: 60000 }}\non_error: {{ reject_limit: lots }}\n",
+            "pipeline: lint-me\nsource:\n  csv:\n    path: {}\n    delimeter: \";\"\nsteps:\n  - mapp:\n      a: upper(b)\n  - validate:\n      cap: {{ patern: \"^[0-9]{{5}}$\" }}\n  - map:\n      x: upper(\nsink:\n  sql: {{ connection: nowhere, table: t, key: [id], commit_rows: 60000 }}\non_error: {{ reject_limit: lots }}\nworkers: 0\n",
             csv.display()
         ),
     )
@@ -241,7 +241,12 @@ fn lint_reports_every_problem_with_line_column_and_path() {
         (k["path"].as_str(), k["line"].as_u64()),
         (Some("sink.sql.commit_rows"), Some(14))
     );
-    assert!(problems.len() >= 7, "{problems:#?}");
+    let k = find("workers must be between 1 and 64");
+    assert_eq!(
+        (k["path"].as_str(), k["line"].as_u64()),
+        (Some("workers"), Some(16))
+    );
+    assert!(problems.len() >= 8, "{problems:#?}");
 }
 
 /// `snodo lint FILE --json` on a file with problems: exit code 3 and the problems.

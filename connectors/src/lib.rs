@@ -266,7 +266,9 @@ pub async fn plan_from(
     let workers = if ordered {
         1
     } else {
-        snodo_core::runtime::default_workers()
+        pipeline
+            .workers
+            .unwrap_or_else(snodo_core::runtime::default_workers)
     };
     let steps = (0..workers)
         .map(|_| steps::build(&pipeline.steps, &ctx))

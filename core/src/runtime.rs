@@ -27,11 +27,20 @@ use crate::flowlog::{Entry, FlowLog, Lineage, RunFinished, RunStarted};
 use crate::record::Batch;
 use crate::steps::{self, Step, StepContext, StepCounts};
 
-/// How many step workers to run: one per core, at most four (beyond that the source or
-/// the sink is the bottleneck).
+/// How many step workers to run when the pipeline does not say (`workers`): one fewer than
+/// the cores, at least one, at most four (beyond that the source or the sink is the
+/// bottleneck).
+///
+/// Why not one per core: the source's thread, the sink's loop and writer, and usually the
+/// database itself run beside the workers. On two cores a second worker only made them all
+/// take turns: 1M CSV rows into PostgreSQL took 3.35 s of snodo's CPU with one worker
+/// against 3.55 s with two (ten alternating pairs, wall 3.02 s against 3.13 s, 71 MB
+/// against 80 MB), and the PS/PSA flow 30.1-31.0 s against 32.5-34.5 s, with less of
+/// PostgreSQL's CPU too (docs/benchmarks.md). A dry run, with no database beside it, is
+/// the case that loses: 1.56 s against 1.44 s.
 pub fn default_workers() -> usize {
     std::thread::available_parallelism()
-        .map(|n| n.get())
+        .map(|n| n.get().saturating_sub(1))
         .unwrap_or(1)
         .clamp(1, 4)
 }

@@ -235,6 +235,7 @@ pub fn table_pipeline(d: &Definition, t: &definition::TableMapping) -> Result<Pi
         on_error: d.file.on_error.clone(),
         personal: d.file.personal.clone(),
         batch_size: d.file.batch_size,
+        workers: None,
         report: None,
         vars: Default::default(),
     })

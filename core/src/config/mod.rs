@@ -212,6 +212,7 @@ where
         "on_error",
         "personal",
         "batch_size",
+        "workers",
         "report",
         "vars",
     ];
@@ -327,6 +328,14 @@ where
             "batch_size must be between 1 and 1000000",
         ));
     }
+    let workers: Option<usize> = child(&root, "workers")
+        .and_then(|n| section::<Option<usize>>(n, "workers", &mut problems))
+        .flatten();
+    if let (Some(w), Some(n)) = (workers, child(&root, "workers"))
+        && !(1..=64).contains(&w)
+    {
+        problems.push(problem(n, "workers", "workers must be between 1 and 64"));
+    }
 
     let vars: indexmap::IndexMap<String, String> = child(&root, "vars")
         .and_then(|n| section(n, "vars", &mut problems))
@@ -348,6 +357,7 @@ where
                 on_error,
                 personal,
                 batch_size,
+                workers,
                 report,
                 vars,
             },

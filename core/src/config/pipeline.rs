@@ -62,6 +62,16 @@ pub struct PipelineFile<S, K> {
     /// set 500.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch_size: Option<usize>,
+    /// Threads that run the steps, each on whole batches in turn, their output put back in
+    /// the source's order (default: one fewer than the machine's cores, at least one, at
+    /// most four). The source, the sink and often the database share the cores with them:
+    /// on two cores one step worker loaded 1M CSV rows into PostgreSQL, and wrote the
+    /// PS/PSA flow, with less CPU and memory than two (docs/benchmarks.md). More help a dry
+    /// run, or steps that cost much more than reading and writing. A pipeline with an
+    /// `aggregate` step always runs its steps on one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 64))]
+    pub workers: Option<usize>,
     /// A pre-submission report in Italian, written after every run (dry runs too).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub report: Option<crate::report::ReportConfig>,
