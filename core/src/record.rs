@@ -254,6 +254,13 @@ pub struct Record {
 }
 
 impl Record {
+    /// Asks the CPU to start loading this record's values into its cache, for a loop that
+    /// will reach the record a little later: see [`retain_prefetching`].
+    #[inline]
+    pub fn prefetch(&self) {
+        prefetch_values(&self.values);
+    }
+
     /// Value of a field, `None` when the field does not exist.
     pub fn get(&self, name: &str) -> Option<&Value> {
         self.schema.index_of(name).and_then(|i| self.values.get(i))
@@ -318,6 +325,52 @@ pub struct Batch {
     pub prepared: Option<crate::component::Prepared>,
 }
 
+/// Asks the CPU to start loading `values` into its cache (the first lines: the fields a
+/// step reads are mostly among the first few dozen, and a wide record, such as the ~90
+/// fields of a SIUSS record, would otherwise flood the cache with lines no step reads).
+#[inline]
+pub fn prefetch_values(values: &[Value]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        const LINE: usize = 64;
+        const MAX: usize = 16 * LINE;
+        let start = values.as_ptr().cast::<i8>();
+        for offset in (0..std::mem::size_of_val(values).min(MAX)).step_by(LINE) {
+            // SAFETY: `_mm_prefetch` needs SSE, which every x86-64 CPU has; a prefetch is
+            // a hint that never faults and reads nothing into the program, whatever the
+            // address.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(start.wrapping_add(offset)) };
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = values;
+}
+
+/// Records a loop over a batch asks the CPU to load ahead of the one it works on.
+const PREFETCH_AHEAD: usize = 2;
+
+/// `Vec::retain_mut` that prefetches the records a little ahead of the one `keep` looks at.
+///
+/// Why: the first step to read a batch's records pays for bringing them into its core's
+/// cache, from the source's thread on another core: in the CSV load into PostgreSQL, 87 %
+/// of the samples of the `map` step's first read of a field landed on that one load
+/// (`perf annotate`), 5 % of snodo's CPU. A record's values are a vector of their own, a
+/// pointer the hardware prefetcher does not follow.
+pub fn retain_prefetching(records: &mut Vec<Record>, mut keep: impl FnMut(&mut Record) -> bool) {
+    let mut kept = 0;
+    for i in 0..records.len() {
+        if let Some(ahead) = records.get(i + PREFETCH_AHEAD) {
+            ahead.prefetch();
+        }
+        if keep(&mut records[i]) {
+            records.swap(kept, i);
+            kept += 1;
+        }
+    }
+    records.truncate(kept);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -327,6 +380,40 @@ mod tests {
             schema: schema.clone(),
             values: values.iter().map(|v| Value::Int(*v)).collect(),
             position: SourcePosition::default(),
+        }
+    }
+
+    /// The prefetching loop keeps and drops exactly what `Vec::retain_mut` does, in the
+    /// same order, and sees every record once, changes included.
+    #[test]
+    fn retain_prefetching_is_retain_mut() {
+        let schema = Schema::new(vec!["n".into(), "seen".into()]);
+        for len in [0usize, 1, 2, 3, 7, 64] {
+            for pattern in [
+                0u64,
+                u64::MAX,
+                0b1011_0110,
+                0x5555_5555_5555_5555,
+                0x0F0F_F0F0_1234_8765,
+            ] {
+                let keep = |r: &mut Record| {
+                    let Value::Int(n) = r.values[0] else {
+                        unreachable!()
+                    };
+                    r.values[1] = Value::Int(n * 10);
+                    pattern >> (n as u64 % 64) & 1 == 1
+                };
+                let make = || {
+                    (0..len as i64)
+                        .map(|n| record(&schema, &[n, 0]))
+                        .collect::<Vec<_>>()
+                };
+                let (mut a, mut b) = (make(), make());
+                a.retain_mut(keep);
+                retain_prefetching(&mut b, keep);
+                let values = |v: &[Record]| v.iter().map(|r| r.values.clone()).collect::<Vec<_>>();
+                assert_eq!(values(&a), values(&b), "len {len}, pattern {pattern:#x}");
+            }
         }
     }
 

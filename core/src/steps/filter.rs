@@ -40,7 +40,7 @@ impl Step for Filter {
 
     fn apply(&mut self, mut records: Vec<Record>, batch: &mut Batch) -> Vec<Record> {
         // In place, as `map` (see `crate::recycle`).
-        records.retain(|rec| {
+        crate::record::retain_prefetching(&mut records, |rec| {
             let (_, used, native) = match &mut self.used {
                 Some(p) if std::sync::Arc::ptr_eq(&p.0, &rec.schema) => p,
                 slot => {

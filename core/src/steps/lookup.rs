@@ -88,7 +88,7 @@ impl Step for Lookup {
 
     fn apply(&mut self, mut records: Vec<Record>, batch: &mut Batch) -> Vec<Record> {
         // In place, as `map` (see `crate::recycle`).
-        records.retain_mut(|rec| {
+        crate::record::retain_prefetching(&mut records, |rec| {
             let code = rec.get(&self.key).and_then(Value::to_text);
             let found = code.as_deref().and_then(|c| self.table.get(c.trim()));
             let value = match (found, self.missing) {

@@ -196,7 +196,7 @@ impl Step for Map {
     fn apply(&mut self, mut records: Vec<Record>, batch: &mut Batch) -> Vec<Record> {
         // In place: a new vector per step and batch was fresh memory for each (see
         // `crate::recycle`).
-        records.retain_mut(|rec| self.apply_one(rec, batch));
+        crate::record::retain_prefetching(&mut records, |rec| self.apply_one(rec, batch));
         records
     }
 }

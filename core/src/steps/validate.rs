@@ -341,7 +341,7 @@ impl Step for Validate {
         // `crate::recycle`).
         let mut broken = Vec::new();
         let today = chrono::Local::now().date_naive();
-        records.retain(|rec| {
+        crate::record::retain_prefetching(&mut records, |rec| {
             broken.clear();
             for r in &self.rules {
                 check(r, rec, &mut broken, today);
