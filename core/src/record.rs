@@ -348,7 +348,19 @@ pub fn prefetch_values(values: &[Value]) {
 }
 
 /// Records a loop over a batch asks the CPU to load ahead of the one it works on.
-const PREFETCH_AHEAD: usize = 2;
+pub const PREFETCH_AHEAD: usize = 2;
+
+/// The records in order, each one's successor [`PREFETCH_AHEAD`] places on asked into the
+/// cache as it is handed out: for loops that read a batch (the `COPY` encoders), as
+/// [`retain_prefetching`] is for the steps that filter one.
+pub fn prefetching(records: &[Record]) -> impl Iterator<Item = &Record> {
+    records.iter().enumerate().map(|(i, r)| {
+        if let Some(ahead) = records.get(i + PREFETCH_AHEAD) {
+            ahead.prefetch();
+        }
+        r
+    })
+}
 
 /// `Vec::retain_mut` that prefetches the records a little ahead of the one `keep` looks at.
 ///

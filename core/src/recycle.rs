@@ -144,9 +144,10 @@ impl Spare {
         match self.values.pop() {
             Some(mut v) => {
                 // The old values are dropped here, on the thread that made them, but they
-                // were last touched on the sink's side: the vector two records ahead is
+                // were last touched on the sink's side: a vector a few records ahead is
                 // asked into the cache now (see `crate::record::retain_prefetching`).
-                if let Some(ahead) = self.values.len().checked_sub(2).map(|i| &self.values[i]) {
+                let ahead = self.values.len().checked_sub(crate::record::PREFETCH_AHEAD);
+                if let Some(ahead) = ahead.map(|i| &self.values[i]) {
                     crate::record::prefetch_values(ahead);
                 }
                 v.clear();

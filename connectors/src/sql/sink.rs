@@ -182,10 +182,7 @@ fn copy_groups(records: &[Record], types: Option<&ColumnTypes>, buffers: &Buffer
 /// `COPY` text format, one line per record.
 fn copy_text_rows(records: &[Record], data: &mut Vec<u8>) {
     data.reserve(records.len() * 256);
-    for (n, r) in records.iter().enumerate() {
-        if let Some(ahead) = records.get(n + 2) {
-            ahead.prefetch();
-        }
+    for r in snodo_core::record::prefetching(records) {
         for (i, v) in r.values.iter().enumerate() {
             if i > 0 {
                 data.push(b'\t');
@@ -205,10 +202,7 @@ fn copy_binary_rows(records: &[Record], columns: &[BinaryType], data: &mut Vec<u
         return false;
     };
     data.reserve(records.len() * 256);
-    for (i, r) in records.iter().enumerate() {
-        if let Some(ahead) = records.get(i + 2) {
-            ahead.prefetch();
-        }
+    for r in snodo_core::record::prefetching(records) {
         if r.values.len() != columns.len() {
             return false; // the text form lets PostgreSQL say what is wrong with the row
         }
