@@ -10,6 +10,11 @@
 # AB="BINARY_A BINARY_B" (PAIRS=3) runs two builds alternately on the same store instead.
 # REPEAT=N (default 3): snodo and the psql export each run N times on the same store, the
 # ledger emptied before each snodo run; the table gives medians with their range.
+# FLOOR=1 then times, each alone and by PostgreSQL's and libxml2's own tools (no snodo),
+# three parts of the work the flow cannot skip: the export (`psql \copy`, as above), storing
+# the run's ledger rows (one binary `COPY` into an empty copy of `siuss_invio`: a lower
+# bound, the flow commits per batch so that a crash loses nothing), and `xmllint --stream`
+# of the run's file. Their CPU against the two cores' budget is in docs/benchmarks.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export SQLX_OFFLINE=true
@@ -128,6 +133,39 @@ SQL
     $PSQL -d "$db" -c "\copy ($query ORDER BY persona_id, intervento_id) TO '$WORK/export.csv' WITH (FORMAT csv, HEADER)"
     copy_secs+=("$(python3 -c "import time;print(round(time.time()-$start,2))")")
   done
+  if [ -n "${FLOOR:-}" ]; then
+    # The last run's ledger rows and file are still there (the ledger is emptied before a
+    # run, not after it).
+    cols="ente, tipo, chiave, in_invio_hash, in_invio_record, in_invio_operazione, in_invio_flusso"
+    $PSQL -d "$db" -c "\copy (SELECT $cols FROM siuss_invio) TO '$WORK/ledger.bin' WITH (FORMAT binary)" \
+      -c "SET client_min_messages = warning" -c "DROP TABLE IF EXISTS ledger_floor" -c "CREATE TABLE ledger_floor (LIKE siuss_invio INCLUDING ALL)"
+    floor_copy=()
+    for _ in $(seq "${REPEAT:-3}"); do
+      $PSQL -d "$db" -c "TRUNCATE ledger_floor" -c "CHECKPOINT" >/dev/null
+      start=$(date +%s.%N)
+      $PSQL -d "$db" -c "\copy ledger_floor ($cols) FROM '$WORK/ledger.bin' WITH (FORMAT binary)"
+      floor_copy+=("$(python3 -c "import time;print(round(time.time()-$start,2))")")
+    done
+    $PSQL -d "$db" -c "DROP TABLE ledger_floor" >/dev/null
+    rm -f "$WORK/ledger.bin"
+    xml=$(ls "$WORK"/out/*.xml)
+    floor_lint=()
+    for _ in $(seq "${REPEAT:-3}"); do
+      /usr/bin/time -f "%U %S" -o "$WORK/time" xmllint --noout --stream --schema specs/siuss/PS_PSA_SINA201812.xsd "$xml" 2>/dev/null
+      floor_lint+=("$(awk '{print $1 + $2}' "$WORK/time")")
+    done
+    python3 - "$n" "${copy_secs[*]}" "${floor_copy[*]}" "${floor_lint[*]}" <<'PY'
+import statistics, sys
+n = int(sys.argv[1])
+export, ledger, lint = (statistics.median(float(x) for x in a.split()) for a in sys.argv[2:5])
+total = export + ledger + lint
+print(f"floor at {n:,}: psql export {export:.1f} s, ledger rows by one COPY {ledger:.1f} s, "
+      f"xmllint --stream {lint:.1f} s of CPU: {total:.1f} s of work before snodo renders a byte; "
+      f"two cores within the target (2 x {export:.1f} s) give {4 * export:.1f} s of CPU, "
+      f"{4 * export - total:.1f} s ({(4 * export - total) / n * 1e6:.1f} us per prestazione) left "
+      "for snodo's own work and the ledger lookups")
+PY
+  fi
   python3 - "$n" "${snodo_secs[*]}" "${snodo_kb[*]}" "${copy_secs[*]}" <<'PY'
 import statistics, sys
 n = int(sys.argv[1])

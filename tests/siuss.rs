@@ -122,10 +122,17 @@ fn run_ps(cfg: &Path, pipeline: &Path) -> (i32, serde_json::Value) {
 
 /// `snodo run PIPELINE --json` with the operator's codice fiscale and the SINBA key.
 fn run_with_key(cfg: &Path, pipeline: &Path, sinba_key: &str) -> (i32, serde_json::Value) {
+    let (code, summary, _) = run_logged(cfg, pipeline, sinba_key);
+    (code, summary)
+}
+
+/// [`run_with_key`], also returning what the SIUSS sink logged at `info` on standard error.
+fn run_logged(cfg: &Path, pipeline: &Path, sinba_key: &str) -> (i32, serde_json::Value, String) {
     let out = run({
         let mut c = snodo(cfg);
         c.env("SNODO_SIUSS_CF_OPERATORE", CF_OPERATORE)
             .env("SNODO_SINBA_KEY", sinba_key)
+            .env("SNODO_LOG", "warn,snodo_connectors::inps=info")
             .arg("run")
             .arg(pipeline)
             .arg("--json");
@@ -134,6 +141,7 @@ fn run_with_key(cfg: &Path, pipeline: &Path, sinba_key: &str) -> (i32, serde_jso
     (
         out.status.code().unwrap_or(-1),
         serde_json::from_slice(&out.stdout).unwrap_or_default(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
 
@@ -302,9 +310,12 @@ fn ps_file_flow(dir: &Path, cfg: &Path, store: &Store) {
     let out_dir = dir.join("out");
 
     // 1. First run: the three valid persons go out, VERDI (wrong check character) does not.
-    let (code, summary) = run_ps(&cfg, &pipeline);
+    // The ledger is empty, so the sink asks it nothing about the keys (a first send).
+    const FIRST_SEND: &str = "first send: the ledger has no version of this flow type";
+    let (code, summary, log) = run_logged(&cfg, &pipeline, "chiave-di-prova-sinba-0123456789");
     assert_eq!(code, 0, "{summary}");
     assert_eq!(summary["written"], 4, "{summary}");
+    assert!(log.contains(FIRST_SEND), "{log}");
     let files = flows(&out_dir);
     assert_eq!(files.len(), 1, "{files:?}");
     assert!(
@@ -328,10 +339,11 @@ fn ps_file_flow(dir: &Path, cfg: &Path, store: &Store) {
     let report = std::fs::read_to_string(out_dir.join("controllo-ps.txt")).unwrap();
     assert!(report.contains("codice_fiscale"), "{report}");
 
-    // 2. Nothing changed: no flow, no number used.
-    let (code, summary) = run_ps(&cfg, &pipeline);
+    // 2. Nothing changed: no flow, no number used (the keys are looked up this time).
+    let (code, summary, log) = run_logged(&cfg, &pipeline, "chiave-di-prova-sinba-0123456789");
     assert_eq!(code, 0, "{summary}");
     assert_eq!(summary["written"], 0, "{summary}");
+    assert!(!log.contains(FIRST_SEND), "{log}");
     assert_eq!(flows(&out_dir).len(), 1);
 
     // The ledger's snapshots as snodo wrote them before strings went untagged

@@ -111,6 +111,20 @@ impl Statistics {
     }
 }
 
+/// Whether the ledger holds no version of `tipo` for `ente`: before a first send, nothing
+/// was ever staged or sent, so no key needs looking up.
+pub async fn is_empty(db: &Db, ente: &str, tipo: &str) -> Result<bool> {
+    let any: bool = both!(db, p => sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM siuss_invio WHERE ente = $1 AND tipo = $2)",
+    )
+    .bind(ente)
+    .bind(tipo)
+    .fetch_one(p)
+    .await
+    .map_err(|e| Error::db(ctx("reading the ledger"), e))?);
+    Ok(!any)
+}
+
 /// What INPS has of `keys`, from the view `siuss_inviato` (migration 0004): a version staged
 /// in a released flow counts as sent.
 pub async fn lookup(

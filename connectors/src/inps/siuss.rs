@@ -1,6 +1,6 @@
 //! The `siuss` sink: INPS SIUSS flows, each version of each record delivered once.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -201,6 +201,9 @@ pub struct SiussSink {
     queued_hash: Sha256,
     queued_bytes: u64,
     ledger_stats: ledger::Statistics,
+    /// The ledger had no version of this ente and type when the file flow began (see
+    /// `begin`): every key is new, and `check` does not look them up.
+    first_send: bool,
 }
 
 /// `intervento_id=42,anno=2025`: the ledger key of a record, or `None` when a key field is
@@ -299,6 +302,7 @@ impl SiussSink {
             queued_hash: Sha256::new(),
             queued_bytes: 0,
             ledger_stats: ledger::Statistics::default(),
+            first_send: false,
             cfg,
         })
     }
@@ -468,6 +472,23 @@ impl Sink for SiussSink {
                     self.choose_file_flow().await?;
                 }
             }
+            // A first send (the city's whole history of prestazioni, the one flow of a
+            // million records) would look up each key in a ledger that can only have the
+            // keys this run staged itself, and the source gives each key once: PostgreSQL
+            // spent 3.1 s of a 1M-prestazioni run on those lookups (docs/benchmarks.md).
+            // Asked once here, after the versions of an unreleased flow were discarded. A
+            // key that does come twice is still staged once: its second insert meets the
+            // first and is upserted (`ledger::stage`), as with a lookup that ran before
+            // the first was staged. Not for WaaS, where each record is released as it is
+            // written and a repeated key must be compared with what INPS has.
+            self.first_send = ledger::is_empty(&self.db, &self.cfg.ente.codice, self.tipo).await?;
+            if self.first_send {
+                tracing::info!(
+                    ente = %self.cfg.ente.codice,
+                    tipo = self.tipo,
+                    "first send: the ledger has no version of this flow type, keys are not looked up"
+                );
+            }
             self.writer.state = self.file.writer.clone();
             self.header = self.header_for(&self.file.flow)?;
             let target = self.target();
@@ -531,8 +552,12 @@ impl Sink for SiussSink {
                 }
             }
             // 2. What INPS already has.
-            let keys: Vec<String> = candidates.iter().map(|c| c.key.clone()).collect();
-            let sent = ledger::lookup(&self.db, &self.cfg.ente.codice, self.tipo, &keys).await?;
+            let sent = if self.first_send {
+                HashMap::new()
+            } else {
+                let keys: Vec<String> = candidates.iter().map(|c| c.key.clone()).collect();
+                ledger::lookup(&self.db, &self.cfg.ente.codice, self.tipo, &keys).await?
+            };
             // 3. Decide.
             let mut out = Vec::with_capacity(candidates.len());
             for c in candidates {
