@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 use common::*;
 
 const CF_OPERATORE: &str = "RSSMRA85T10A562S";
+/// The SINBA pseudonym key the runs are given unless a test says otherwise.
+const SINBA_KEY: &str = "chiave-di-prova-sinba-0123456789";
 
 /// Runs SQL on the SQLite store with Python's sqlite3 (the test suite installs Python).
 fn sqlite(db: &Path, sql: &str) {
@@ -117,7 +119,7 @@ fn ps_pipeline(dir: &Path, channel: &str) -> PathBuf {
 }
 
 fn run_ps(cfg: &Path, pipeline: &Path) -> (i32, serde_json::Value) {
-    run_with_key(cfg, pipeline, "chiave-di-prova-sinba-0123456789")
+    run_with_key(cfg, pipeline, SINBA_KEY)
 }
 
 /// `snodo run PIPELINE --json` with the operator's codice fiscale and the SINBA key.
@@ -312,7 +314,7 @@ fn ps_file_flow(dir: &Path, cfg: &Path, store: &Store) {
     // 1. First run: the three valid persons go out, VERDI (wrong check character) does not.
     // The ledger is empty, so the sink asks it nothing about the keys (a first send).
     const FIRST_SEND: &str = "first send: the ledger has no version of this flow type";
-    let (code, summary, log) = run_logged(&cfg, &pipeline, "chiave-di-prova-sinba-0123456789");
+    let (code, summary, log) = run_logged(&cfg, &pipeline, SINBA_KEY);
     assert_eq!(code, 0, "{summary}");
     assert_eq!(summary["written"], 4, "{summary}");
     assert!(log.contains(FIRST_SEND), "{log}");
@@ -340,7 +342,7 @@ fn ps_file_flow(dir: &Path, cfg: &Path, store: &Store) {
     assert!(report.contains("codice_fiscale"), "{report}");
 
     // 2. Nothing changed: no flow, no number used (the keys are looked up this time).
-    let (code, summary, log) = run_logged(&cfg, &pipeline, "chiave-di-prova-sinba-0123456789");
+    let (code, summary, log) = run_logged(&cfg, &pipeline, SINBA_KEY);
     assert_eq!(code, 0, "{summary}");
     assert_eq!(summary["written"], 0, "{summary}");
     assert!(!log.contains(FIRST_SEND), "{log}");
@@ -522,7 +524,7 @@ fn sinba_is_pseudonymous_stable_and_valid() {
         let f = flows_of(&d.path().join("out"), "D969.SINBA.");
         id(&std::fs::read_to_string(&f[0]).unwrap())
     };
-    assert_eq!(again("chiave-di-prova-sinba-0123456789"), first_id);
+    assert_eq!(again(SINBA_KEY), first_id);
     assert_ne!(again("un-altra-chiave-sinba-9876543210"), first_id);
 }
 
