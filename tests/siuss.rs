@@ -1206,3 +1206,79 @@ fn postgres_staging_of_a_key_looked_up_as_new_but_already_in_the_ledger_upserts_
         assert_eq!(rows[0], ("a".into(), Some("h-2".into()), Some(flow(2))));
     });
 }
+
+/// One run at a time per ente and flow type, on both stores: while another process holds
+/// the lock of D969's PS flows, a run of the PS/PSA file flow fails at once with a message
+/// that says why, and touches nothing (no flow, no ledger row); a lock of another type or
+/// ente does not stop it; once the lock is released the run sends as usual.
+#[test]
+fn a_run_of_a_siuss_flow_waits_for_no_other_run_of_the_same_flows() {
+    use snodo_connectors::inps::ledger;
+    use snodo_core::db::Db;
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    for pg in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let (cfg, store) = if pg {
+            let db = pg_db("siuss_run_lock");
+            let store = serde_json::json!({
+                "postgres": { "host": "127.0.0.1", "port": db.port, "database": db.name, "user": "postgres" }
+            });
+            (fixture_store_pg(dir.path(), &db), store)
+        } else {
+            let store = serde_json::json!({ "sqlite": { "path": dir.path().join("store.db") } });
+            (fixture_store(dir.path(), ""), store)
+        };
+        let pipeline = ps_pipeline(dir.path(), "file");
+        let db = rt.block_on(async {
+            let cfg: snodo_core::config::ConnectionConfig = serde_json::from_value(store).unwrap();
+            Db::connect(&cfg, 1).await.unwrap()
+        });
+        let ledger_rows = || {
+            rt.block_on(async {
+                match &db {
+                    Db::Sqlite(p) => {
+                        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM siuss_invio")
+                            .fetch_one(p)
+                            .await
+                            .unwrap()
+                    }
+                    Db::Postgres(p) => {
+                        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM siuss_invio")
+                            .fetch_one(p)
+                            .await
+                            .unwrap()
+                    }
+                }
+            })
+        };
+
+        let held = rt.block_on(ledger::lock_run(&db, "D969", "PS")).unwrap();
+        let (code, summary, log) = run_logged(&cfg, &pipeline, SINBA_KEY);
+        assert_eq!(code, 1, "pg={pg}: {summary}\n{log}");
+        assert!(
+            log.contains("another run of the SIUSS PS flows of ente D969 is in progress"),
+            "pg={pg}: {log}"
+        );
+        assert_eq!(flows(&dir.path().join("out")).len(), 0, "pg={pg}");
+        assert_eq!(ledger_rows(), 0, "pg={pg}");
+        // The lock is taken once per process and per ente and type: a second taker in
+        // this process is refused too.
+        assert!(rt.block_on(ledger::lock_run(&db, "D969", "PS")).is_err());
+        drop(held);
+
+        let others = [
+            rt.block_on(ledger::lock_run(&db, "D969", "SINBA")).unwrap(),
+            rt.block_on(ledger::lock_run(&db, "A001", "PS")).unwrap(),
+        ];
+        let (code, summary) = run_ps(&cfg, &pipeline);
+        assert_eq!(code, 0, "pg={pg}: {summary}");
+        assert_eq!(summary["written"], 4, "pg={pg}: {summary}");
+        assert_eq!(flows(&dir.path().join("out")).len(), 1, "pg={pg}");
+        assert_eq!(ledger_rows(), 4, "pg={pg}");
+        drop(others);
+    }
+}

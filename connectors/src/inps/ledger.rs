@@ -111,6 +111,104 @@ impl Statistics {
     }
 }
 
+/// One run at a time per ente and flow type: held from the sink's `open` until the run
+/// ends (dropped with the sink, or with the process if it dies).
+///
+/// Why: two runs of the same flow at once (a file and a WaaS pipeline, or a scheduled run
+/// beside one started by hand) would each decide from a ledger the other is changing. A
+/// key sent by one could go out again in the other's file, and a flow number taken by one
+/// release could make the other's staged versions read as sent. On PostgreSQL the lock is
+/// a session advisory lock on a connection of its own (so it covers runs on other
+/// machines, and the server drops it when the connection ends); on SQLite, whose store is
+/// a local file, an exclusive lock on a file beside it (`STORE.siuss-ENTE-TIPO.lock`,
+/// left in place; the system drops the lock when the process ends).
+#[derive(Debug)]
+pub struct RunLock {
+    _held: Held,
+}
+
+#[derive(Debug)]
+#[expect(dead_code, reason = "held only for what dropping it releases")]
+enum Held {
+    Postgres(sqlx::PgConnection),
+    File(std::fs::File),
+    /// An in-memory SQLite store: only this process can see it.
+    Nothing,
+}
+
+/// Advisory lock keys: a constant for snodo's SIUSS runs (`SNOD`), then the first four bytes
+/// of the SHA-256 of `ente/tipo`. A collision would only make two flows wait for each
+/// other.
+fn lock_keys(ente: &str, tipo: &str) -> (i32, i32) {
+    use sha2::{Digest, Sha256};
+    let h = Sha256::digest(format!("{ente}/{tipo}").as_bytes());
+    (0x534E_4F44, i32::from_be_bytes([h[0], h[1], h[2], h[3]]))
+}
+
+/// Takes the [`RunLock`] of `ente`'s flows of type `tipo`, or fails at once when another run
+/// holds it.
+pub async fn lock_run(db: &Db, ente: &str, tipo: &str) -> Result<RunLock> {
+    let busy = |held_by: &str| {
+        Error::Other(format!(
+            "another run of the SIUSS {tipo} flows of ente {ente} is in progress ({held_by}); \
+             nothing was done: run again when it has finished (`snodo runs` lists the runs)"
+        ))
+    };
+    let held = match db {
+        Db::Postgres(p) => {
+            use sqlx::Connection;
+            let fail = |e| Error::db(ctx("taking the lock of the flow's runs"), e);
+            let mut conn = sqlx::PgConnection::connect_with(&p.connect_options())
+                .await
+                .map_err(fail)?;
+            let (k1, k2) = lock_keys(ente, tipo);
+            let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, $2)")
+                .bind(k1)
+                .bind(k2)
+                .fetch_one(&mut conn)
+                .await
+                .map_err(fail)?;
+            if !got {
+                return Err(busy(&format!(
+                    "it holds PostgreSQL's advisory lock ({k1}, {k2}); see pg_locks"
+                )));
+            }
+            Held::Postgres(conn)
+        }
+        Db::Sqlite(p) => {
+            let store = p.connect_options().get_filename().to_path_buf();
+            let name = store.to_string_lossy().into_owned();
+            if name.is_empty() || name.starts_with(':') || name.starts_with("file:") {
+                Held::Nothing
+            } else {
+                // Every run must name the same lock file, however its configuration spells
+                // the store's path (the file exists: the pool has opened it).
+                let store = std::fs::canonicalize(&store).unwrap_or(store);
+                let path = std::path::PathBuf::from(format!(
+                    "{}.siuss-{ente}-{tipo}.lock",
+                    store.display()
+                ));
+                let file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(&path)
+                    .map_err(|e| Error::io("opening the lock of the flow's runs", &path, e))?;
+                match file.try_lock() {
+                    Ok(()) => Held::File(file),
+                    Err(std::fs::TryLockError::WouldBlock) => {
+                        return Err(busy(&format!("it holds the lock on {}", path.display())));
+                    }
+                    Err(std::fs::TryLockError::Error(e)) => {
+                        return Err(Error::io("locking", &path, e));
+                    }
+                }
+            }
+        }
+    };
+    Ok(RunLock { _held: held })
+}
+
 /// Whether the ledger holds no version of `tipo` for `ente`: before a first send, nothing
 /// was ever staged or sent, so no key needs looking up.
 pub async fn is_empty(db: &Db, ente: &str, tipo: &str) -> Result<bool> {

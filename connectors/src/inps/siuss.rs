@@ -204,6 +204,8 @@ pub struct SiussSink {
     /// The ledger had no version of this ente and type when the file flow began (see
     /// `begin`): every key is new, and `check` does not look them up.
     first_send: bool,
+    /// Taken in `open`: no other run of this ente's flows of this type until this one ends.
+    run_lock: Option<ledger::RunLock>,
 }
 
 /// `intervento_id=42,anno=2025`: the ledger key of a record, or `None` when a key field is
@@ -303,6 +305,7 @@ impl SiussSink {
             queued_bytes: 0,
             ledger_stats: ledger::Statistics::default(),
             first_send: false,
+            run_lock: None,
             cfg,
         })
     }
@@ -407,6 +410,10 @@ impl Sink for SiussSink {
     fn open<'a>(&'a mut self, pipeline: &'a str) -> BoxFuture<'a, Result<Option<SavedCheckpoint>>> {
         Box::pin(async move {
             self.pipeline = pipeline.to_string();
+            // Before anything is read: a checkpoint, the ledger and the flow numbers are
+            // only this run's to decide from once no other run of the flow can change them.
+            self.run_lock =
+                Some(ledger::lock_run(&self.db, &self.cfg.ente.codice, self.tipo).await?);
             match self.cfg.channel {
                 Channel::Waas => match ledger::checkpoint(&self.db, pipeline).await? {
                     Some(s) => serde_json::from_str(&s).map(Some).map_err(|e| {
