@@ -162,17 +162,17 @@ impl Reader {
                 values.push(Value::Null);
                 continue;
             }
-            // Text, most fields, is pushed as it is made. Built into a `Result` first, every
-            // value went through one stack slot in narrow stores read back at once by wide
-            // loads, which the CPU cannot forward: 40 % of this loop's samples in the CSV
-            // benchmark's profile, on the load after those stores. Dry runs of 1M rows,
-            // eight alternating pairs: 1.34 -> 1.31 s (the other types still take that way).
-            if let ColumnType::String = self.columns[i].ty {
-                values.push(Value::Str(Text::new(text)));
-                continue;
-            }
             let converted = match self.columns[i].ty {
-                ColumnType::String => Ok(Value::Str(Text::new(text))),
+                // Text, most fields, is pushed as it is made. Built into a `Result` first,
+                // every value went through one stack slot in narrow stores read back at
+                // once by wide loads, which the CPU cannot forward: 40 % of this loop's
+                // samples in the CSV benchmark's profile, on the load after those stores.
+                // Dry runs of 1M rows, eight alternating pairs: 1.34 -> 1.31 s (the other
+                // types still take that way).
+                ColumnType::String => {
+                    values.push(Value::Str(Text::new(text)));
+                    continue;
+                }
                 ColumnType::Int => value::parse_int(text).map(Value::Int),
                 ColumnType::Decimal => value::parse_decimal(text, self.style).map(Value::Decimal),
                 ColumnType::Date => self.date_format.date(text).map(Value::Date),
@@ -188,6 +188,7 @@ impl Reader {
                         ColumnType::Date => "invalid_date",
                         ColumnType::Datetime => "invalid_datetime",
                         ColumnType::Bool => "invalid_bool",
+                        // Text is never converted (above).
                         ColumnType::String => "invalid",
                     };
                     return Err(reject(kind, format!("field `{name}`: {e}"), lossy(raw)));
