@@ -71,6 +71,21 @@ fn section<T: DeserializeOwned>(node: &Node, path: &str, out: &mut Vec<Problem>)
     }
 }
 
+/// The optional top-level count `key` of a pipeline, which must be between 1 and `max`: a
+/// value out of range is a problem at its line.
+fn bounded_count(root: &Node, key: &str, max: usize, out: &mut Vec<Problem>) -> Option<usize> {
+    let node = child(root, key)?;
+    let n = section::<Option<usize>>(node, key, out).flatten()?;
+    if !(1..=max).contains(&n) {
+        out.push(problem(
+            node,
+            key,
+            format!("{key} must be between 1 and {max}"),
+        ));
+    }
+    Some(n)
+}
+
 /// The steps of an included file. Its problems are reported at the `include` line, each
 /// naming the included file's own line and column.
 fn included_steps(
@@ -316,26 +331,8 @@ where
     let personal: Vec<String> = child(&root, "personal")
         .and_then(|n| section(n, "personal", &mut problems))
         .unwrap_or_default();
-    let batch_size: Option<usize> = child(&root, "batch_size")
-        .and_then(|n| section::<Option<usize>>(n, "batch_size", &mut problems))
-        .flatten();
-    if let (Some(b), Some(n)) = (batch_size, child(&root, "batch_size"))
-        && !(1..=1_000_000).contains(&b)
-    {
-        problems.push(problem(
-            n,
-            "batch_size",
-            "batch_size must be between 1 and 1000000",
-        ));
-    }
-    let workers: Option<usize> = child(&root, "workers")
-        .and_then(|n| section::<Option<usize>>(n, "workers", &mut problems))
-        .flatten();
-    if let (Some(w), Some(n)) = (workers, child(&root, "workers"))
-        && !(1..=64).contains(&w)
-    {
-        problems.push(problem(n, "workers", "workers must be between 1 and 64"));
-    }
+    let batch_size = bounded_count(&root, "batch_size", 1_000_000, &mut problems);
+    let workers = bounded_count(&root, "workers", 64, &mut problems);
 
     let vars: indexmap::IndexMap<String, String> = child(&root, "vars")
         .and_then(|n| section(n, "vars", &mut problems))
